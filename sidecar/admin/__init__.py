@@ -1,0 +1,1 @@
+"""The admin listener (its own port): metrics, liveness, readiness."""

@@ -1,0 +1,90 @@
+"""Readiness: is the upstream reachable and is the sink healthy?
+
+The upstream is probed in the background (a TCP connect, or a GET of
+``upstream_health_path``), so ``/readyz`` answers from memory and a slow model server
+cannot make the probe itself time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from sidecar.config import Settings
+from sidecar.logs import get_logger
+from sidecar.sinks.base import Sink
+
+log = get_logger("health")
+
+PROBE_INTERVAL_S = 2.0
+PROBE_TIMEOUT_S = 1.0
+
+
+class Readiness:
+    def __init__(self, settings: Settings, sink: Sink) -> None:
+        parts = urlsplit(settings.upstream_url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._health_url = (
+            settings.upstream_url + settings.upstream_health_path
+            if settings.upstream_health_path else None
+        )
+        self._sink = sink
+        self.upstream_ok = False
+        self.upstream_reason = "not probed yet"
+        self.draining = False
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def reasons(self) -> list[str]:
+        """Why the sidecar is not ready; empty when it is."""
+        reasons = []
+        if self.draining:
+            reasons.append("shutting down")
+        if not self.upstream_ok:
+            reasons.append(f"upstream: {self.upstream_reason}")
+        if not self._sink.healthy:
+            reasons.append(f"sink {self._sink.name}: last write failed")
+        return reasons
+
+    async def probe_once(self) -> None:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                if self._health_url is None:
+                    _, writer = await asyncio.open_connection(self._host, self._port)
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+                else:
+                    if self._session is None:
+                        self._session = aiohttp.ClientSession()
+                    async with self._session.get(self._health_url) as response:
+                        if response.status >= 400:
+                            raise ConnectionError(f"health check answered {response.status}")
+        except (OSError, TimeoutError, aiohttp.ClientError) as exc:
+            if self.upstream_ok:
+                log.warning("upstream became unreachable",
+                            extra={"fields": {"reason": type(exc).__name__}})
+            self.upstream_ok = False
+            self.upstream_reason = f"unreachable ({type(exc).__name__})"
+            return
+        self.upstream_ok, self.upstream_reason = True, "ok"
+
+    async def _loop(self) -> None:
+        while True:
+            await self.probe_once()
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="readiness")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()

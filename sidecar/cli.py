@@ -1,0 +1,103 @@
+"""``inference-sidecar`` command line: ``serve``, ``check-config``, ``demo``.
+
+Every setting in ``sidecar.config.Settings`` is also a flag of ``serve`` and
+``check-config`` (``model_version`` → ``--model-version``). Configuration errors print
+one line naming the key and its source and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from sidecar import __version__
+from sidecar.config import (
+    SETTINGS_FIELDS,
+    ConfigError,
+    Settings,
+    env_name,
+    flag_name,
+    load_settings,
+)
+from sidecar.logs import configure_logging
+
+EXIT_CONFIG = 2
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH", help="YAML config file (or SIDECAR_CONFIG).")
+    group = parser.add_argument_group("settings (flag > environment > config file > default)")
+    for key, spec in SETTINGS_FIELDS.items():
+        group.add_argument(
+            flag_name(key), dest=key, metavar="VALUE",
+            help=f"{spec.metadata['help']} [{env_name(key)}]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inference-sidecar",
+        description="Compliance sidecar for model servers: stamps and records every inference.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="Run the sidecar in front of the upstream.")
+    _add_setting_flags(serve)
+    check = commands.add_parser("check-config", help="Validate the configuration and exit.")
+    _add_setting_flags(check)
+    demo = commands.add_parser(
+        "demo", help="Run a demo model server, the sidecar in front of it, and sample traffic."
+    )
+    demo.add_argument("--requests", type=int, default=12, help="Sample requests to send.")
+    demo.add_argument("--events-file", default="demo-events.jsonl", help="Where events go.")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="Keep serving after the sample traffic (Ctrl-C to stop).")
+    return parser
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    flags = {key: getattr(args, key) for key in SETTINGS_FIELDS}
+    return load_settings(args.config, flags)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from sidecar.demo.run import run_demo
+
+        return run_demo(args.requests, args.events_file, args.keep_running)
+    try:
+        settings = _settings_from(args)
+    except ConfigError as exc:
+        print(f"inference-sidecar: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        print(f"config ok: model {settings.model_name} {settings.model_version}, "
+              f"policy {settings.policy_version}, evidence {settings.evidence_bundle_id}, "
+              f"upstream {settings.upstream_url}")
+        return 0
+    configure_logging(settings.log_level)
+    from sidecar.server import serve
+    from sidecar.sinks.base import SinkError
+
+    try:
+        run_async(lambda: serve(settings))
+    except SinkError as exc:
+        print(f"inference-sidecar: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"inference-sidecar: cannot listen: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""Demo model server and the `demo` command."""

@@ -1,0 +1,104 @@
+"""``inference-sidecar demo``: the whole request path on embedded defaults, in one process.
+
+Starts the demo model server and a sidecar in front of it on loopback ports, sends a
+mix of sample traffic (JSON chat, SSE stream, KServe v2, plain text, an upstream error,
+an oversized body), prints each response with its stamp headers, then prints the
+events the sidecar recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from sidecar.cli import run_async
+from sidecar.config import load_settings
+from sidecar.demo.model_server import build_app
+from sidecar.logs import configure_logging
+from sidecar.server import Sidecar
+from sidecar.telemetry import STAMP_HEADERS
+
+DEMO_IDENTITY = {
+    "SIDECAR_MODEL_NAME": "demo-llm",
+    "SIDECAR_MODEL_VERSION": "2026.11.0",
+    "SIDECAR_POLICY_VERSION": "policy-7",
+    "SIDECAR_EVIDENCE_BUNDLE_ID": "eb-demo-0001",
+}
+
+SAMPLES: list[tuple[str, str, dict[str, str], bytes]] = [
+    ("POST", "/v1/chat/completions", {"Content-Type": "application/json"},
+     b'{"model":"demo-llm","messages":[{"role":"user","content":"Hello!"}]}'),
+    ("POST", "/v1/chat/completions", {"Content-Type": "application/json"},
+     b'{"model":"demo-llm","stream":true,"messages":[{"role":"user","content":"Stream"}]}'),
+    ("POST", "/v2/models/scorer/infer", {"Content-Type": "application/json"},
+     b'{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[0.1,0.5,0.9]}]}'),
+    ("POST", "/text", {"Content-Type": "text/plain"}, b"plain text in, plain text out"),
+    ("GET", "/error/503", {}, b""),
+    ("POST", "/v1/chat/completions", {"Content-Type": "application/json"},
+     b'{"messages":[{"content":"' + b"x" * (2 * 1024**2) + b'"}]}'),
+]
+
+
+async def _demo(n_requests: int, events_file: str, keep_running: bool) -> None:
+    upstream_runner = web.AppRunner(build_app(), access_log=None)
+    await upstream_runner.setup()
+    upstream_site = web.TCPSite(upstream_runner, "127.0.0.1", 0)
+    await upstream_site.start()
+    upstream_port = upstream_runner.addresses[0][1]
+    environ = {
+        **DEMO_IDENTITY,
+        "SIDECAR_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
+        "SIDECAR_LISTEN": "127.0.0.1:8080" if keep_running else "127.0.0.1:0",
+        "SIDECAR_ADMIN_LISTEN": "127.0.0.1:9090" if keep_running else "127.0.0.1:0",
+        "SIDECAR_EVENTS_FILE": events_file,
+        "SIDECAR_MAX_BODY_BYTES": "1MiB",
+        "SIDECAR_STAMP_BODY": "true",
+    }
+    settings = load_settings(environ=environ)
+    sidecar = Sidecar(settings)
+    await sidecar.start()
+    base = f"http://127.0.0.1:{sidecar.proxy_port}"
+    print(f"demo model server on 127.0.0.1:{upstream_port}; sidecar on {base} "
+          f"(admin 127.0.0.1:{sidecar.admin_port}); events -> {events_file}\n")
+    try:
+        async with aiohttp.ClientSession() as client:
+            for i in range(n_requests):
+                method, path, headers, body = SAMPLES[i % len(SAMPLES)]
+                async with client.request(method, base + path, headers=headers,
+                                          data=body or None) as response:
+                    payload = await response.read()
+                stamps = "  ".join(f"{h}={response.headers.get(h)}" for h in STAMP_HEADERS)
+                print(f"{method} {path} -> {response.status} "
+                      f"({len(payload)} bytes)\n    {stamps}")
+            async with client.get(f"http://127.0.0.1:{sidecar.admin_port}/readyz") as r:
+                print(f"\n/readyz -> {r.status} {(await r.text()).strip()}")
+        if keep_running:
+            print(f"\nserving: try  curl -i {base}/v1/chat/completions "
+                  "-d '{\"messages\":[{\"content\":\"hi\"}]}'   (Ctrl-C to stop)")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+    finally:
+        await sidecar.stop()
+        await upstream_runner.cleanup()
+
+
+def run_demo(n_requests: int, events_file: str, keep_running: bool) -> int:
+    configure_logging("warning")
+    if os.path.exists(events_file):
+        os.remove(events_file)  # show this run's events only
+    run_async(lambda: _demo(n_requests, events_file, keep_running))
+    print(f"\nevents recorded in {events_file} (one JSON object per inference):")
+    with open(events_file, "rb") as fh:
+        for line in fh:
+            event = orjson.loads(line)
+            sys.stdout.write(orjson.dumps(event, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0

@@ -1,0 +1,41 @@
+"""``InferenceEvent``: exactly one per inference, filled in as the request goes along.
+
+The request handler creates it on arrival and enqueues it in a ``finally``, so errors,
+timeouts and client disconnects produce one too. Serialised with orjson as is
+(dataclasses with slots are native to orjson), field names are the JSON names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sidecar.telemetry import EVENT_SCHEMA_VERSION, EVENT_TYPE_INFERENCE
+
+
+@dataclass(slots=True)
+class InferenceEvent:
+    inference_id: str
+    timestamp: str  # RFC 3339, UTC, when the request arrived
+    model_name: str
+    model_version: str
+    policy_version: str
+    evidence_bundle_id: str
+    method: str
+    route: str  # a template from sidecar.proxy.routes: bounded cardinality
+    path: str  # the path only: query strings are not recorded
+    client_address: str | None
+    trace_id: str | None = None
+    request_id: str | None = None
+    status: int = 0
+    outcome: str = ""
+    error: str | None = None  # a short code such as upstream_timeout, never a payload
+    upstream_status: int | None = None
+    latency_ms: float = 0.0
+    upstream_latency_ms: float | None = None
+    ttfb_ms: float | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+    stream: bool = False
+    chunks: int = 0
+    event_type: str = EVENT_TYPE_INFERENCE
+    schema_version: str = EVENT_SCHEMA_VERSION

@@ -1,0 +1,66 @@
+"""The receive stage: aiohttp's low-level server, so that even requests the HTTP parser
+refuses get a stamped JSON reply and an event.
+
+aiohttp answers unparseable requests itself, in ``RequestHandler.handle_error``, before
+any application code runs; we override that one method. The low-level ``web.Server``
+also skips the router and middleware machinery that a single catch-all proxy never needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+
+class ErrorResponder(Protocol):
+    def __call__(self, request: web.BaseRequest, status: int, code: str) -> web.StreamResponse:
+        ...
+
+
+def classify_parse_error(status: int, exc: BaseException | None) -> tuple[int, str]:
+    """HTTP status and error code for a request the parser refused."""
+    if isinstance(exc, LineTooLong):
+        if "status line" in str(exc).lower() or "request line" in str(exc).lower():
+            return 414, "request_line_too_long"
+        return 431, "header_too_large"
+    if isinstance(exc, BadHttpMessage) and "too many headers" in str(exc).lower():
+        return 431, "too_many_headers"
+    if status == 500:
+        return 500, "internal_error"
+    return status, "bad_request"
+
+
+class _StampedRequestHandler(RequestHandler):
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0 or not isinstance(self._manager, ProxyServer):
+            return super().handle_error(request, status, exc, message)
+        status, code = classify_parse_error(status, exc)
+        response = self._manager.on_error(request, status, code)
+        response.force_close()
+        return response
+
+
+class ProxyServer(web.Server):
+    """``web.Server`` whose connections answer parse errors through ``on_error``."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        on_error: ErrorResponder,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, handler_cancellation=True, **kwargs)
+        self.on_error = on_error
+
+    def __call__(self) -> RequestHandler:
+        return _StampedRequestHandler(self, loop=self._loop, **self._kwargs)

@@ -1,0 +1,118 @@
+"""The relay stage: upstream response → client, buffered or streamed, then stamped.
+
+Small responses with a known length are read whole (so a JSON body can be stamped and
+one write sends it); anything else — SSE, chunked, large — is relayed chunk by chunk as
+it arrives, never buffered. After the headers of a stream are sent, a failure cannot
+become an error reply any more: the client connection is aborted so the truncation is
+visible, and the event records what happened (uvicorn and Envoy do the same).
+"""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from sidecar.config import Settings
+from sidecar.errors import SidecarError
+from sidecar.events.model import InferenceEvent
+from sidecar.proxy.stamp import Stamp
+from sidecar.proxy.upstream import read_body, read_chunks, response_headers
+
+
+def error_body(code: str, message: str, inference_id: str) -> bytes:
+    return orjson.dumps({"error": code, "message": message, "inference_id": inference_id})
+
+
+def wants_stream(upstream: aiohttp.ClientResponse, buffer_limit: int) -> bool:
+    length = upstream.content_length
+    if length is None or length > buffer_limit:
+        return upstream.status not in (204, 304) and upstream.method != "HEAD"
+    return "text/event-stream" in upstream.headers.get("content-type", "")
+
+
+class Relay:
+    def __init__(self, settings: Settings, stamp: Stamp) -> None:
+        self._buffer_limit = settings.buffer_response_bytes
+        self._replace_errors = settings.replace_upstream_errors
+        self._stamp = stamp
+
+    async def send(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        event: InferenceEvent,
+        started: float,
+    ) -> web.StreamResponse:
+        event.upstream_status = upstream.status
+        if wants_stream(upstream, self._buffer_limit):
+            return await self._stream(request, upstream, event, started)
+        return await self._buffered(request, upstream, event, started)
+
+    async def _buffered(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        event: InferenceEvent,
+        started: float,
+    ) -> web.StreamResponse:
+        body = await read_body(upstream)
+        event.ttfb_ms = (time.perf_counter() - started) * 1000.0
+        headers = response_headers(upstream.headers)
+        iid = event.inference_id
+        if self._replace_errors and upstream.status >= 500:
+            body = error_body("upstream_error", f"upstream answered {upstream.status}", iid)
+            headers["Content-Type"] = "application/json"
+            headers.popall("Content-Encoding", None)
+        elif self._stamp.body_enabled and "content-encoding" not in headers:
+            stamped = self._stamp.body(body, headers.get("content-type"), iid)
+            if stamped is not None:
+                body = stamped
+        response = web.Response(
+            status=upstream.status, reason=upstream.reason, body=body, headers=headers
+        )
+        self._stamp.headers(response.headers, iid)
+        event.status = upstream.status
+        event.response_bytes = len(body)
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    async def _stream(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        event: InferenceEvent,
+        started: float,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason,
+            headers=response_headers(upstream.headers),
+        )
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        self._stamp.headers(response.headers, event.inference_id)
+        event.stream = True
+        event.status = upstream.status
+        await response.prepare(request)
+        sent = 0
+        chunks = 0
+        try:
+            async for chunk in read_chunks(upstream):
+                if chunks == 0:
+                    event.ttfb_ms = (time.perf_counter() - started) * 1000.0
+                await response.write(chunk)
+                chunks += 1
+                sent += len(chunk)
+            await response.write_eof()
+        except SidecarError:
+            # Headers are out: the only honest signal left is to cut the connection.
+            if request.transport is not None:
+                request.transport.abort()
+            raise
+        finally:
+            event.chunks = chunks
+            event.response_bytes = sent
+        return response

@@ -1,0 +1,123 @@
+"""Lifecycle of one sidecar process: build every component once, start, drain, stop.
+
+Order matters on shutdown (SIGTERM / SIGINT): readiness goes red first, the proxy
+stops accepting and gives in-flight requests ``drain_timeout`` to finish, then the
+event queue is drained into the sink, and only then do the admin port and the upstream
+pool close. A clean shutdown loses no event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from aiohttp import web
+
+from sidecar.admin.app import build_admin_app
+from sidecar.admin.health import Readiness
+from sidecar.config import Settings
+from sidecar.events.queue import EventQueue
+from sidecar.logs import get_logger
+from sidecar.pipeline.runner import Pipeline
+from sidecar.proxy.handler import ProxyHandler
+from sidecar.proxy.protocol import ProxyServer
+from sidecar.proxy.upstream import Upstream
+from sidecar.sinks.base import Sink
+from sidecar.sinks.jsonl import JsonLinesSink
+from sidecar.telemetry import Metrics
+
+log = get_logger("server")
+
+
+def _bound_port(runner: web.BaseRunner) -> int:
+    for site_addr in runner.addresses:
+        if isinstance(site_addr, tuple):
+            return int(site_addr[1])
+    raise RuntimeError("listener has no TCP address")
+
+
+class Sidecar:
+    """All components of one sidecar, built from ``Settings``."""
+
+    def __init__(self, settings: Settings, sink: Sink | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics = Metrics(settings.identity)
+        self.queue = EventQueue(
+            settings.event_queue_size,
+            settings.event_queue_when_full,
+            on_drop=lambda reason, n: metrics.events_dropped.labels(reason).inc(n),
+        )
+        self.sink: Sink = sink if sink is not None else JsonLinesSink(settings.events_file)
+        self.pipeline = Pipeline(self.queue, self.sink, metrics)
+        self.upstream = Upstream(settings)
+        self.handler = ProxyHandler(settings, self.upstream, self.queue, metrics)
+        self.readiness = Readiness(settings, self.sink)
+        self._proxy_runner: web.ServerRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.proxy_port = 0
+        self.admin_port = 0
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.upstream.start()
+        self.pipeline.start()
+        self.readiness.start()
+        server = ProxyServer(
+            self.handler,
+            on_error=self.handler.on_parse_error,
+            max_line_size=s.max_request_line_bytes,
+            max_field_size=s.max_header_bytes,
+            max_headers=s.max_headers,
+            auto_decompress=False,  # forward request bodies byte for byte
+            access_log=None,  # the event stream is the access log
+        )
+        self._proxy_runner = web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=s.drain_timeout
+        )
+        await self._proxy_runner.setup()
+        await web.TCPSite(
+            self._proxy_runner, s.listen[0], s.listen[1], backlog=1024, reuse_address=True
+        ).start()
+        self.proxy_port = _bound_port(self._proxy_runner)
+
+        admin = build_admin_app(self.metrics, self.readiness, self.queue)
+        self._admin_runner = web.AppRunner(admin, handle_signals=False, access_log=None)
+        await self._admin_runner.setup()
+        await web.TCPSite(self._admin_runner, s.admin_listen[0], s.admin_listen[1]).start()
+        self.admin_port = _bound_port(self._admin_runner)
+        log.info("sidecar started", extra={"fields": {
+            "listen": f"{s.listen[0]}:{self.proxy_port}",
+            "admin_listen": f"{s.admin_listen[0]}:{self.admin_port}",
+            "upstream": s.upstream_url, **s.identity,
+        }})
+
+    async def stop(self) -> None:
+        self.readiness.draining = True
+        self.handler.shutting_down = True
+        if self._proxy_runner is not None:
+            await self._proxy_runner.cleanup()
+        drained = await self.pipeline.stop(drain_s=self.settings.drain_timeout)
+        await self.upstream.close()
+        await self.readiness.stop()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        log.info("sidecar stopped", extra={"fields": {
+            "events_emitted": self.pipeline.emitted, "events_dropped": self.queue.dropped,
+            "events_left_in_queue": len(self.queue), "drained": drained,
+        }})
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    sidecar = Sidecar(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await sidecar.start()
+    try:
+        await stop.wait()
+        log.info("shutdown requested; draining")
+    finally:
+        await sidecar.stop()
+

@@ -1,0 +1,1 @@
+"""Sinks: where events end up. Picked by name through ``sidecar.sinks.registry``."""

@@ -1,0 +1,60 @@
+"""JSON-lines file sink: one event per line, appended; the embedded default.
+
+A batch is written with one ``os.write`` loop; if the disk fails part-way (ENOSPC, EIO)
+the file is truncated back to where the batch began, so a retry never leaves a torn or
+duplicated line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+
+import orjson
+
+from sidecar.events.model import InferenceEvent
+from sidecar.sinks.base import SinkError
+
+
+def encode_lines(events: Sequence[InferenceEvent]) -> bytes:
+    dumps, opt = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    return b"".join([dumps(e, option=opt) for e in events])
+
+
+class JsonLinesSink:
+    name = "jsonl"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._healthy = True
+        try:
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        except OSError as exc:
+            raise SinkError(f"events file {path}: cannot open it ({exc.strerror})") from None
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def write(self, events: Sequence[InferenceEvent]) -> None:
+        data = memoryview(encode_lines(events))
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+        except OSError as exc:
+            self._healthy = False
+            # If even this fails the batch is still retried and the failure reported.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)
+            raise SinkError(f"events file {self.path}: write failed ({exc.strerror})") from None
+        self._healthy = True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.fsync(self._fd)
+        os.close(self._fd)

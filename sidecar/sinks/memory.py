@@ -1,0 +1,32 @@
+"""In-memory sink: keeps events in a list. For development and unit tests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from sidecar.events.model import InferenceEvent
+from sidecar.sinks.base import SinkError
+
+
+class MemorySink:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.events: list[InferenceEvent] = []
+        self.fail_next = 0  # tests set this to make the next N writes fail
+        self._lock = threading.Lock()
+
+    @property
+    def healthy(self) -> bool:
+        return self.fail_next == 0
+
+    def write(self, events: Sequence[InferenceEvent]) -> None:
+        with self._lock:
+            if self.fail_next:
+                self.fail_next -= 1
+                raise SinkError("memory sink told to fail")
+            self.events.extend(events)
+
+    def close(self) -> None:
+        pass

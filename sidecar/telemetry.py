@@ -1,0 +1,100 @@
+"""Naming spec for everything the sidecar emits: metric names, event types, stamp headers.
+
+Metrics: ``inference_sidecar_<name>_<unit>[_total]``; label values come from small fixed
+sets (route templates, status codes, outcomes, reasons), never from raw paths or clients.
+Events: ``ai.<subject>.<verb>`` types with a schema version per type.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+NAMESPACE: Final = "inference_sidecar"
+
+EVENT_TYPE_INFERENCE: Final = "ai.inference.completed"
+EVENT_SCHEMA_VERSION: Final = "1.0"
+
+HEADER_MODEL_VERSION: Final = "x-model-version"
+HEADER_POLICY_VERSION: Final = "x-policy-version"
+HEADER_EVIDENCE_BUNDLE: Final = "x-evidence-bundle-id"
+HEADER_INFERENCE_ID: Final = "x-inference-id"
+STAMP_HEADERS: Final = (
+    HEADER_MODEL_VERSION,
+    HEADER_POLICY_VERSION,
+    HEADER_EVIDENCE_BUNDLE,
+    HEADER_INFERENCE_ID,
+)
+
+# Proxy latencies are dominated by the model; the low buckets resolve the sidecar's own cost.
+LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0, 300.0,
+)
+
+
+class Metrics:
+    """Every metric of one sidecar, in its own registry (so tests can run several)."""
+
+    def __init__(self, identity: dict[str, str]) -> None:
+        self.registry = registry = CollectorRegistry()
+        n = NAMESPACE
+        self.info = Gauge(
+            f"{n}_build_info",
+            "Identity stamped on every response (value is always 1).",
+            ["model_name", "model_version", "policy_version", "evidence_bundle_id"],
+            registry=registry,
+        )
+        self.info.labels(**identity).set(1)
+        labels = ["route", "status", "model_version"]
+        self.requests = Counter(
+            f"{n}_requests_total", "Requests answered, by route and status.", labels,
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            f"{n}_request_duration_seconds", "Time from request received to response completed.",
+            labels, buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            f"{n}_upstream_duration_seconds", "Time until the upstream's response headers.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.ttfb = Histogram(
+            f"{n}_time_to_first_byte_seconds", "Time until the first body byte was relayed.",
+            ["route"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.outcomes = Counter(
+            f"{n}_outcomes_total", "Inferences by outcome.", ["outcome"], registry=registry,
+        )
+        self.in_flight = Gauge(
+            f"{n}_requests_in_flight", "Requests being handled now.", registry=registry,
+        )
+        self.events_emitted = Counter(
+            f"{n}_events_emitted_total", "Events written by a sink.", ["sink"], registry=registry,
+        )
+        self.events_queued = Gauge(
+            f"{n}_events_queued", "Events waiting in the queue before the sink.",
+            registry=registry,
+        )
+        self.events_dropped = Counter(
+            f"{n}_events_dropped_total", "Events dropped, by reason.", ["reason"],
+            registry=registry,
+        )
+        self.sink_errors = Counter(
+            f"{n}_sink_errors_total", "Failed sink writes (each batch is retried).", ["sink"],
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._model_version = identity["model_version"]
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        # labels() takes a lock and builds a key each call; cache the children per key.
+        key = (route, str(status))
+        children = self._children.get(key)
+        if children is None:
+            values = (route, key[1], self._model_version)
+            children = (self.requests.labels(*values), self.request_duration.labels(*values))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
