@@ -56,6 +56,7 @@ class Sidecar:
         self._admin_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.admin_port = 0
+        self._stopped = False
 
     async def start(self) -> None:
         s = self.settings
@@ -92,6 +93,10 @@ class Sidecar:
         }})
 
     async def stop(self) -> None:
+        """Drain and close everything; calling it again does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.readiness.draining = True
         self.handler.shutting_down = True
         if self._proxy_runner is not None:

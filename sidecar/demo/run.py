@@ -46,7 +46,7 @@ SAMPLES: list[tuple[str, str, dict[str, str], bytes]] = [
 
 
 async def _demo(n_requests: int, events_file: str, keep_running: bool) -> None:
-    upstream_runner = web.AppRunner(build_app(), access_log=None)
+    upstream_runner = web.AppRunner(build_app(), access_log=None, handler_cancellation=True)
     await upstream_runner.setup()
     upstream_site = web.TCPSite(upstream_runner, "127.0.0.1", 0)
     await upstream_site.start()

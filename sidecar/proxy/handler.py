@@ -36,6 +36,9 @@ from sidecar.telemetry import Metrics
 
 log = get_logger("proxy")
 
+# nginx's convention: the client (or a shutdown) ended the exchange before any response.
+STATUS_NO_RESPONSE = 499
+
 
 def trace_id(traceparent: str | None) -> str | None:
     """The trace id of a W3C ``traceparent`` header, if it is well formed.
@@ -171,6 +174,8 @@ class ProxyHandler:
         event.latency_ms = elapsed * 1000.0
         if not event.outcome:
             event.outcome = OUTCOME_CLIENT_DISCONNECTED
+        if event.status == 0:
+            event.status = STATUS_NO_RESPONSE
         metrics = self._metrics
         metrics.observe_request(event.route, event.status, elapsed)
         metrics.outcomes.labels(event.outcome).inc()

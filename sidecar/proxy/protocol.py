@@ -24,7 +24,14 @@ class ErrorResponder(Protocol):
 def classify_parse_error(status: int, exc: BaseException | None) -> tuple[int, str]:
     """HTTP status and error code for a request the parser refused."""
     if isinstance(exc, LineTooLong):
-        if "status line" in str(exc).lower() or "request line" in str(exc).lower():
+        # The parser names no field; the overlong text itself tells a request target
+        # (origin-form "/..." or absolute-form "http...") from a header line.
+        line = exc.args[0] if exc.args else b""
+        if isinstance(line, str):
+            line = line.encode("latin-1", "replace")
+        if isinstance(line, bytes | bytearray) and bytes(line[:8]).startswith(
+            (b"/", b"http://", b"https://")
+        ):
             return 414, "request_line_too_long"
         return 431, "header_too_large"
     if isinstance(exc, BadHttpMessage) and "too many headers" in str(exc).lower():

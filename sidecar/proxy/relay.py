@@ -66,7 +66,10 @@ class Relay:
             body = error_body("upstream_error", f"upstream answered {upstream.status}", iid)
             headers["Content-Type"] = "application/json"
             headers.popall("Content-Encoding", None)
-        elif self._stamp.body_enabled and "content-encoding" not in headers:
+        elif (
+            self._stamp.body_enabled and upstream.status < 400
+            and "content-encoding" not in headers
+        ):  # error bodies pass through unchanged (or are replaced, above)
             stamped = self._stamp.body(body, headers.get("content-type"), iid)
             if stamped is not None:
                 body = stamped

@@ -1,0 +1,105 @@
+"""Admin listener: metrics in Prometheus text, liveness, readiness with reasons."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_metrics_count_requests_by_route_status_and_version(
+    sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    for _ in range(3):
+        async with client.post(sidecar.url + "/v1/chat/completions",
+                               json={"messages": []}) as r:
+            await r.read()
+    async with client.get(sidecar.url + "/error/502") as r:
+        await r.read()
+    async with client.get(sidecar.url + "/v2/models/anything/infer") as r:
+        await r.read()
+    await sidecar.events(5)
+    async with client.get(sidecar.admin_url + "/metrics") as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain")
+        m = samples(await r.text())
+    chat = (("model_version", "1.2.3"), ("route", "/v1/chat/completions"), ("status", "200"))
+    assert m[("inference_sidecar_requests_total", chat)] == 3
+    assert m[("inference_sidecar_request_duration_seconds_count", chat)] == 3
+    err = (("model_version", "1.2.3"), ("route", "other"), ("status", "502"))
+    assert m[("inference_sidecar_requests_total", err)] == 1
+    # A raw path never becomes a label value: the route template does.
+    kserve = (("model_version", "1.2.3"), ("route", "/v2/models/{model}/infer"),
+              ("status", "405"))
+    assert m[("inference_sidecar_requests_total", kserve)] == 1
+    assert m[("inference_sidecar_events_emitted_total", (("sink", "memory"),))] == 5
+    assert m[("inference_sidecar_requests_in_flight", ())] == 0
+    assert m[("inference_sidecar_outcomes_total", (("outcome", "ok"),))] == 3
+    assert m[("inference_sidecar_build_info", (
+        ("evidence_bundle_id", "eb-42"), ("model_name", "test-model"),
+        ("model_version", "1.2.3"), ("policy_version", "pol-9")))] == 1
+
+
+async def test_healthz_and_readyz(sidecar: Any, client: aiohttp.ClientSession) -> None:
+    async with client.get(sidecar.admin_url + "/healthz") as r:
+        assert r.status == 200 and (await r.json())["status"] == "ok"
+    for _ in range(100):
+        async with client.get(sidecar.admin_url + "/readyz") as r:
+            if r.status == 200:
+                break
+        await asyncio.sleep(0.05)
+    assert r.status == 200
+
+
+async def test_readyz_reports_unreachable_upstream(
+    make_sidecar: Any, client: aiohttp.ClientSession, unused_port: int
+) -> None:
+    sc = await make_sidecar(upstream_url=f"http://127.0.0.1:{unused_port}")
+    await sc.sidecar.readiness.probe_once()
+    async with client.get(sc.admin_url + "/readyz") as r:
+        assert r.status == 503
+        body = await r.json()
+    assert any(reason.startswith("upstream: unreachable") for reason in body["reasons"])
+
+
+async def test_readyz_uses_the_health_path_when_configured(
+    make_sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    sc = await make_sidecar(upstream_health_path="/error/500")
+    await sc.sidecar.readiness.probe_once()
+    async with client.get(sc.admin_url + "/readyz") as r:
+        assert r.status == 503
+    sc2 = await make_sidecar(upstream_health_path="/health")
+    await sc2.sidecar.readiness.probe_once()
+    async with client.get(sc2.admin_url + "/readyz") as r:
+        assert r.status == 200
+
+
+async def test_readyz_reports_a_failing_sink_and_nothing_is_lost(
+    sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    await sidecar.sidecar.readiness.probe_once()
+    sidecar.sink.fail_next = 3
+    async with client.get(sidecar.url + "/v1/models") as r:
+        await r.read()
+    for _ in range(100):
+        async with client.get(sidecar.admin_url + "/readyz") as r:
+            body = await r.json()
+        if r.status == 503:
+            break
+        await asyncio.sleep(0.01)
+    assert r.status == 503 and any("sink memory" in x for x in body["reasons"])
+    (_event,) = await sidecar.events(1)  # retried until the sink took it
+    async with client.get(sidecar.admin_url + "/metrics") as r:
+        m = samples(await r.text())
+    assert m[("inference_sidecar_sink_errors_total", (("sink", "memory"),))] == 3

@@ -1,0 +1,103 @@
+"""Limits and timeouts: each refusal is local, stamped, and recorded as one event."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any
+
+import aiohttp
+
+
+async def test_declared_body_over_limit_is_refused_without_calling_upstream(
+    make_sidecar: Any, upstream: Any, client: aiohttp.ClientSession
+) -> None:
+    sc = await make_sidecar(max_body_bytes="10KiB")
+    async with client.post(sc.url + "/text", data=b"y" * 20_000) as response:
+        assert response.status == 413
+        assert (await response.json())["error"] == "body_too_large"
+    assert upstream.hits == 0
+    (event,) = await sc.events(1)
+    assert (event.outcome, event.status, event.error) == ("rejected", 413, "body_too_large")
+
+
+async def test_chunked_body_over_limit_is_refused(
+    make_sidecar: Any, upstream: Any, client: aiohttp.ClientSession
+) -> None:
+    sc = await make_sidecar(max_body_bytes="10KiB")
+
+    async def body() -> Any:
+        for _ in range(10):
+            yield b"z" * 4096
+
+    async with client.post(sc.url + "/text", data=body()) as response:
+        assert response.status == 413
+    assert upstream.hits == 0
+
+
+async def test_body_at_the_limit_is_forwarded(
+    make_sidecar: Any, upstream: Any, client: aiohttp.ClientSession
+) -> None:
+    sc = await make_sidecar(max_body_bytes="10KiB")
+    async with client.post(sc.url + "/text", data=b"q" * 10240) as response:
+        assert response.status == 200
+        assert await response.read() == b"Q" * 10240
+    (event,) = await sc.events(1)
+    assert event.request_bytes == 10240 and event.response_bytes == 10240
+
+
+async def test_header_limits_are_configurable(
+    make_sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    sc = await make_sidecar(max_header_bytes="1KiB", max_headers="10")
+    async with client.get(sc.url + "/v1/models", headers={"X-Long": "v" * 2000}) as response:
+        assert response.status == 431
+        assert response.headers["x-model-version"] == "1.2.3"
+    many = {f"X-N{i}": "1" for i in range(20)}
+    async with client.get(sc.url + "/v1/models", headers=many) as response:
+        assert response.status == 431
+    async with client.get(sc.url + "/v1/models", headers={"X-Ok": "v" * 500}) as response:
+        assert response.status == 200
+    events = await sc.events(3)
+    assert [e.status for e in events] == [431, 431, 200]
+
+
+async def test_read_timeout_gives_504(make_sidecar: Any, client: aiohttp.ClientSession) -> None:
+    sc = await make_sidecar(read_timeout="200ms")
+    async with client.get(sc.url + "/hang") as response:
+        assert response.status == 504
+    (event,) = await sc.events(1)
+    assert event.outcome == "timeout" and event.upstream_status is None
+
+
+async def test_total_timeout_gives_504(make_sidecar: Any, client: aiohttp.ClientSession) -> None:
+    sc = await make_sidecar(total_timeout="250ms")
+    async with client.get(sc.url + "/hang") as response:
+        assert response.status == 504
+
+
+async def test_connect_timeout_gives_504(make_sidecar: Any, client: aiohttp.ClientSession) -> None:
+    # A loopback listener that never accepts, with its accept queue already full: the
+    # kernel drops further SYNs, so the sidecar's connect can only time out.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        sc = await make_sidecar(upstream_url=f"http://127.0.0.1:{port}", connect_timeout="300ms")
+        async with client.get(sc.url + "/v1/models") as response:
+            assert response.status == 504
+            assert (await response.json())["error"] == "upstream_timeout"
+        (event,) = await sc.events(1)
+        assert event.outcome == "timeout"
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
+

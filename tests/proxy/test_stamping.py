@@ -1,0 +1,222 @@
+"""Every response the sidecar returns carries the four stamp headers, whatever its kind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+
+from sidecar.telemetry import STAMP_HEADERS
+
+SCHEMA = json.loads(
+    (Path(__file__).parents[2] / "sidecar/schemas/ai.inference.completed.v1.json").read_text()
+)
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def assert_stamped(headers: Any, expected_status: int | None = None) -> str:
+    assert headers.get("x-model-version") == "1.2.3"
+    assert headers.get("x-policy-version") == "pol-9"
+    assert headers.get("x-evidence-bundle-id") == "eb-42"
+    iid = headers.get("x-inference-id")
+    assert iid is not None and len(iid) == 36 and iid[14] == "7"  # UUIDv7
+    for name in STAMP_HEADERS:
+        assert len(headers.getall(name)) == 1, f"{name} must be set once, not appended"
+    return str(iid)
+
+
+def event_dict(event: Any) -> dict[str, Any]:
+    import orjson
+
+    result: dict[str, Any] = orjson.loads(orjson.dumps(event))
+    jsonschema.validate(result, SCHEMA)
+    return result
+
+
+CASES = [
+    ("POST", "/v1/chat/completions", CHAT, 200, "ok"),
+    ("POST", "/v1/chat/completions", {**CHAT, "stream": True}, 200, "ok"),
+    ("POST", "/v2/models/resnet/infer", {"inputs": [{"name": "x", "shape": [2],
+                                                     "datatype": "FP32", "data": [1, 2]}]},
+     200, "ok"),
+    ("GET", "/v1/models", None, 200, "ok"),
+    ("GET", "/error/500", None, 500, "upstream_error"),
+    ("GET", "/error/429", None, 429, "upstream_error"),
+    ("GET", "/no-such-route", None, 404, "upstream_error"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "outcome"), CASES)
+async def test_upstream_responses_are_stamped_and_recorded(
+    sidecar: Any, client: aiohttp.ClientSession, method: str, path: str, body: Any,
+    status: int, outcome: str,
+) -> None:
+    async with client.request(method, sidecar.url + path, json=body) as response:
+        await response.read()
+        assert response.status == status
+        iid = assert_stamped(response.headers)
+    (event,) = [event_dict(e) for e in await sidecar.events(1)]
+    assert event["inference_id"] == iid
+    assert event["status"] == status
+    assert event["outcome"] == outcome
+    assert event["model_version"] == "1.2.3" and event["evidence_bundle_id"] == "eb-42"
+
+
+async def test_upstream_error_body_passes_through_unchanged(
+    sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    async with client.get(sidecar.url + "/error/503") as response:
+        assert response.status == 503
+        assert await response.json() == {"error": {"message": "model failed", "code": 503}}
+
+
+async def test_upstream_error_body_replaced_when_configured(
+    make_sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    sc = await make_sidecar(replace_upstream_errors="true")
+    async with client.get(sc.url + "/error/503") as response:
+        body = await response.json()
+        iid = assert_stamped(response.headers)
+    assert response.status == 503
+    assert body["error"] == "upstream_error" and body["inference_id"] == iid
+
+
+async def test_client_cannot_forge_stamp_headers(
+    sidecar: Any, client: aiohttp.ClientSession, upstream: Any
+) -> None:
+    forged = {"x-model-version": "evil", "x-inference-id": "evil", "x-policy-version": "evil"}
+    async with client.post(sidecar.url + "/echo-headers", headers=forged) as response:
+        seen = await response.json()
+        iid = assert_stamped(response.headers)
+    # The upstream got the sidecar's id, not the client's, and no forged stamps;
+    # the upstream's own forged stamp headers did not reach the client either.
+    assert seen.get("x-inference-id") == iid
+    assert "x-model-version" not in {k.lower() for k in seen}
+    assert response.headers["x-model-version"] == "1.2.3"
+
+
+async def test_hop_by_hop_headers_are_not_forwarded(
+    sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    headers = {"Connection": "keep-alive, X-Private", "X-Private": "1", "TE": "trailers",
+               "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+               "tracestate": "vendor=1", "x-request-id": "req-7"}
+    async with client.get(sidecar.url + "/echo-headers", headers=headers) as response:
+        seen = {k.lower(): v for k, v in (await response.json()).items()}
+        assert "x-hop" not in {k.lower() for k in response.headers}
+        assert "keep-alive" not in {k.lower() for k in response.headers}
+    assert "x-private" not in seen and "te" not in seen
+    assert seen["traceparent"].startswith("00-4bf92f35")
+    assert seen["tracestate"] == "vendor=1" and seen["x-request-id"] == "req-7"
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    (event,) = [event_dict(e) for e in await sidecar.events(1)]
+    assert event["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert event["request_id"] == "req-7"
+
+
+async def test_sidecar_errors_are_stamped(
+    make_sidecar: Any, client: aiohttp.ClientSession, upstream: Any
+) -> None:
+    sc = await make_sidecar(max_body_bytes="1KiB", read_timeout="300ms")
+    async with client.post(sc.url + "/text", data=b"x" * 4096) as response:
+        body = await response.json()
+        iid = assert_stamped(response.headers)
+    assert response.status == 413 and body == {
+        "error": "body_too_large", "message": body["message"], "inference_id": iid}
+    async with client.get(sc.url + "/hang") as response:
+        assert response.status == 504
+        assert (await response.json())["error"] == "upstream_timeout"
+        assert_stamped(response.headers)
+    events = [event_dict(e) for e in await sc.events(2)]
+    assert [(e["status"], e["outcome"]) for e in events] == [(413, "rejected"), (504, "timeout")]
+
+
+async def test_upstream_down_gives_stamped_502(
+    make_sidecar: Any, client: aiohttp.ClientSession, unused_port: int
+) -> None:
+    sc = await make_sidecar(upstream_url=f"http://127.0.0.1:{unused_port}")
+    async with client.post(sc.url + "/v1/chat/completions", json=CHAT) as response:
+        assert response.status == 502
+        assert (await response.json())["error"] == "upstream_unavailable"
+        assert_stamped(response.headers)
+    (event,) = [event_dict(e) for e in await sc.events(1)]
+    assert event["outcome"] == "upstream_error" and event["upstream_status"] is None
+
+
+async def test_upstream_reset_gives_stamped_502(
+    sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    async with client.get(sidecar.url + "/reset") as response:
+        assert response.status == 502
+        assert_stamped(response.headers)
+
+
+async def test_stamp_body_adds_object_with_correct_length(
+    make_sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    sc = await make_sidecar(stamp_body="true", stamp_body_key="audit")
+    async with client.post(sc.url + "/v1/chat/completions", json=CHAT) as response:
+        raw = await response.read()
+        iid = assert_stamped(response.headers)
+        assert int(response.headers["Content-Length"]) == len(raw)
+    body = json.loads(raw)
+    assert body["audit"] == {"model_version": "1.2.3", "policy_version": "pol-9",
+                             "evidence_bundle_id": "eb-42", "inference_id": iid}
+    assert body["choices"][0]["message"]["content"] == "You said: hi"
+    # Streams and non-JSON bodies keep their bytes.
+    async with client.post(sc.url + "/text", data=b"abc") as response:
+        assert await response.read() == b"ABC"
+    async with client.post(sc.url + "/v1/chat/completions",
+                           json={**CHAT, "stream": True}) as response:
+        text = (await response.read()).decode()
+    assert "audit" not in text and text.endswith("data: [DONE]\n\n")
+
+
+async def test_malformed_json_is_proxied_untouched_and_recorded(
+    make_sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    sc = await make_sidecar(stamp_body="true")
+    bad = b'{"messages": [ {"content": "unterminated'
+    async with client.post(sc.url + "/echo-headers", data=bad,
+                           headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 200
+    async with client.post(sc.url + "/v1/chat/completions", data=bad,
+                           headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 400  # the model server's verdict, passed through
+        assert (await response.json()) == {"error": {"message": "invalid JSON body"}}
+        assert_stamped(response.headers)
+    events = [event_dict(e) for e in await sc.events(2)]
+    assert events[1]["request_bytes"] == len(bad)
+
+
+async def test_parse_errors_get_stamped_json_and_an_event(sidecar: Any) -> None:
+    port = int(sidecar.url.rsplit(":", 1)[1])
+    cases = [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
+            b"X-H%d: 1\r\n" % i for i in range(150)) + b"\r\n", 431),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    ]
+    for raw, status in cases:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        # aiohttp answers unparseable requests as HTTP/1.0: it never learnt the version.
+        assert re.match(rb"HTTP/1\.[01] %d " % status, head), head[:80]
+        lower = head.lower()
+        for name in STAMP_HEADERS:
+            assert name.encode() + b": " in lower
+        assert json.loads(body)["error"]
+    events = [event_dict(e) for e in await sidecar.events(len(cases))]
+    assert [e["status"] for e in events] == [s for _, s in cases]
+    assert {e["outcome"] for e in events} == {"rejected"}
