@@ -9,6 +9,7 @@ whose message names the key, where it came from and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ class ConfigError(ValueError):
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
                "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
+_INT_MAX = 2**31 - 1
 _NUM_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
@@ -57,35 +59,43 @@ def _bool(raw: Any) -> bool:
 
 
 def _positive_int(raw: Any) -> int:
+    expected = f"a positive integer up to {_INT_MAX}"
     if isinstance(raw, bool):
-        raise ValueError("a positive integer")
+        raise ValueError(expected)
     try:
         value = int(str(raw).strip())
     except ValueError:
-        raise ValueError("a positive integer") from None
-    if value <= 0:
-        raise ValueError("a positive integer")
+        raise ValueError(expected) from None
+    if not 0 < value <= _INT_MAX:
+        raise ValueError(expected)
     return value
 
 
 def _with_unit(raw: Any, units: Mapping[str, float], expected: str) -> float:
     if isinstance(raw, bool):
         raise ValueError(expected)
-    if isinstance(raw, int | float):
-        value, unit = float(raw), ""
-    else:
-        match = _NUM_UNIT.match(str(raw))
-        if match is None or match.group(2).lower() not in units:
-            raise ValueError(expected)
-        value, unit = float(match.group(1)), match.group(2).lower()
+    try:
+        if isinstance(raw, int | float):
+            value, unit = float(raw), ""
+        else:
+            match = _NUM_UNIT.match(str(raw))
+            if match is None or match.group(2).lower() not in units:
+                raise ValueError(expected)
+            value, unit = float(match.group(1)), match.group(2).lower()
+    except OverflowError:  # a YAML integer too large for a float
+        raise ValueError(expected) from None
     result = value * units[unit]
-    if result <= 0:
+    if not math.isfinite(result) or result <= 0:
         raise ValueError(expected)
     return result
 
 
 def _size(raw: Any) -> int:
-    return int(_with_unit(raw, _SIZE_UNITS, "a positive size such as 10MiB, 8KiB or 65536"))
+    expected = "a positive size such as 10MiB, 8KiB or 65536"
+    size = int(_with_unit(raw, _SIZE_UNITS, expected))
+    if size <= 0:  # e.g. 0.5 bytes
+        raise ValueError(expected)
+    return size
 
 
 def _duration(raw: Any) -> float:
@@ -96,14 +106,18 @@ def _host_port(raw: Any) -> tuple[str, int]:
     text = _text(raw)
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    valid_port = port.isascii() and port.isdigit() and 0 <= int(port) <= 65535
+    if not sep or not host or not valid_port:
         raise ValueError("host:port, such as 0.0.0.0:8080")
     return host, int(port)
 
 
 def _http_url(raw: Any) -> str:
     text = _text(raw).rstrip("/")
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        raise ValueError("an http:// or https:// URL, such as http://127.0.0.1:8000") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("an http:// or https:// URL, such as http://127.0.0.1:8000")
     try:
@@ -207,6 +221,8 @@ def _read_file(path: str) -> dict[str, Any]:
             data = yaml.safe_load(fh)
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""

@@ -56,7 +56,7 @@ class Sidecar:
         self._admin_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.admin_port = 0
-        self._stopped = False
+        self._started = self._stopped = False
 
     async def start(self) -> None:
         s = self.settings
@@ -86,6 +86,7 @@ class Sidecar:
         await self._admin_runner.setup()
         await web.TCPSite(self._admin_runner, s.admin_listen[0], s.admin_listen[1]).start()
         self.admin_port = _bound_port(self._admin_runner)
+        self._started = True
         log.info("sidecar started", extra={"fields": {
             "listen": f"{s.listen[0]}:{self.proxy_port}",
             "admin_listen": f"{s.admin_listen[0]}:{self.admin_port}",
@@ -106,6 +107,8 @@ class Sidecar:
         await self.readiness.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        if not self._started:
+            return  # a failed start: the caller reports why, nothing was served
         log.info("sidecar stopped", extra={"fields": {
             "events_emitted": self.pipeline.emitted, "events_dropped": self.queue.dropped,
             "events_left_in_queue": len(self.queue), "drained": drained,
@@ -119,8 +122,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await sidecar.start()
     try:
+        await sidecar.start()
         await stop.wait()
         log.info("shutdown requested; draining")
     finally:

@@ -21,6 +21,8 @@ class EventQueue:
         when_full: str = "drop_oldest",
         on_drop: Callable[[str, int], None] | None = None,
     ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
         if when_full not in ("drop_oldest", "drop_newest"):
             raise ValueError(f"unknown when_full policy {when_full!r}")
         self.capacity = capacity

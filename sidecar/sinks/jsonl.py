@@ -28,6 +28,7 @@ class JsonLinesSink:
     def __init__(self, path: str) -> None:
         self.path = path
         self._healthy = True
+        self._seekable = True  # False for a pipe (events_file=/dev/stdout): no truncation
         try:
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
@@ -41,7 +42,7 @@ class JsonLinesSink:
 
     def write(self, events: Sequence[InferenceEvent]) -> None:
         data = memoryview(encode_lines(events))
-        start = os.lseek(self._fd, 0, os.SEEK_END)
+        start = self._end_offset()
         try:
             while data:
                 written = os.write(self._fd, data)
@@ -49,10 +50,20 @@ class JsonLinesSink:
         except OSError as exc:
             self._healthy = False
             # If even this fails the batch is still retried and the failure reported.
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, start)
+            if start is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)
             raise SinkError(f"events file {self.path}: write failed ({exc.strerror})") from None
         self._healthy = True
+
+    def _end_offset(self) -> int | None:
+        if not self._seekable:
+            return None
+        try:
+            return os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError:
+            self._seekable = False
+            return None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

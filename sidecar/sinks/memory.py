@@ -16,17 +16,20 @@ class MemorySink:
         self.events: list[InferenceEvent] = []
         self.fail_next = 0  # tests set this to make the next N writes fail
         self._lock = threading.Lock()
+        self._healthy = True
 
     @property
     def healthy(self) -> bool:
-        return self.fail_next == 0
+        return self._healthy
 
     def write(self, events: Sequence[InferenceEvent]) -> None:
         with self._lock:
             if self.fail_next:
                 self.fail_next -= 1
+                self._healthy = False
                 raise SinkError("memory sink told to fail")
             self.events.extend(events)
+            self._healthy = True
 
     def close(self) -> None:
         pass

@@ -1,0 +1,238 @@
+"""The ``Sink`` contract (``sidecar/sinks/base.py``), checked for every sink.
+
+A new sink is one more ``SinkCase`` in ``SINK_CASES``: how to build it in a temporary
+directory, how to read back what it stored and, optionally, how to make its next write
+fail (for the "a failed write stores nothing" half of the contract).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sidecar.sinks.jsonl as jsonl_module
+from sidecar.events.model import InferenceEvent
+from sidecar.sinks.base import Sink, SinkError
+from sidecar.sinks.jsonl import JsonLinesSink
+from sidecar.sinks.memory import MemorySink
+
+
+def make_event(n: int, **overrides: Any) -> InferenceEvent:
+    values: dict[str, Any] = {
+        "inference_id": f"inf-{n:06d}",
+        "timestamp": "2025-01-01T00:00:00.000Z",
+        "model_name": "credit-scorer",
+        "model_version": "2.4.1",
+        "policy_version": "pol-7",
+        "evidence_bundle_id": "eb-2025-01",
+        "method": "POST",
+        "route": "/v1/{name}/predict",
+        "path": "/v1/credit/predict",
+        "client_address": "127.0.0.1",
+        "status": 200,
+        "outcome": "ok",
+        "latency_ms": 12.5 + n,
+    }
+    values.update(overrides)
+    return InferenceEvent(**values)
+
+
+# --- per-sink adapters ------------------------------------------------------------------
+
+
+def _read_jsonl(sink: Any) -> list[InferenceEvent]:
+    with open(sink.path, encoding="utf-8") as fh:
+        return [InferenceEvent(**json.loads(line)) for line in fh]
+
+
+@contextlib.contextmanager
+def _jsonl_disk_full(sink: Any) -> Iterator[None]:
+    real_write = os.write
+
+    def failing_write(fd: int, data: Any) -> int:
+        if fd != sink._fd:
+            return real_write(fd, data)
+        real_write(fd, bytes(data[: max(1, len(data) // 2)]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jsonl_module.os, "write", failing_write)
+        yield
+
+
+@contextlib.contextmanager
+def _memory_fails(sink: Any) -> Iterator[None]:
+    sink.fail_next = 1  # consumed by the next write
+    yield
+
+
+@dataclass(frozen=True)
+class SinkCase:
+    id: str
+    make: Callable[[Path], Sink]
+    read_back: Callable[[Any], list[InferenceEvent]]
+    # A context manager under which the sink's next write fails; None if it cannot be made.
+    failing: Callable[[Any], contextlib.AbstractContextManager[None]] | None = None
+
+
+SINK_CASES = [
+    SinkCase("jsonl", lambda d: JsonLinesSink(str(d / "events.jsonl")), _read_jsonl,
+             _jsonl_disk_full),
+    SinkCase("memory", lambda d: MemorySink(), lambda s: list(s.events), _memory_fails),
+]
+
+
+@pytest.fixture(params=SINK_CASES, ids=[c.id for c in SINK_CASES])
+def case(request: pytest.FixtureRequest) -> SinkCase:
+    value: SinkCase = request.param
+    return value
+
+
+@pytest.fixture
+def sink(case: SinkCase, tmp_path: Path) -> Iterator[Sink]:
+    made = case.make(tmp_path)
+    yield made
+    made.close()
+
+
+@pytest.fixture(
+    params=[c for c in SINK_CASES if c.failing is not None],
+    ids=[c.id for c in SINK_CASES if c.failing is not None],
+)
+def failing_case(request: pytest.FixtureRequest) -> SinkCase:
+    value: SinkCase = request.param
+    return value
+
+
+# --- the contract -----------------------------------------------------------------------
+
+
+def test_name_is_a_non_empty_string(sink: Sink) -> None:
+    assert isinstance(sink.name, str)
+    assert sink.name.strip() == sink.name != ""
+
+
+def test_sink_names_are_unique(tmp_path: Path) -> None:
+    # Names label the sink metrics: two sinks with one name would share a series.
+    sinks = [c.make(tmp_path / c.id) for c in SINK_CASES]
+    try:
+        names = [s.name for s in sinks]
+        assert len(names) == len(set(names)), names
+    finally:
+        for made in sinks:
+            made.close()
+
+
+def test_has_the_protocol_methods(sink: Sink) -> None:
+    assert callable(sink.write)
+    assert callable(sink.close)
+    assert isinstance(sink.healthy, bool)
+
+
+def test_healthy_when_new(sink: Sink) -> None:
+    assert sink.healthy is True
+
+
+def test_a_batch_reads_back_the_same_events_in_order(case: SinkCase, sink: Sink) -> None:
+    batch = [make_event(i) for i in range(25)]
+    sink.write(batch)
+    assert case.read_back(sink) == batch
+    assert sink.healthy is True
+
+
+def test_batches_accumulate_in_order(case: SinkCase, sink: Sink) -> None:
+    first = [make_event(i) for i in range(3)]
+    second = [make_event(i) for i in range(3, 10)]
+    sink.write(first)
+    sink.write(second)
+    assert case.read_back(sink) == first + second
+
+
+def test_an_empty_batch_stores_nothing(case: SinkCase, sink: Sink) -> None:
+    sink.write([])
+    assert case.read_back(sink) == []
+    assert sink.healthy is True
+
+
+def test_every_field_survives(case: SinkCase, sink: Sink) -> None:
+    full = make_event(
+        1, trace_id="4bf92f3577b34da6a3ce929d0e0e4736", request_id="req-\u00e9\u4e2d",
+        status=504, outcome="timeout", error="upstream_timeout", upstream_status=None,
+        latency_ms=0.1 + 0.2, upstream_latency_ms=1e-9, ttfb_ms=123456.789,
+        request_bytes=2**40, response_bytes=0, stream=True, chunks=17,
+        client_address=None, path="/v1/caf\u00e9/predict",
+    )
+    sink.write([full])
+    assert case.read_back(sink) == [full]
+
+
+def test_a_large_batch(case: SinkCase, sink: Sink) -> None:
+    batch = [make_event(i) for i in range(2000)]
+    sink.write(batch)
+    stored = case.read_back(sink)
+    assert [e.inference_id for e in stored] == [e.inference_id for e in batch]
+
+
+def test_close_works_and_keeps_what_was_written(case: SinkCase, tmp_path: Path) -> None:
+    made = case.make(tmp_path)
+    batch = [make_event(i) for i in range(4)]
+    made.write(batch)
+    made.close()
+    assert case.read_back(made) == batch
+
+
+def test_close_without_any_write(case: SinkCase, tmp_path: Path) -> None:
+    made = case.make(tmp_path)
+    made.close()
+    assert case.read_back(made) == []
+
+
+def test_write_is_usable_from_a_worker_thread(case: SinkCase, sink: Sink) -> None:
+    # The pipeline calls write() from its single worker thread.
+    from concurrent.futures import ThreadPoolExecutor
+
+    batch = [make_event(i) for i in range(10)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(sink.write, batch).result(timeout=10)
+    assert case.read_back(sink) == batch
+
+
+def test_a_failed_write_stores_nothing_and_the_retry_stores_it_once(
+    failing_case: SinkCase, tmp_path: Path
+) -> None:
+    assert failing_case.failing is not None
+    made = failing_case.make(tmp_path)
+    try:
+        before = [make_event(i) for i in range(3)]
+        made.write(before)
+        batch = [make_event(i) for i in range(3, 8)]
+        with failing_case.failing(made), pytest.raises(SinkError):
+            made.write(batch)
+        assert failing_case.read_back(made) == before
+        made.write(batch)  # the pipeline's retry of the same batch
+        assert made.healthy is True
+        assert failing_case.read_back(made) == before + batch
+    finally:
+        made.close()
+
+
+def test_healthy_is_false_after_a_failed_write(failing_case: SinkCase, tmp_path: Path) -> None:
+    # base.py: "healthy -- False while the last write failed; readiness reports it."
+    assert failing_case.failing is not None
+    made = failing_case.make(tmp_path)
+    try:
+        made.write([make_event(0)])
+        assert made.healthy is True
+        with failing_case.failing(made), pytest.raises(SinkError):
+            made.write([make_event(1)])
+        assert made.healthy is False
+    finally:
+        made.close()

@@ -1,0 +1,417 @@
+"""The real ``inference-sidecar`` console script, run as a subprocess.
+
+Every wait is bounded (subprocess timeouts, polling deadlines); every socket is on
+127.0.0.1. The child's environment has no ``SIDECAR_*`` variable except those a test sets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(sys.executable).parent / "inference-sidecar"
+IDENTITY_ENV = {
+    "SIDECAR_MODEL_NAME": "credit-scorer",
+    "SIDECAR_MODEL_VERSION": "2.4.1",
+    "SIDECAR_POLICY_VERSION": "pol-7",
+    "SIDECAR_EVIDENCE_BUNDLE_ID": "eb-2025-01",
+}
+RUN_TIMEOUT_S = 30.0
+
+
+def child_env(extra: dict[str, str] | None = None, identity: bool = True) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    env.pop("PYTHONWARNINGS", None)
+    if identity:
+        env.update(IDENTITY_ENV)
+    env.update(extra or {})
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = RUN_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *args], env=env, cwd=cwd, capture_output=True, text=True,
+        timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def stderr_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    # No proxy: the environment may name one, and these requests stay on loopback.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+@pytest.fixture
+def listening_socket() -> Iterator[socket.socket]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock
+
+
+def test_console_script_is_installed() -> None:
+    assert SCRIPT.is_file(), f"{SCRIPT} not found: is the project installed in this venv?"
+    assert os.access(SCRIPT, os.X_OK)
+
+
+# --- check-config -----------------------------------------------------------------------
+
+
+def test_check_config_ok_with_env_vars(tmp_path: Path) -> None:
+    result = run_cli(
+        "check-config",
+        env=child_env({"SIDECAR_UPSTREAM_URL": "http://127.0.0.1:8123/"}),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "config ok: model credit-scorer 2.4.1, policy pol-7, evidence eb-2025-01, "
+        "upstream http://127.0.0.1:8123"
+    )
+    assert result.stderr == ""
+
+
+def test_check_config_flags_beat_env(tmp_path: Path) -> None:
+    result = run_cli(
+        "check-config", "--model-version", "9.9.9", "--upstream-url", "https://m.internal",
+        env=child_env(), cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "model credit-scorer 9.9.9" in result.stdout
+    assert "upstream https://m.internal" in result.stdout
+
+
+@pytest.mark.parametrize("how", ["--config", "SIDECAR_CONFIG"])
+def test_check_config_reads_a_yaml_file(tmp_path: Path, how: str) -> None:
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(
+        "model_name: from-file\nmodel_version: '3.0'\npolicy_version: p\n"
+        "evidence_bundle_id: e\nupstream_url: http://10.0.0.5:9000\n",
+        encoding="utf-8",
+    )
+    if how == "--config":
+        result = run_cli("check-config", "--config", str(config),
+                         env=child_env(identity=False), cwd=tmp_path)
+    else:
+        result = run_cli("check-config", env=child_env({"SIDECAR_CONFIG": str(config)},
+                                                       identity=False), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "config ok: model from-file 3.0, policy p, evidence e, upstream http://10.0.0.5:9000"
+    )
+
+
+@pytest.mark.parametrize(
+    ("missing", "env_var", "flag"),
+    [
+        ("model_name", "SIDECAR_MODEL_NAME", "--model-name"),
+        ("evidence_bundle_id", "SIDECAR_EVIDENCE_BUNDLE_ID", "--evidence-bundle-id"),
+    ],
+)
+def test_missing_required_setting_exits_2_with_one_line(
+    tmp_path: Path, missing: str, env_var: str, flag: str
+) -> None:
+    env = child_env()
+    del env[env_var]
+    result = run_cli("check-config", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("inference-sidecar: config error: ")
+    assert repr(missing) in lines[0]
+    assert env_var in lines[0]
+    assert flag in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_missing_required_setting_also_stops_serve(tmp_path: Path) -> None:
+    result = run_cli("serve", env=child_env(identity=False), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert "'model_name'" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_flag_value_exits_2_naming_the_flag(tmp_path: Path) -> None:
+    result = run_cli("check-config", "--listen", "nonsense", env=child_env(), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = stderr_lines(result)
+    assert lines == [
+        "inference-sidecar: config error: flag --listen: expected host:port, "
+        "such as 0.0.0.0:8080, got 'nonsense'"
+    ]
+    assert result.stdout == ""
+
+
+def test_bad_env_value_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    result = run_cli("check-config", env=child_env({"SIDECAR_MAX_BODY_BYTES": "lots"}),
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert "environment variable SIDECAR_MAX_BODY_BYTES" in lines[0]
+    assert "positive size" in lines[0]
+
+
+def test_bad_value_in_yaml_file_exits_2_naming_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("max_headers: 5\nconnect_timeout: soon\n", encoding="utf-8")
+    result = run_cli("check-config", "--config", str(config), env=child_env(), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert f"config file {config}, key 'connect_timeout'" in lines[0]
+    assert "positive duration" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"listen: a: b\n", "not valid YAML at line 1"),
+        (b"- a\n- b\n", "expected a mapping"),
+        (b"lissen: 127.0.0.1:1\n", "unknown key 'lissen'"),
+        (b"model_name: caf\xe9\n", ""),  # Latin-1, not UTF-8
+        (b"max_body_bytes: .inf\n", "max_body_bytes"),
+    ],
+    ids=["invalid-yaml", "not-a-mapping", "unknown-key", "not-utf8", "infinite-size"],
+)
+def test_bad_config_file_exits_2_without_traceback(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    config = tmp_path / "sidecar.yaml"
+    config.write_bytes(content)
+    result = run_cli("check-config", "--config", str(config), env=child_env(), cwd=tmp_path)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2, result.stderr
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert str(config) in lines[0]
+    assert expected in lines[0]
+
+
+def test_unreadable_config_file_exits_2(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    result = run_cli("check-config", "--config", str(missing), env=child_env(), cwd=tmp_path)
+    assert result.returncode == 2
+    assert stderr_lines(result) == [
+        f"inference-sidecar: config error: config file {missing}: cannot read it "
+        "(No such file or directory)"
+    ]
+
+
+# --- help and usage ---------------------------------------------------------------------
+
+
+def test_python_dash_m_sidecar_help(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--help"], env=child_env(), cwd=tmp_path,
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: inference-sidecar" in result.stdout
+    for command in ("serve", "check-config", "demo"):
+        assert command in result.stdout
+
+
+def test_serve_help_lists_every_setting_flag(tmp_path: Path) -> None:
+    result = run_cli("serve", "--help", env=child_env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for flag in ("--config", "--upstream-url", "--listen", "--admin-listen", "--max-body-bytes",
+                 "--event-queue-when-full", "--log-level"):
+        assert flag in result.stdout
+    assert "SIDECAR_UPSTREAM_URL" in result.stdout
+
+
+def test_version_flag(tmp_path: Path) -> None:
+    result = run_cli("--version", env=child_env(), cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("inference-sidecar ")
+
+
+def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli(env=child_env(), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+def _serve_on_busy_port(
+    tmp_path: Path, port: int, busy: str
+) -> subprocess.CompletedProcess[str]:
+    addresses = {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0"}
+    addresses[busy] = f"127.0.0.1:{port}"
+    env = child_env({
+        "SIDECAR_LISTEN": addresses["listen"],
+        "SIDECAR_ADMIN_LISTEN": addresses["admin_listen"],
+        "SIDECAR_UPSTREAM_URL": f"http://127.0.0.1:{unused_port()}",
+        "SIDECAR_EVENTS_FILE": str(tmp_path / "events.jsonl"),
+    })
+    return run_cli("serve", env=env, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("busy", ["listen", "admin_listen"])
+def test_serve_with_port_in_use_fails_with_a_clear_message(
+    tmp_path: Path, listening_socket: socket.socket, busy: str
+) -> None:
+    port = listening_socket.getsockname()[1]
+    result = _serve_on_busy_port(tmp_path, port, busy)
+    assert result.returncode not in (0, -signal.SIGKILL), result.stderr
+    assert "Traceback" not in result.stderr
+    message = [line for line in stderr_lines(result) if line.startswith("inference-sidecar:")]
+    assert len(message) == 1, result.stderr
+    assert "cannot listen" in message[0]
+    assert "address already in use" in message[0].lower()
+    assert str(port) in message[0]
+
+
+@pytest.mark.parametrize("busy", ["listen", "admin_listen"])
+def test_serve_with_port_in_use_cleans_up_what_it_started(
+    tmp_path: Path, listening_socket: socket.socket, busy: str
+) -> None:
+    # When a listener cannot bind, the components already started (upstream pool,
+    # pipeline, readiness probe, the other listener) must be shut down, not leaked:
+    # the operator sees only the one "cannot listen" line, no asyncio error logs.
+    port = listening_socket.getsockname()[1]
+    result = _serve_on_busy_port(tmp_path, port, busy)
+    assert result.returncode not in (0, -signal.SIGKILL), result.stderr
+    assert "Unclosed" not in result.stderr
+    assert len(stderr_lines(result)) == 1, result.stderr
+
+
+def _wait_for_start(proc: subprocess.Popen[bytes], log_path: Path, deadline_s: float) -> dict[
+    str, str
+]:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"serve exited early with {proc.returncode}: {log_path.read_text()}"
+            )
+        for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("msg") == "sidecar started":
+                return entry
+        time.sleep(0.05)
+    raise AssertionError(f"no 'sidecar started' log line within {deadline_s}s: "
+                         f"{log_path.read_text()}")
+
+
+@pytest.mark.slow
+def test_serve_answers_healthz_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    log_path = tmp_path / "stderr.log"
+    events = tmp_path / "events.jsonl"
+    env = child_env({
+        "SIDECAR_LISTEN": "127.0.0.1:0",
+        "SIDECAR_ADMIN_LISTEN": "127.0.0.1:0",
+        # Nothing listens there: readiness is red, liveness must still be green.
+        "SIDECAR_UPSTREAM_URL": f"http://127.0.0.1:{unused_port()}",
+        "SIDECAR_EVENTS_FILE": str(events),
+        "SIDECAR_DRAIN_TIMEOUT": "2s",
+    })
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [str(SCRIPT), "serve"], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=log_file,
+        )
+    try:
+        started = _wait_for_start(proc, log_path, deadline_s=15.0)
+        assert started["model_version"] == "2.4.1"
+        admin = started["admin_listen"]
+        assert admin.startswith("127.0.0.1:")
+
+        status, body = http_get(f"http://{admin}/healthz")
+        assert status == 200
+        assert json.loads(body) == {"status": "ok"}
+
+        status, body = http_get(f"http://{admin}/readyz")
+        assert status == 503
+        assert any("upstream" in reason for reason in json.loads(body)["reasons"])
+
+        status, body = http_get(f"http://{admin}/metrics")
+        assert status == 200
+        assert b"inference_sidecar_build_info" in body
+
+        proc.send_signal(signal.SIGTERM)
+        returncode = proc.wait(timeout=10.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10.0)
+    log = log_path.read_text(encoding="utf-8", errors="replace")
+    assert returncode == 0, log
+    assert "Traceback" not in log
+    assert '"msg":"sidecar stopped"' in log
+    assert events.exists()  # the sink opened (created) its file
+
+
+@pytest.mark.slow
+def test_serve_with_events_file_on_a_stdout_pipe(tmp_path: Path) -> None:
+    # events_file=/dev/stdout is how a container ships events to its log collector; under
+    # a container runtime stdout is a pipe. One request (502: no upstream) makes one event,
+    # which must come out on stdout; SIGTERM must still exit 0.
+    log_path = tmp_path / "stderr.log"
+    env = child_env({
+        "SIDECAR_LISTEN": "127.0.0.1:0",
+        "SIDECAR_ADMIN_LISTEN": "127.0.0.1:0",
+        "SIDECAR_UPSTREAM_URL": f"http://127.0.0.1:{unused_port()}",
+        "SIDECAR_EVENTS_FILE": "/dev/stdout",
+        "SIDECAR_DRAIN_TIMEOUT": "2s",
+    })
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [str(SCRIPT), "serve"], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=log_file,
+        )
+    try:
+        started = _wait_for_start(proc, log_path, deadline_s=15.0)
+        status, _ = http_get(f"http://{started['listen']}/v1/models/x/predict")
+        assert status == 502
+        time.sleep(0.3)  # let the pipeline pick the event up before shutdown
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=10.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10.0)
+    log = log_path.read_text(encoding="utf-8", errors="replace")
+    assert proc.returncode == 0, log
+    events = [json.loads(line) for line in stdout.decode().splitlines()]
+    assert len(events) == 1, (stdout, log)
+    assert events[0]["status"] == 502
+    assert events[0]["path"] == "/v1/models/x/predict"
