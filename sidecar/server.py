@@ -2,8 +2,9 @@
 
 Order matters on shutdown (SIGTERM / SIGINT): readiness goes red first, the proxy
 stops accepting and gives in-flight requests ``drain_timeout`` to finish, then the
-event queue is drained into the sink, and only then do the admin port and the upstream
-pool close. A clean shutdown loses no event.
+event queue is drained into the log and the log into the sink (what the sink cannot
+take in time stays in the on-disk log for the next start), and only then do the admin
+port and the upstream pool close. A clean shutdown loses no event.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from sidecar.admin.app import build_admin_app
 from sidecar.admin.health import Readiness
+from sidecar.admin.looplag import LoopLagMonitor
 from sidecar.config import Settings
 from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
@@ -23,7 +25,7 @@ from sidecar.proxy.handler import ProxyHandler
 from sidecar.proxy.protocol import ProxyServer
 from sidecar.proxy.upstream import Upstream
 from sidecar.sinks.base import Sink
-from sidecar.sinks.jsonl import JsonLinesSink
+from sidecar.sinks.registry import build_log, build_sink
 from sidecar.telemetry import Metrics
 
 log = get_logger("server")
@@ -42,27 +44,57 @@ class Sidecar:
     def __init__(self, settings: Settings, sink: Sink | None = None) -> None:
         self.settings = settings
         self.metrics = metrics = Metrics(settings.identity)
+        self.sink: Sink = sink if sink is not None else build_sink(settings)
+        self.log = build_log(settings)
+        recovered = self.log.stats()  # what the previous run could not keep, counted once
+        if recovered.lost_on_crash:
+            self._count_drop("lost_on_crash", recovered.lost_on_crash)
+        if recovered.corrupt_skipped:
+            self._count_drop("corrupt", recovered.corrupt_skipped)
         self.queue = EventQueue(
             settings.event_queue_size,
-            settings.event_queue_when_full,
-            on_drop=lambda reason, n: metrics.events_dropped.labels(reason).inc(n),
+            settings.when_full,
+            on_drop=self._count_drop,
+            first_seq=self.log.next_seq,
+            on_accept=self.log.note_accepted,
         )
-        self.sink: Sink = sink if sink is not None else JsonLinesSink(settings.events_file)
-        self.pipeline = Pipeline(self.queue, self.sink, metrics)
+        self.pipeline = Pipeline(
+            self.queue, self.log, self.sink, metrics,
+            mode=settings.durability, interval=settings.durability_interval,
+        )
         self.upstream = Upstream(settings)
-        self.handler = ProxyHandler(settings, self.upstream, self.queue, metrics)
-        self.readiness = Readiness(settings, self.sink)
+        self.handler = ProxyHandler(
+            settings, self.upstream, self.queue, metrics,
+            durability=self.pipeline.durability, refusal=self.refusal_reason,
+        )
+        self.readiness = Readiness(settings, self.sink, self.refusal_reason,
+                                   lambda: self.pipeline.disk_ok)
+        self.loop_lag = LoopLagMonitor(metrics.loop_lag, metrics.loop_lag_max)
         self._proxy_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.admin_port = 0
         self._started = self._stopped = False
 
+    def _count_drop(self, reason: str, n: int) -> None:
+        self.metrics.events_dropped.labels(reason).inc(n)
+
+    def refusal_reason(self) -> str | None:
+        """Why a new request must be refused now (fail closed), or None. O(1)."""
+        if self.settings.when_full != "block":
+            return None
+        if not self.queue.accepting:
+            return "event_queue_full"
+        if self.log.full:
+            return "event_log_full"
+        return None
+
     async def start(self) -> None:
         s = self.settings
         await self.upstream.start()
         self.pipeline.start()
         self.readiness.start()
+        self.loop_lag.start()
         server = ProxyServer(
             self.handler,
             on_error=self.handler.on_parse_error,
@@ -81,7 +113,7 @@ class Sidecar:
         ).start()
         self.proxy_port = _bound_port(self._proxy_runner)
 
-        admin = build_admin_app(self.metrics, self.readiness, self.queue)
+        admin = build_admin_app(self.metrics, self.readiness)
         self._admin_runner = web.AppRunner(admin, handle_signals=False, access_log=None)
         await self._admin_runner.setup()
         await web.TCPSite(self._admin_runner, s.admin_listen[0], s.admin_listen[1]).start()
@@ -105,13 +137,14 @@ class Sidecar:
         drained = await self.pipeline.stop(drain_s=self.settings.drain_timeout)
         await self.upstream.close()
         await self.readiness.stop()
+        await self.loop_lag.stop()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         if not self._started:
             return  # a failed start: the caller reports why, nothing was served
         log.info("sidecar stopped", extra={"fields": {
-            "events_emitted": self.pipeline.emitted, "events_dropped": self.queue.dropped,
-            "events_left_in_queue": len(self.queue), "drained": drained,
+            "events_delivered": self.pipeline.delivery.delivered,
+            "events_dropped_by_queue": self.queue.dropped, "delivered_all": drained,
         }})
 
 

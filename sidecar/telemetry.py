@@ -7,14 +7,18 @@ Events: ``ai.<subject>.<verb>`` types with a schema version per type.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 NAMESPACE: Final = "inference_sidecar"
 
 EVENT_TYPE_INFERENCE: Final = "ai.inference.completed"
+EVENT_TYPE_ALERT: Final = "ai.detector.alert"
 EVENT_SCHEMA_VERSION: Final = "1.0"
+EVENT_SOURCE_PREFIX: Final = "urn:inference-sidecar:"
+CLOUDEVENTS_CONTENT_TYPE: Final = b"application/cloudevents+json; charset=utf-8"
 
 HEADER_MODEL_VERSION: Final = "x-model-version"
 HEADER_POLICY_VERSION: Final = "x-policy-version"
@@ -32,6 +36,13 @@ LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     30.0, 60.0, 120.0, 300.0,
 )
+
+
+class LogStatsLike(Protocol):
+    @property
+    def bytes_used(self) -> int: ...
+    @property
+    def records_pending(self) -> int: ...
 
 
 class Metrics:
@@ -71,18 +82,55 @@ class Metrics:
             f"{n}_requests_in_flight", "Requests being handled now.", registry=registry,
         )
         self.events_emitted = Counter(
-            f"{n}_events_emitted_total", "Events written by a sink.", ["sink"], registry=registry,
+            f"{n}_events_emitted_total", "Events accepted into the pipeline (one per inference).",
+            registry=registry,
         )
         self.events_queued = Gauge(
-            f"{n}_events_queued", "Events waiting in the queue before the sink.",
+            f"{n}_events_queued", "Events in memory, waiting for the log writer.",
             registry=registry,
         )
         self.events_dropped = Counter(
-            f"{n}_events_dropped_total", "Events dropped, by reason.", ["reason"],
+            f"{n}_events_dropped_total",
+            "Events lost, by reason: queue_full, log_full_oldest, log_full_newest, "
+            "lost_on_crash, corrupt, shutdown, log_full_at_shutdown.",
+            ["reason"], registry=registry,
+        )
+        self.events_delivered = Counter(
+            f"{n}_events_delivered_total", "Events acknowledged by the sink.", ["sink"],
             registry=registry,
         )
-        self.sink_errors = Counter(
-            f"{n}_sink_errors_total", "Failed sink writes (each batch is retried).", ["sink"],
+        self.delivery_failures = Counter(
+            f"{n}_delivery_failures_total", "Events in batches the sink failed to take.",
+            ["sink"], registry=registry,
+        )
+        self.events_retried = Counter(
+            f"{n}_events_retried_total", "Events sent to the sink again after a failure.",
+            ["sink"], registry=registry,
+        )
+        self.log_write_errors = Counter(
+            f"{n}_log_write_errors_total", "Failed appends to the event log (disk errors).",
+            registry=registry,
+        )
+        self.log_bytes = Gauge(
+            f"{n}_log_bytes", "Bytes in the event log not yet delivered.", registry=registry,
+        )
+        self.log_events = Gauge(
+            f"{n}_log_events", "Events in the event log not yet delivered.", registry=registry,
+        )
+        self.delivery_lag = Gauge(
+            f"{n}_delivery_lag_seconds", "Age of the oldest undelivered event.",
+            registry=registry,
+        )
+        self.overloaded = Counter(
+            f"{n}_requests_refused_total", "Requests refused before the upstream, by reason.",
+            ["reason"], registry=registry,
+        )
+        self.loop_lag = Histogram(
+            f"{n}_event_loop_lag_seconds", "How late a 50 ms timer on the event loop fires.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=registry,
+        )
+        self.loop_lag_max = Gauge(
+            f"{n}_event_loop_lag_max_seconds", "Largest event-loop lag in the last 10 s.",
             registry=registry,
         )
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
@@ -98,3 +146,15 @@ class Metrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def bind_pipeline(
+        self,
+        queue_depth: Callable[[], int],
+        log_stats: Callable[[], LogStatsLike],
+        lag: Callable[[], float],
+    ) -> None:
+        """Gauges read at scrape time, so the hot path never updates them."""
+        self.events_queued.set_function(lambda: float(queue_depth()))
+        self.log_bytes.set_function(lambda: float(log_stats().bytes_used))
+        self.log_events.set_function(lambda: float(log_stats().records_pending))
+        self.delivery_lag.set_function(lag)

@@ -1,25 +1,41 @@
-"""Shared fixtures: a real upstream (the demo model server plus test routes) and a real
-sidecar in front of it, both on loopback ports chosen by the OS."""
+"""Shared fixtures: a real upstream (the demo model server plus test routes), a real
+sidecar in front of it, and a real Kafka-compatible broker, all on loopback ports.
+
+Test modules also import helpers from ``tests/kafka_broker.py`` (``consume_all`` ...):
+pytest runs with ``--import-mode=importlib``, so this folder is put on ``sys.path``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import jsonschema
 import orjson
 import pytest
 from aiohttp import web
 
 from sidecar.config import Settings, load_settings
+from sidecar.demo.broker import EmbeddedBroker
 from sidecar.demo.model_server import build_app
 from sidecar.server import Sidecar
 from sidecar.sinks.memory import MemorySink
+
+sys.path.append(str(Path(__file__).resolve().parent))
+
+SCHEMA_DIR = Path(__file__).resolve().parents[1] / "sidecar" / "schemas"
+EVENT_SCHEMAS = {
+    json.loads(p.read_text())["properties"]["type"]["const"]: json.loads(p.read_text())
+    for p in SCHEMA_DIR.glob("*.json")
+}
 
 IDENTITY = {
     "SIDECAR_MODEL_NAME": "test-model",
@@ -45,6 +61,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    """A real Kafka-compatible broker (Tansu) on a loopback port, for this test only."""
+    with EmbeddedBroker() as running:
+        yield running
 
 
 @pytest.fixture
@@ -106,17 +129,30 @@ class RunningSidecar:
     url: str
     admin_url: str
 
-    def recorded(self) -> list[Any]:
+    def envelopes(self) -> list[dict[str, Any]]:
+        """The CloudEvents recorded so far, as JSON objects."""
         if self.sink is not None:
-            return list(self.sink.events)
+            return [orjson.loads(r.value) for r in self.sink.records]
         path = Path(self.settings.events_file)
         if not path.exists():
             return []
-        return [SimpleNamespace(**orjson.loads(line)) for line in path.read_bytes().splitlines()]
+        return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+    def recorded(self) -> list[Any]:
+        """The inference events recorded so far (the CloudEvents' data), as objects."""
+        return [SimpleNamespace(**e["data"]) for e in self.envelopes()]
 
     @property
     def settings(self) -> Settings:
         return self.sidecar.settings
+
+    async def validated_events(self, expected: int) -> list[dict[str, Any]]:
+        """Wait for ``expected`` events; check each against its JSON Schema; their data."""
+        await self.events(expected)
+        envelopes = self.envelopes()
+        for envelope in envelopes:
+            jsonschema.validate(envelope, EVENT_SCHEMAS[envelope["type"]])
+        return [e["data"] for e in envelopes]
 
     async def events(self, expected: int, timeout: float = 10.0) -> list[Any]:
         """Wait until the sink holds ``expected`` events; return them all."""
@@ -132,21 +168,28 @@ SidecarFactory = Callable[..., Awaitable[RunningSidecar]]
 
 
 @pytest.fixture
-async def make_sidecar(upstream: TestUpstream) -> AsyncIterator[SidecarFactory]:
+async def make_sidecar(
+    upstream: TestUpstream, tmp_path: Path
+) -> AsyncIterator[SidecarFactory]:
     started: list[Sidecar] = []
 
-    async def factory(events_file: str | None = None, **overrides: str) -> RunningSidecar:
-        """A started sidecar; with ``events_file``, the real JSON-lines sink writes there."""
+    async def factory(
+        events_file: str | None = None, real_sink: bool = False, **overrides: str
+    ) -> RunningSidecar:
+        """A started sidecar. By default its sink is a ``MemorySink``; with ``events_file``
+        the real JSON-lines sink writes there; with ``real_sink`` the sink comes from the
+        settings (Kafka when ``kafka_bootstrap`` is given)."""
         environ = {
             **IDENTITY,
             "SIDECAR_UPSTREAM_URL": upstream.url,
             "SIDECAR_LISTEN": "127.0.0.1:0",
             "SIDECAR_ADMIN_LISTEN": "127.0.0.1:0",
+            "SIDECAR_WAL_DIR": str(tmp_path / f"wal-{len(started)}"),
         }
         environ.update({f"SIDECAR_{k.upper()}": v for k, v in overrides.items()})
         if events_file is not None:
             environ["SIDECAR_EVENTS_FILE"] = events_file
-        sink = MemorySink() if events_file is None else None
+        sink = MemorySink() if events_file is None and not real_sink else None
         sidecar = Sidecar(load_settings(environ=environ), sink=sink)
         await sidecar.start()
         started.append(sidecar)

@@ -25,6 +25,7 @@ async def start_sidecar(
     env = {
         **os.environ, **IDENTITY,
         "SIDECAR_UPSTREAM_URL": upstream_url, "SIDECAR_EVENTS_FILE": str(events_file),
+        "SIDECAR_WAL_DIR": str(events_file.parent / "wal"),
         "SIDECAR_LISTEN": f"127.0.0.1:{port}", "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
         **{f"SIDECAR_{k.upper()}": v for k, v in extra.items()},
     }
@@ -46,7 +47,7 @@ async def start_sidecar(
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_bytes().splitlines()]
+    return [json.loads(line)["data"] for line in path.read_bytes().splitlines()]
 
 
 @pytest.mark.slow

@@ -6,13 +6,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.admin.health import Readiness
-from sidecar.events.queue import EventQueue
 from sidecar.telemetry import Metrics
 
 
-def build_admin_app(metrics: Metrics, readiness: Readiness, queue: EventQueue) -> web.Application:
+def build_admin_app(metrics: Metrics, readiness: Readiness) -> web.Application:
     async def metrics_view(_: web.Request) -> web.Response:
-        metrics.events_queued.set(len(queue))
         return web.Response(
             body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
@@ -22,9 +20,12 @@ def build_admin_app(metrics: Metrics, readiness: Readiness, queue: EventQueue) -
 
     async def readyz(_: web.Request) -> web.Response:
         reasons = readiness.reasons()
+        degraded = readiness.degraded()
         if reasons:
-            return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
-        return web.json_response({"status": "ready"})
+            return web.json_response(
+                {"status": "not ready", "reasons": reasons, "degraded": degraded}, status=503
+            )
+        return web.json_response({"status": "ready", "degraded": degraded})
 
     app = web.Application()
     app.router.add_get("/metrics", metrics_view)

@@ -1,4 +1,9 @@
-"""Readiness: is the upstream reachable and is the sink healthy?
+"""Readiness: can this pod take inferences now, under its configured failure policy?
+
+Not ready when draining, when the upstream is unreachable, or when the sidecar would
+refuse requests anyway (``when_full: block`` and the event queue or log is full, or the
+log's disk is failing). A sink that is down is *degraded*, not unready: the durable log
+keeps every event until it returns, so taking the model out of service would only hurt.
 
 The upstream is probed in the background (a TCP connect, or a GET of
 ``upstream_health_path``), so ``/readyz`` answers from memory and a slow model server
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -24,7 +30,13 @@ PROBE_TIMEOUT_S = 1.0
 
 
 class Readiness:
-    def __init__(self, settings: Settings, sink: Sink) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        refusal: Callable[[], str | None],
+        disk_ok: Callable[[], bool],
+    ) -> None:
         parts = urlsplit(settings.upstream_url)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -33,6 +45,9 @@ class Readiness:
             if settings.upstream_health_path else None
         )
         self._sink = sink
+        self._refusal = refusal
+        self._disk_ok = disk_ok
+        self._block = settings.when_full == "block"
         self.upstream_ok = False
         self.upstream_reason = "not probed yet"
         self.draining = False
@@ -46,9 +61,21 @@ class Readiness:
             reasons.append("shutting down")
         if not self.upstream_ok:
             reasons.append(f"upstream: {self.upstream_reason}")
-        if not self._sink.healthy:
-            reasons.append(f"sink {self._sink.name}: last write failed")
+        refusal = self._refusal()
+        if refusal is not None:
+            reasons.append(f"refusing requests: {refusal} (when_full: block)")
+        if self._block and not self._disk_ok():
+            reasons.append("event log: disk writes failing (when_full: block)")
         return reasons
+
+    def degraded(self) -> list[str]:
+        """Problems that do not stop service: events wait in the log meanwhile."""
+        problems = []
+        if not self._sink.healthy:
+            problems.append(f"sink {self._sink.name}: delivery failing, events kept in the log")
+        if not self._block and not self._disk_ok():
+            problems.append("event log: disk writes failing")
+        return problems
 
     async def probe_once(self) -> None:
         try:

@@ -1,8 +1,15 @@
 """``EventQueue``: the one hand-off between the request path and the event pipeline.
 
-Bounded, never blocks the request path. When full it applies ``when_full``:
-``drop_oldest`` (keep the newest evidence; the default) or ``drop_newest``; every
-drop is counted by reason. Single consumer: the pipeline task on the same loop.
+It never blocks the request path. Each accepted event gets the next sequence number
+(continuing the durable log's numbering across restarts). ``when_full`` says what a full
+queue does (Vector's ``when_full``):
+
+- ``block``: nothing is dropped; instead ``accepting`` turns False and the request path
+  refuses new inferences (503) until the pipeline catches up. Requests already in flight
+  may still enqueue, so the queue holds at most ``capacity`` plus the in-flight count.
+- ``drop_oldest`` / ``drop_newest``: the queue stays at ``capacity`` and counts each drop.
+
+Single consumer: the pipeline's writer task on the same event loop.
 """
 
 from __future__ import annotations
@@ -13,25 +20,31 @@ from collections.abc import Callable
 
 from sidecar.events.model import InferenceEvent
 
+POLICIES = ("block", "drop_oldest", "drop_newest")
+
 
 class EventQueue:
     def __init__(
         self,
         capacity: int,
-        when_full: str = "drop_oldest",
+        when_full: str = "block",
         on_drop: Callable[[str, int], None] | None = None,
+        first_seq: int = 1,
+        on_accept: Callable[[int], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
-        if when_full not in ("drop_oldest", "drop_newest"):
+        if when_full not in POLICIES:
             raise ValueError(f"unknown when_full policy {when_full!r}")
         self.capacity = capacity
         self.when_full = when_full
         self.dropped = 0
-        self._items: deque[InferenceEvent] = deque()
+        self._next_seq = first_seq
+        self._items: deque[tuple[int, InferenceEvent]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._on_drop = on_drop
+        self._on_accept = on_accept
 
     def __len__(self) -> int:
         return len(self._items)
@@ -40,25 +53,31 @@ class EventQueue:
     def closed(self) -> bool:
         return self._closed
 
-    def put(self, event: InferenceEvent) -> bool:
-        """Enqueue without blocking; returns False if this event was the one dropped."""
-        accepted = True
-        if len(self._items) >= self.capacity:
+    @property
+    def accepting(self) -> bool:
+        """False when a ``block`` queue is full: admission control refuses new requests."""
+        return self.when_full != "block" or len(self._items) < self.capacity
+
+    def put(self, event: InferenceEvent) -> int:
+        """Enqueue without blocking; return the event's sequence number, 0 if dropped."""
+        if len(self._items) >= self.capacity and self.when_full != "block":
             self.dropped += 1
             if self._on_drop is not None:
                 self._on_drop("queue_full", 1)
             if self.when_full == "drop_newest":
-                accepted = False
-            else:
-                self._items.popleft()
-        if accepted:
-            self._items.append(event)
+                return 0
+            self._items.popleft()
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        self._items.append((seq, event))
+        if self._on_accept is not None:
+            self._on_accept(seq)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        return accepted
+        return seq
 
-    async def get_batch(self, max_items: int) -> list[InferenceEvent]:
+    async def get_batch(self, max_items: int) -> list[tuple[int, InferenceEvent]]:
         """Wait for at least one event (or close); return up to ``max_items`` in order.
 
         An empty list means the queue is closed and drained.

@@ -1,80 +1,103 @@
-"""``Pipeline``: takes batches off the ``EventQueue`` and hands them to the sink.
+"""``Pipeline``: the event path after the request path, read top to bottom.
 
-The consumer is a task on the event loop, but the sink's blocking ``write`` runs in a
-single worker thread, so no file or network I/O ever runs on the loop. A failed write
-is retried with backoff (capped), keeping the batch; meanwhile the bounded queue keeps
-absorbing events and counts what it has to drop. ``stop()`` drains the queue first.
+    EventQueue (bounded, in memory)
+        │  LogWriter: encode as CloudEvents, append, fsync        (writer thread)
+        ▼
+    EventLog (WriteAheadLog on disk, or MemoryLog)
+        │  Delivery: read, sink.write, ack → trim                 (delivery thread)
+        ▼
+    Sink (Kafka, or the JSON-lines file)
+
+Two tasks on the loop drive the stages; every blocking call runs in a stage's own thread.
+Stop order: the queue closes and drains into the log (fsynced), then delivery gets what
+is left of ``drain_s``; anything undelivered stays in the on-disk log for the next start
+(with ``durability: memory`` it is lost, and counted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
+import time
 
-from sidecar.events.model import InferenceEvent
+from sidecar.durability.base import EventLog
 from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
-from sidecar.sinks.base import Sink, SinkError
+from sidecar.pipeline.delivery import Delivery
+from sidecar.pipeline.writer import Durability, LogWriter
+from sidecar.sinks.base import Sink
 from sidecar.telemetry import Metrics
 
 log = get_logger("pipeline")
 
-BATCH_MAX = 512
-RETRY_INITIAL_S = 0.05
-RETRY_MAX_S = 2.0
-
 
 class Pipeline:
-    def __init__(self, queue: EventQueue, sink: Sink, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        queue: EventQueue,
+        event_log: EventLog,
+        sink: Sink,
+        metrics: Metrics,
+        mode: str = "sync",
+        interval: float = 0.05,
+    ) -> None:
         self.queue = queue
+        self.log = event_log
         self.sink = sink
+        self.mode = mode
+        self.disk_ok = True
         self._metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-sink")
-        self._task: asyncio.Task[None] | None = None
-        self.emitted = 0
+        self.delivery = Delivery(event_log, sink, metrics)
+        self.writer = LogWriter(
+            queue, event_log, mode, interval,
+            on_appended=self.delivery.notify, on_disk_error=self._disk_error,
+            on_drop=lambda reason, n: metrics.events_dropped.labels(reason).inc(n),
+        )
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        metrics.bind_pipeline(queue_depth=lambda: len(queue), log_stats=event_log.stats,
+                              lag=self.delivery.lag_seconds)
+
+    def _disk_error(self, failing: bool) -> None:
+        self.disk_ok = not failing
+        if failing:
+            self._metrics.log_write_errors.inc()
+
+    @property
+    def durability(self) -> Durability:
+        return self.writer.durability
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="event-pipeline")
-
-    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        emitted = self._metrics.events_emitted.labels(self.sink.name)
-        while True:
-            batch = await self.queue.get_batch(BATCH_MAX)
-            self._metrics.events_queued.set(len(self.queue))
-            if not batch:
-                return
-            await self._deliver(loop, batch)
-            self.emitted += len(batch)
-            emitted.inc(len(batch))
+        self._tasks["writer"] = loop.create_task(self.writer.run(), name="log-writer")
+        self._tasks["delivery"] = loop.create_task(self.delivery.run(), name="delivery")
+        if self.mode == "batch":
+            self._tasks["sync"] = loop.create_task(
+                self.writer.run_periodic_sync(), name="periodic-fsync")
 
-    async def _deliver(self, loop: asyncio.AbstractEventLoop, batch: list[InferenceEvent]) -> None:
-        delay = RETRY_INITIAL_S
-        while True:
-            try:
-                await loop.run_in_executor(self._executor, self.sink.write, batch)
-                return
-            except SinkError as exc:
-                self._metrics.sink_errors.labels(self.sink.name).inc()
-                log.error("sink write failed; batch kept for retry",
-                          extra={"fields": {"sink": self.sink.name, "reason": str(exc),
-                                            "batch": len(batch), "retry_in_s": delay}})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
-
-    async def stop(self, drain_s: float | None = None) -> bool:
-        """Close the queue and wait until it is drained; False if ``drain_s`` ran out."""
+    async def stop(self, drain_s: float) -> bool:
+        """Drain queue → log → sink within ``drain_s``; True if everything was delivered."""
+        deadline = time.monotonic() + drain_s
         self.queue.close()
+        self.writer.give_up_at = deadline  # a full log under `block` must not hang shutdown
+        writer = self._tasks.get("writer")
+        if writer is not None:
+            await writer  # the queue is bounded and the disk local: this finishes
+        sync = self._tasks.get("sync")
+        if sync is not None:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+        self.writer.shutdown()
         drained = True
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), drain_s)
-            except TimeoutError:
-                drained = False
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.sink.close)
-        self._executor.shutdown(wait=True)
+        delivery = self._tasks.get("delivery")
+        if delivery is not None:
+            drained = await self.delivery.stop(delivery, max(0.0, deadline - time.monotonic()))
+        stats = self.log.stats()
+        if stats.records_pending and self.mode == "memory":
+            self._metrics.events_dropped.labels("shutdown").inc(stats.records_pending)
+        self.log.close()
+        if stats.records_pending:
+            log.warning("events not delivered at shutdown", extra={"fields": {
+                "pending": stats.records_pending,
+                "kept_in_log": self.mode != "memory"}})
         return drained

@@ -4,13 +4,15 @@
 It creates the inference's event on arrival and enqueues it in ``finally``: errors,
 timeouts, rejections and client disconnects (which cancel the handler at whatever
 ``await`` it is in) all produce exactly one event. The only thing it does with the
-event is ``EventQueue.put``, which never blocks.
+event is ``EventQueue.put``, which never blocks; with ``durability: sync`` it then waits
+for the event's fsync before the response's last byte goes out (``Exchange.commit``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -21,12 +23,16 @@ from sidecar.errors import (
     OUTCOME_CLIENT_DISCONNECTED,
     OUTCOME_OK,
     OUTCOME_REJECTED,
+    OUTCOME_UPSTREAM_ERROR,
+    Overloaded,
     SidecarError,
 )
 from sidecar.events.model import InferenceEvent
 from sidecar.events.queue import EventQueue
 from sidecar.ids import new_inference_id
 from sidecar.logs import get_logger
+from sidecar.pipeline.writer import Durability
+from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.filters import read_request_body
 from sidecar.proxy.relay import Relay, error_body
 from sidecar.proxy.routes import RouteTable
@@ -63,12 +69,18 @@ class ProxyHandler:
         upstream: Upstream,
         queue: EventQueue,
         metrics: Metrics,
+        durability: Durability,
+        refusal: Callable[[], str | None],
     ) -> None:
         self._settings = settings
         self._identity = settings.identity
         self._upstream = upstream
         self._queue = queue
         self._metrics = metrics
+        self._durability = durability
+        self._sync = settings.durability == "sync"
+        self._durability_timeout = settings.durability_timeout
+        self._refusal = refusal
         self._stamp = Stamp(settings)
         self._relay = Relay(settings, self._stamp)
         self._routes = RouteTable(settings.routes)
@@ -94,30 +106,47 @@ class ProxyHandler:
         )
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        started = time.perf_counter()
-        event = self._new_event(request)
+        exchange = Exchange(self, self._new_event(request), time.perf_counter())
+        event = exchange.event
         self._metrics.in_flight.inc()
         try:
-            return await self._proxy(request, event, started)
+            return await self._proxy(request, exchange)
+        except Overloaded as exc:
+            # Refused before the upstream: no model output to prove, and waiting for a log
+            # that is full would turn a fast 503 into a hang.
+            event.outcome, event.error, event.status = exc.outcome, exc.code, exc.status
+            exchange.committed = True
+            if self._queue.accepting:
+                self.record(event, exchange.started)
+            else:  # never admitted; counted by requests_refused_total, not queued
+                self._metrics.observe_request(event.route, exc.status, 0.0)
+            return await self._reply_error(request, exchange, exc.status, exc.code, exc.message)
         except SidecarError as exc:
             event.outcome, event.error = exc.outcome, exc.code
-            return await self._reply_error(request, event, exc.status, exc.code, exc.message)
+            return await self._reply_error(request, exchange, exc.status, exc.code, exc.message)
         except (ConnectionResetError, asyncio.CancelledError):
-            event.outcome = OUTCOME_ABORTED if self.shutting_down else OUTCOME_CLIENT_DISCONNECTED
+            if not exchange.committed:
+                event.outcome = (
+                    OUTCOME_ABORTED if self.shutting_down else OUTCOME_CLIENT_DISCONNECTED
+                )
             raise
         except Exception as exc:
             log.error("unexpected error in the request path", exc_info=True,
                       extra={"fields": {"inference_id": event.inference_id}})
-            event.outcome, event.error = "upstream_error", "internal_error"
-            return await self._reply_error(request, event, 500, "internal_error",
+            event.outcome, event.error = OUTCOME_UPSTREAM_ERROR, "internal_error"
+            return await self._reply_error(request, exchange, 500, "internal_error",
                                            f"sidecar error: {type(exc).__name__}")
         finally:
             self._metrics.in_flight.dec()
-            self._finish(event, started)
+            if not exchange.committed:
+                self.record(event, exchange.started)
 
-    async def _proxy(
-        self, request: web.BaseRequest, event: InferenceEvent, started: float
-    ) -> web.StreamResponse:
+    async def _proxy(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
+        refusal = self._refusal()
+        if refusal is not None:  # fail closed: no inference whose event cannot be kept
+            self._metrics.overloaded.labels(refusal).inc()
+            raise Overloaded("the sidecar cannot record more events right now", code=refusal)
+        event = exchange.event
         body = await read_request_body(request, self._max_body)
         event.request_bytes = len(body)
         headers = request_headers(
@@ -126,20 +155,22 @@ class ProxyHandler:
         async with self._upstream.request(
             request.method, request.raw_path, headers, body
         ) as upstream:
-            event.upstream_latency_ms = (time.perf_counter() - started) * 1000.0
-            response = await self._relay.send(request, upstream, event, started)
-        event.outcome = OUTCOME_OK if upstream.status < 400 else "upstream_error"
-        return response
+            event.upstream_latency_ms = (time.perf_counter() - exchange.started) * 1000.0
+            event.outcome = OUTCOME_OK if upstream.status < 400 else OUTCOME_UPSTREAM_ERROR
+            return await self._relay.send(request, upstream, exchange)
 
     async def _reply_error(
-        self, request: web.BaseRequest, event: InferenceEvent, status: int, code: str,
+        self, request: web.BaseRequest, exchange: Exchange, status: int, code: str,
         message: str,
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionResetError("response already started")  # relay aborted it
+        event = exchange.event
         response = self.error_response(event.inference_id, status, code, message)
-        event.status = status
-        event.response_bytes = response.content_length or 0
+        if not exchange.committed:
+            event.status = status
+            event.response_bytes = response.content_length or 0
+            await exchange.commit()
         await response.prepare(request)
         await response.write_eof()
         return response
@@ -159,17 +190,22 @@ class ProxyHandler:
     def on_parse_error(
         self, request: web.BaseRequest, status: int, code: str
     ) -> web.StreamResponse:
-        """Stamped reply and event for a request the HTTP parser refused."""
+        """Stamped reply and event for a request the HTTP parser refused.
+
+        aiohttp calls this synchronously, so it cannot wait for durability: the event is
+        enqueued, and the reply carries no model output that would need proof.
+        """
         started = time.perf_counter()
         event = self._new_event(request)
-        event.outcome = OUTCOME_REJECTED if status < 500 else "upstream_error"
+        event.outcome = OUTCOME_REJECTED if status < 500 else OUTCOME_UPSTREAM_ERROR
         event.error, event.status = code, status
         response = self.error_response(event.inference_id, status, code, "malformed request")
         event.response_bytes = response.content_length or 0
-        self._finish(event, started)
+        self.record(event, started)
         return response
 
-    def _finish(self, event: InferenceEvent, started: float) -> None:
+    def record(self, event: InferenceEvent, started: float) -> int:
+        """Complete the event's timings and metrics and enqueue it; its sequence number."""
         elapsed = time.perf_counter() - started
         event.latency_ms = elapsed * 1000.0
         if not event.outcome:
@@ -184,4 +220,23 @@ class ProxyHandler:
                 event.upstream_latency_ms / 1000.0)
         if event.ttfb_ms is not None:
             metrics.ttfb.labels(event.route).observe(event.ttfb_ms / 1000.0)
-        self._queue.put(event)
+        seq = self._queue.put(event)
+        if seq:
+            metrics.events_emitted.inc()
+        return seq
+
+    async def wait_durable(self, seq: int) -> None:
+        if not self._sync or not seq:
+            return
+        future = self._durability.wait(seq)
+        if future is None:
+            return
+        try:
+            async with asyncio.timeout(self._durability_timeout):
+                await future
+        except TimeoutError:
+            # The answer must not reach the client without its evidence: cut it off.
+            self._metrics.overloaded.labels("event_not_durable").inc()
+            log.error("event not durable in time; response withheld",
+                      extra={"fields": {"seq": seq, "timeout_s": self._durability_timeout}})
+            raise ConnectionResetError("event not durable in time") from None

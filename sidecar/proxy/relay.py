@@ -17,7 +17,7 @@ from aiohttp import web
 
 from sidecar.config import Settings
 from sidecar.errors import SidecarError
-from sidecar.events.model import InferenceEvent
+from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.stamp import Stamp
 from sidecar.proxy.upstream import read_body, read_chunks, response_headers
 
@@ -40,26 +40,19 @@ class Relay:
         self._stamp = stamp
 
     async def send(
-        self,
-        request: web.BaseRequest,
-        upstream: aiohttp.ClientResponse,
-        event: InferenceEvent,
-        started: float,
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, exchange: Exchange
     ) -> web.StreamResponse:
-        event.upstream_status = upstream.status
+        exchange.event.upstream_status = upstream.status
         if wants_stream(upstream, self._buffer_limit):
-            return await self._stream(request, upstream, event, started)
-        return await self._buffered(request, upstream, event, started)
+            return await self._stream(request, upstream, exchange)
+        return await self._buffered(request, upstream, exchange)
 
     async def _buffered(
-        self,
-        request: web.BaseRequest,
-        upstream: aiohttp.ClientResponse,
-        event: InferenceEvent,
-        started: float,
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, exchange: Exchange
     ) -> web.StreamResponse:
+        event = exchange.event
         body = await read_body(upstream)
-        event.ttfb_ms = (time.perf_counter() - started) * 1000.0
+        event.ttfb_ms = (time.perf_counter() - exchange.started) * 1000.0
         headers = response_headers(upstream.headers)
         iid = event.inference_id
         if self._replace_errors and upstream.status >= 500:
@@ -79,36 +72,42 @@ class Relay:
         self._stamp.headers(response.headers, iid)
         event.status = upstream.status
         event.response_bytes = len(body)
+        await exchange.commit()
         await response.prepare(request)
         await response.write_eof()
         return response
 
     async def _stream(
-        self,
-        request: web.BaseRequest,
-        upstream: aiohttp.ClientResponse,
-        event: InferenceEvent,
-        started: float,
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, exchange: Exchange
     ) -> web.StreamResponse:
+        event = exchange.event
+        length = upstream.content_length
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason,
             headers=response_headers(upstream.headers),
         )
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
+        if length is not None:
+            response.content_length = length
         self._stamp.headers(response.headers, event.inference_id)
         event.stream = True
         event.status = upstream.status
         await response.prepare(request)
         sent = 0
         chunks = 0
+        held = b""  # with a Content-Length, the final byte is the completion signal
         try:
             async for chunk in read_chunks(upstream):
                 if chunks == 0:
-                    event.ttfb_ms = (time.perf_counter() - started) * 1000.0
-                await response.write(chunk)
+                    event.ttfb_ms = (time.perf_counter() - exchange.started) * 1000.0
                 chunks += 1
                 sent += len(chunk)
+                if length is not None and sent >= length:
+                    chunk, held = chunk[:-1], chunk[-1:]
+                await response.write(chunk)
+            event.chunks, event.response_bytes = chunks, sent
+            await exchange.commit()
+            if held:
+                await response.write(held)
             await response.write_eof()
         except SidecarError:
             # Headers are out: the only honest signal left is to cut the connection.
@@ -116,6 +115,6 @@ class Relay:
                 request.transport.abort()
             raise
         finally:
-            event.chunks = chunks
-            event.response_bytes = sent
+            if not exchange.committed:
+                event.chunks, event.response_bytes = chunks, sent
         return response

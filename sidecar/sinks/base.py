@@ -1,8 +1,10 @@
 """The ``Sink`` contract every sink implements (and ``tests/sinks`` checks for each).
 
-``write`` is blocking and runs in the pipeline's worker thread, never on the event loop.
-It either stores the whole batch or raises ``SinkError`` having stored none of it, so
-the pipeline can retry the same batch without duplicating or losing events.
+``write`` is blocking and runs in the delivery thread, never on the event loop. It
+returns only once the whole batch is stored (acknowledged), or raises ``SinkError``.
+Delivery is at-least-once: a batch that failed part-way is retried whole, so a sink
+that cannot store atomically (Kafka) may store some records twice; consumers
+de-duplicate by the CloudEvents ``id``. The file sink does store atomically.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from sidecar.events.model import InferenceEvent
+from sidecar.events.record import Record
 
 
 class SinkError(Exception):
@@ -25,6 +27,6 @@ class Sink(Protocol):
         """False while the last write failed; readiness reports it."""
         ...
 
-    def write(self, events: Sequence[InferenceEvent]) -> None: ...
+    def write(self, records: Sequence[Record]) -> None: ...
 
     def close(self) -> None: ...

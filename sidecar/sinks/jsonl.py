@@ -1,4 +1,4 @@
-"""JSON-lines file sink: one event per line, appended; the embedded default.
+"""JSON-lines file sink: one CloudEvent per line, appended; the default without Kafka.
 
 A batch is written with one ``os.write`` loop; if the disk fails part-way (ENOSPC, EIO)
 the file is truncated back to where the batch began, so a retry never leaves a torn or
@@ -11,15 +11,12 @@ import contextlib
 import os
 from collections.abc import Sequence
 
-import orjson
-
-from sidecar.events.model import InferenceEvent
+from sidecar.events.record import Record
 from sidecar.sinks.base import SinkError
 
 
-def encode_lines(events: Sequence[InferenceEvent]) -> bytes:
-    dumps, opt = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    return b"".join([dumps(e, option=opt) for e in events])
+def encode_lines(records: Sequence[Record]) -> bytes:
+    return b"".join([r.value + b"\n" for r in records])
 
 
 class JsonLinesSink:
@@ -40,8 +37,8 @@ class JsonLinesSink:
     def healthy(self) -> bool:
         return self._healthy
 
-    def write(self, events: Sequence[InferenceEvent]) -> None:
-        data = memoryview(encode_lines(events))
+    def write(self, records: Sequence[Record]) -> None:
+        data = memoryview(encode_lines(records))
         start = self._end_offset()
         try:
             while data:

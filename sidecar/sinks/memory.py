@@ -1,11 +1,11 @@
-"""In-memory sink: keeps events in a list. For development and unit tests."""
+"""In-memory sink: keeps records in a list. For development and unit tests."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
 
-from sidecar.events.model import InferenceEvent
+from sidecar.events.record import Record
 from sidecar.sinks.base import SinkError
 
 
@@ -13,7 +13,7 @@ class MemorySink:
     name = "memory"
 
     def __init__(self) -> None:
-        self.events: list[InferenceEvent] = []
+        self.records: list[Record] = []
         self.fail_next = 0  # tests set this to make the next N writes fail
         self._lock = threading.Lock()
         self._healthy = True
@@ -22,13 +22,13 @@ class MemorySink:
     def healthy(self) -> bool:
         return self._healthy
 
-    def write(self, events: Sequence[InferenceEvent]) -> None:
+    def write(self, records: Sequence[Record]) -> None:
         with self._lock:
             if self.fail_next:
                 self.fail_next -= 1
                 self._healthy = False
                 raise SinkError("memory sink told to fail")
-            self.events.extend(events)
+            self.records.extend(records)
             self._healthy = True
 
     def close(self) -> None:

@@ -45,12 +45,13 @@ async def test_exactly_n_events_for_n_concurrent_requests(
         await asyncio.wait_for(asyncio.gather(*(one(session, i) for i in range(N))), 60)
     await sc.sidecar.stop()  # drains the queue into the file
     lines = events_file.read_bytes().splitlines()
-    events = [json.loads(line) for line in lines]
+    envelopes = [json.loads(line) for line in lines]
+    for envelope in envelopes[:50]:
+        jsonschema.validate(envelope, SCHEMA)
+    events = [e["data"] for e in envelopes]
     assert len(events) == N
     assert len({e["inference_id"] for e in events}) == N
     assert {e["inference_id"] for e in events} == set(ids)
-    for event in events[:50]:
-        jsonschema.validate(event, SCHEMA)
     # UUIDv7 ids are time-ordered: sorting by id sorts by arrival timestamp.
     by_id = sorted(events, key=lambda e: e["inference_id"])
     stamps = [e["timestamp"] for e in by_id]

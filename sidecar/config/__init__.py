@@ -1,0 +1,124 @@
+"""Configuration: one typed, frozen ``Settings`` object, validated once at start-up.
+
+Every setting comes from, in order of precedence: a CLI flag (``--upstream-url``), an
+environment variable (``SIDECAR_UPSTREAM_URL``), the YAML file given by ``--config``
+(key ``upstream_url``), then the default in ``settings.py``. A bad value raises
+``ConfigError`` whose message names the key, where it came from and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from sidecar.config.settings import REQUIRED, Settings
+
+__all__ = [
+    "SETTINGS_FIELDS", "ConfigError", "Settings", "env_name", "flag_name", "load_settings",
+]
+
+ENV_PREFIX = "SIDECAR_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message is meant for the operator as is."""
+
+
+SETTINGS_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {path}: not valid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings at the top level")
+    unknown = sorted(str(k) for k in data if k not in SETTINGS_FIELDS)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r}")
+    return data
+
+
+def load_settings(
+    config_path: str | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge flags > environment > file > defaults, validate, and return ``Settings``."""
+    environ = os.environ if environ is None else environ
+    flags = flags or {}
+    config_path = config_path or environ.get(ENV_PREFIX + "CONFIG") or None
+    file_values = _read_file(config_path) if config_path else {}
+    values: dict[str, Any] = {}
+    for key, spec in SETTINGS_FIELDS.items():
+        if flags.get(key) is not None:
+            raw, source = flags[key], f"flag {flag_name(key)}"
+        elif env_name(key) in environ:
+            raw, source = environ[env_name(key)], f"environment variable {env_name(key)}"
+        elif key in file_values:
+            raw, source = file_values[key], f"config file {config_path}, key {key!r}"
+        elif spec.default is REQUIRED:
+            raise ConfigError(
+                f"missing required setting {key!r}: set {env_name(key)}, "
+                f"pass {flag_name(key)}, or add {key!r} to the config file"
+            )
+        else:
+            values[key] = spec.default
+            continue
+        try:
+            values[key] = spec.metadata["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: expected {exc}, got {raw!r}") from None
+    settings = Settings(**values)
+    _cross_check(settings)
+    return settings
+
+
+_SECRET_FILES = (
+    "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
+    "kafka_sasl_username_file", "kafka_sasl_password_file",
+)
+
+
+def _cross_check(s: Settings) -> None:
+    """Rules that involve more than one setting, or the files a setting names."""
+    if s.durability != "memory" and s.wal_segment_bytes * 2 > s.wal_max_bytes:
+        raise ConfigError(
+            f"wal_segment_bytes: expected at most half of wal_max_bytes "
+            f"({s.wal_max_bytes}), got {s.wal_segment_bytes}"
+        )
+    if s.kafka_security_protocol.startswith("sasl") and s.kafka_sasl_mechanism is None:
+        raise ConfigError(
+            f"kafka_sasl_mechanism: expected a mechanism for security protocol "
+            f"{s.kafka_security_protocol}"
+        )
+    if s.kafka_sasl_mechanism is not None:
+        for key in ("kafka_sasl_username_file", "kafka_sasl_password_file"):
+            if getattr(s, key) is None:
+                raise ConfigError(f"{key}: expected a file path, since SASL is configured")
+    for key in _SECRET_FILES:
+        path = getattr(s, key)
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"{key}: expected a readable file, cannot read {path}")

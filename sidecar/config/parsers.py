@@ -1,0 +1,129 @@
+"""Value parsers for settings. Each takes a raw value (a string from a flag or the
+environment, or any YAML scalar) and returns the typed value, or raises ``ValueError``
+whose message says what was expected (the loader adds the key and the source)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
+_INT_MAX = 2**31 - 1
+_NUM_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def text(raw: Any) -> str:
+    if not isinstance(raw, str | int | float) or isinstance(raw, bool) or str(raw).strip() == "":
+        raise ValueError("a non-empty string")
+    return str(raw).strip()
+
+
+def optional_text(raw: Any) -> str | None:
+    return None if raw is None or raw == "" else text(raw)
+
+
+def boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def positive_int(raw: Any) -> int:
+    expected = f"a positive integer up to {_INT_MAX}"
+    if isinstance(raw, bool):
+        raise ValueError(expected)
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ValueError(expected) from None
+    if not 0 < value <= _INT_MAX:
+        raise ValueError(expected)
+    return value
+
+
+def _with_unit(raw: Any, units: Mapping[str, float], expected: str) -> float:
+    if isinstance(raw, bool):
+        raise ValueError(expected)
+    try:
+        if isinstance(raw, int | float):
+            value, unit = float(raw), ""
+        else:
+            match = _NUM_UNIT.match(str(raw))
+            if match is None or match.group(2).lower() not in units:
+                raise ValueError(expected)
+            value, unit = float(match.group(1)), match.group(2).lower()
+    except OverflowError:  # a YAML integer too large for a float
+        raise ValueError(expected) from None
+    result = value * units[unit]
+    if not math.isfinite(result) or result <= 0:
+        raise ValueError(expected)
+    return result
+
+
+def size(raw: Any) -> int:
+    expected = "a positive size such as 10MiB, 8KiB or 65536"
+    size = int(_with_unit(raw, _SIZE_UNITS, expected))
+    if size <= 0:  # e.g. 0.5 bytes
+        raise ValueError(expected)
+    return size
+
+
+def duration(raw: Any) -> float:
+    return _with_unit(raw, _DURATION_UNITS, "a positive duration such as 30s, 250ms or 2.5")
+
+
+def host_port(raw: Any) -> tuple[str, int]:
+    host, sep, port = text(raw).rpartition(":")
+    host = host.strip("[]")
+    valid_port = port.isascii() and port.isdigit() and 0 <= int(port) <= 65535
+    if not sep or not host or not valid_port:
+        raise ValueError("host:port, such as 0.0.0.0:8080")
+    return host, int(port)
+
+
+def http_url(raw: Any) -> str:
+    url = text(raw).rstrip("/")
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        raise ValueError("an http:// or https:// URL, such as http://127.0.0.1:8000") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an http:// or https:// URL, such as http://127.0.0.1:8000")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("an http:// or https:// URL with a valid port") from None
+    return url
+
+
+def choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        value = str(raw).strip().lower()
+        if value not in allowed:
+            raise ValueError("one of " + ", ".join(allowed))
+        return value
+
+    return parse
+
+
+def route_list(raw: Any) -> tuple[str, ...]:
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError("a list of route templates such as /v1/{name}/predict")
+    routes = tuple(i.strip() for i in items if i.strip())
+    if any(not r.startswith("/") for r in routes):
+        raise ValueError("route templates that start with '/'")
+    return routes
+
+
+

@@ -1,0 +1,121 @@
+"""The ``EventLog`` contract shared by the on-disk ``WriteAheadLog`` and ``MemoryLog``.
+
+The log sits between the request path and delivery: a writer thread appends encoded
+``Record``s (and syncs them), a delivery thread reads, acks and, after a failure, rewinds;
+the event loop only looks at ``stats``/``full`` and notes accepted sequence numbers.
+Delivery is at-least-once: a rewind or a restart may hand out records again, but an
+unacked record is never silently lost, only dropped by ``when_full`` and then counted.
+
+``tests/durability/test_log_contract.py`` runs the same checks over every implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sidecar.events.record import Record
+
+WHEN_FULL = ("block", "drop_oldest", "drop_newest")
+
+# ``full`` leaves this much room (or 1/16 of ``max_bytes`` if that is smaller) for the
+# next batch, so a producer that checks ``full`` first rarely meets ``LogFull``.
+FULL_HEADROOM = 64 * 1024
+
+
+class LogFull(Exception):
+    """``when_full="block"``: the batch does not fit; nothing of it was appended.
+
+    The caller keeps the batch and retries after delivery has acked (and so trimmed) some
+    of the log, or refuses new work upstream.
+    """
+
+
+class LogLocked(OSError):
+    """Another ``WriteAheadLog`` (in this or another process) has the directory open.
+
+    Two writers on one directory would interleave segments and corrupt both logs.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class LogStats:
+    """A consistent snapshot, safe to take from any thread (metrics, readiness)."""
+
+    bytes_used: int  # bytes not yet trimmed, framing included (see each log's docs)
+    records_pending: int  # appended and not yet acked (dropped ones excluded)
+    dropped_oldest: int  # records deleted unacked by drop_oldest
+    dropped_newest: int  # records refused by drop_newest
+    corrupt_skipped: int  # records skipped because their checksum/framing was bad
+    lost_on_crash: int  # accepted by the producer, never written before a crash
+    oldest_pending_ts: float | None  # time.time() at append of the oldest pending record
+
+
+def full_headroom(max_bytes: int) -> int:
+    """Room ``full`` keeps free: 64 KiB, or 1/16 of a small log so tests stay meaningful."""
+    return min(FULL_HEADROOM, max_bytes // 16)
+
+
+def check_when_full(when_full: str) -> str:
+    if when_full not in WHEN_FULL:
+        raise ValueError(f"unknown when_full policy {when_full!r}; one of {', '.join(WHEN_FULL)}")
+    return when_full
+
+
+def check_increasing(records: Sequence[Record], after: int) -> None:
+    """Reject a batch whose seqs are not strictly increasing and above ``after``.
+
+    Order on disk is seq order; recovery and ``ack(seq)`` both rely on it.
+    """
+    prev = after
+    for record in records:
+        if record.seq <= prev:
+            raise ValueError(f"record seq {record.seq} is not above {prev}: seqs must increase")
+        prev = record.seq
+
+
+class EventLog(Protocol):
+    def append(self, records: Sequence[Record]) -> None:
+        """Store ``records`` (no fsync) applying ``when_full``; writer thread only."""
+        ...
+
+    def sync(self) -> None:
+        """Make everything appended so far durable; writer thread only."""
+        ...
+
+    def read(self, max_records: int, max_bytes: int) -> list[Record]:
+        """The next records after the read position, at least one if any; never blocks."""
+        ...
+
+    def rewind(self) -> None:
+        """Move the read position back to the first unacked record."""
+        ...
+
+    def ack(self, seq: int) -> None:
+        """Every record with ``seq`` at or below this one is delivered; trim what is done."""
+        ...
+
+    @property
+    def full(self) -> bool:
+        """``bytes_used + full_headroom(max_bytes) > max_bytes``: a cheap hint for admission
+        control (no lock); ``append`` alone decides what fits."""
+        ...
+
+    @property
+    def last_seq(self) -> int:
+        """Highest seq stored (or acked), 0 if none; survives a restart."""
+        ...
+
+    @property
+    def next_seq(self) -> int:
+        """Where the producer's numbering resumes: after every seq accepted or stored."""
+        ...
+
+    def note_accepted(self, seq: int) -> None:
+        """The producer accepted ``seq``; cheap enough for the event loop, every request."""
+        ...
+
+    def stats(self) -> LogStats: ...
+
+    def close(self) -> None: ...

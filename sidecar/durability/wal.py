@@ -1,0 +1,368 @@
+"""``WriteAheadLog``: the durable, segmented, checksummed event log on local disk.
+
+On-disk format (one directory per log, owned by one process at a time)::
+
+    lock                        flock(LOCK_EX) held while open: a second opener gets LogLocked
+    00000000000000000001.seg    segments, named by the first seq they hold (20 digits, so
+    00000000000000004711.seg      lexical order is seq order)
+    cursor                      16 bytes: b"SCCU", acked seq (u64), CRC-32C of the first 12
+    hwm                         16 bytes, memory-mapped: highest seq the producer accepted
+                                  (u64), highest seq the log settled (written or dropped, u64)
+
+A segment is ``SEGMENT_HEADER`` (8 bytes: b"SCWAL", 0, 0, format version 1) followed by
+frames, one per record, as ``framing.py`` describes (magic, CRC-32C, length, payload with
+seq, append time, key, headers, value). Seqs increase strictly across the whole log. The
+last segment is the active one; a new one is started when the next record would push the
+active one past ``segment_bytes`` (a record bigger than that gets a segment of its own).
+
+Durability: ``append`` writes with ``pwrite`` at the offset the log knows is good; on any
+error it truncates back and deletes segments it created, so a failed append leaves nothing
+and may be retried. ``sync`` fdatasyncs written segments, then the directory if segments
+were created or deleted. ``ack`` rewrites the cursor in place and fsyncs it at most every
+``CURSOR_FSYNC_INTERVAL`` seconds: after a crash a few acked records may be redelivered.
+Whole segments are deleted once every record in them is acked (never the active one).
+
+Recovery (on open) scans every segment and checks every checksum. A bad frame in the middle
+is skipped by resynchronising on the next magic; a bad or torn tail of the last segment is
+truncated; both are counted in ``corrupt_skipped``. The read position starts at the first
+record above the cursor. ``hwm`` lives in the page cache, so it survives SIGKILL: if the
+producer accepted seqs the log never settled, ``lost_on_crash`` counts them and numbering
+continues after them (``next_seq``).
+
+Threads: one writer (append, sync), one delivery thread (read, rewind, ack), and any thread
+for stats/full/note_accepted. One lock guards the in-memory index; disk I/O is done outside
+it, so a slow fsync or write never stalls delivery or the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Sequence
+
+from sidecar.durability import disk, framing, segments
+from sidecar.durability.base import (
+    LogStats,
+    check_increasing,
+    check_when_full,
+    full_headroom,
+)
+from sidecar.durability.segments import HEADER, Segment, first_unacked
+from sidecar.events.record import Record
+
+log = logging.getLogger("inference_sidecar.wal")
+
+_ACCEPTED = struct.Struct("<Q")  # hwm offset 0: accepted; offset 8: settled
+
+
+class WriteAheadLog:
+    """The on-disk ``EventLog``; see the module docstring for format and guarantees.
+
+    ``bytes_used`` is what the segment files take: every segment not yet deleted, so acked
+    records that share a segment with unacked ones still count. That is the number that
+    bounds the disk, and ``max_bytes`` caps it (drop_oldest may exceed it by one batch
+    between writing the batch and deleting the segments it displaces).
+    """
+
+    def __init__(self, directory: str, max_bytes: int, segment_bytes: int, when_full: str) -> None:
+        self.when_full = check_when_full(when_full)
+        if segment_bytes < HEADER + framing.OVERHEAD:
+            raise ValueError(f"segment_bytes {segment_bytes} is too small for any record")
+        if max_bytes < 2 * segment_bytes:
+            raise ValueError("max_bytes must be at least twice segment_bytes")
+        self.directory = directory
+        self.max_bytes, self.segment_bytes = max_bytes, segment_bytes
+        self._headroom = full_headroom(max_bytes)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._writer = disk.SegmentWriter(directory)  # writer thread's files
+        self._rfds: dict[Segment, int] = {}  # delivery thread's read fds
+        self._dir_dirty = False  # segments created or deleted since the last sync
+        self._rgen = 0  # bumped when drop_oldest moves the read position under a reader
+        self._dropped_oldest = self._dropped_newest = 0
+        os.makedirs(directory, exist_ok=True)
+        self._lockfd = disk.lock_directory(directory)
+        try:
+            self._open()
+        except BaseException:
+            self._release_files()
+            raise
+
+    def _open(self) -> None:
+        found = disk.recover(self.directory)
+        if found.unknown_files:
+            log.warning(
+                "write-ahead log: files that are not part of the log were ignored",
+                extra={"fields": {"directory": self.directory, "files": found.unknown_files[:20]}},
+            )
+        self._segs = found.segments
+        self._corrupt = found.corrupt
+        self._dir_dirty = found.changed
+        self._cursor_file = disk.CursorFile(self.directory)
+        self._cursor = self._cursor_file.load()
+        self._last_seq = max(self._segs[-1].last if self._segs else 0, self._cursor)
+        self._pending = sum(s.pending(self._cursor) for s in self._segs)
+        self._bytes_used = sum(s.size for s in self._segs)
+        self._rseg, self._ridx = first_unacked(self._segs, self._cursor)
+        for seg in self._take_trimmable():  # a crash between cursor write and delete
+            os.unlink(seg.path)
+        self._mm = disk.map_hwm(self.directory)
+        accepted, settled = (int(v) for v in disk.HWM.unpack_from(self._mm, 0))
+        written = max(self._last_seq, settled)
+        self._lost = accepted - written if accepted > written else 0
+        if self._lost:
+            log.warning(
+                "write-ahead log: events accepted before a crash were never written",
+                extra={"fields": {"directory": self.directory, "lost_on_crash": self._lost,
+                                  "accepted_through": accepted, "written_through": written}},
+            )
+        # Numbering resumes after anything ever accepted or settled, so a seq is never
+        # reused even when the disk lost the tail that held it.
+        self._accepted = max(accepted, written)
+        disk.HWM.pack_into(self._mm, 0, self._accepted, self._accepted)  # count losses once
+
+    # --- producer side (event loop) ---------------------------------------------------
+
+    def note_accepted(self, seq: int) -> None:
+        """Record that the producer accepted ``seq``: one store into the page cache."""
+        if seq > self._accepted:
+            self._accepted = seq
+            try:  # noqa: SIM105 - try is free here; contextlib.suppress triples the cost
+                _ACCEPTED.pack_into(self._mm, 0, seq)
+            except ValueError:  # closed: the process is shutting down
+                pass
+
+    @property
+    def next_seq(self) -> int:
+        return max(self._accepted, self._last_seq) + 1
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def full(self) -> bool:
+        """True when ``bytes_used`` plus ``full_headroom(max_bytes)`` exceeds ``max_bytes``."""
+        return self._bytes_used + self._headroom > self.max_bytes
+
+    def stats(self) -> LogStats:
+        with self._lock:
+            seg, idx = first_unacked(self._segs, self._cursor)
+            oldest = seg.stamps[idx] if seg is not None and idx < len(seg.seqs) else None
+            return LogStats(
+                bytes_used=self._bytes_used,
+                records_pending=self._pending,
+                dropped_oldest=self._dropped_oldest,
+                dropped_newest=self._dropped_newest,
+                corrupt_skipped=self._corrupt,
+                lost_on_crash=self._lost,
+                oldest_pending_ts=oldest,
+            )
+
+    # --- writer thread -----------------------------------------------------------------
+
+    def append(self, records: Sequence[Record]) -> None:
+        self._check_open()
+        if not records:
+            return
+        check_increasing(records, self._last_seq)
+        ts = time.time()
+        frames = framing.encode_batch(records, ts)
+        sizes = [len(f) for f in frames]
+        with self._lock:
+            keep_from, keep_to, roll = segments.plan_batch(
+                self._segs, sizes, self._bytes_used, self._cursor,
+                self.max_bytes, self.segment_bytes, self.when_full,
+            )
+            active = None if roll or not self._segs else self._segs[-1]
+        kept = range(keep_from, keep_to)
+        chunks: list[tuple[Segment, int, int]] = []
+        if kept:
+            layout = segments.layout(sizes, kept, active, self.segment_bytes)
+            chunks = self._writer.write(records, frames, layout, active)
+        with self._lock:
+            doomed = self._commit(records, sizes, kept, chunks, ts)
+        for seg in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(seg.path)
+        with contextlib.suppress(ValueError):
+            _ACCEPTED.pack_into(self._mm, 8, records[-1].seq)  # settled: written or dropped
+
+    def _commit(
+        self,
+        records: Sequence[Record],
+        sizes: list[int],
+        kept: range,
+        chunks: list[tuple[Segment, int, int]],
+        ts: float,
+    ) -> list[Segment]:
+        """Publish what was written, count drops; under lock. Returns files to delete."""
+        for seg, lo, hi in chunks:
+            if not seg.seqs:
+                self._segs.append(seg)
+                self._bytes_used += HEADER
+                self._dir_dirty = True
+            for i in range(lo, hi):
+                seg.starts.append(seg.size)
+                seg.seqs.append(records[i].seq)
+                seg.stamps.append(ts)
+                seg.size += sizes[i]
+            seg.end = seg.size
+            self._bytes_used += sum(sizes[lo:hi])
+        if kept:
+            self._pending += len(kept)
+            self._last_seq = records[kept.stop - 1].seq
+        self._dropped_newest += len(records) - kept.stop
+        self._dropped_oldest += kept.start
+        doomed: list[Segment] = []
+        touched = {seg for seg, _, _ in chunks}
+        if self.when_full == "drop_oldest":
+            while self._segs and self._bytes_used > self.max_bytes and self._segs[0] not in touched:
+                seg = self._segs.pop(0)
+                lost = seg.pending(self._cursor)
+                self._dropped_oldest += lost
+                self._pending -= lost
+                self._forget(seg)
+                doomed.append(seg)
+        doomed += self._take_trimmable()
+        if self._rseg is not None and not self._rseg.live:
+            self._rseg, self._ridx = first_unacked(self._segs, self._cursor)
+            self._rgen += 1
+        return doomed
+
+    def _forget(self, seg: Segment) -> None:
+        seg.live = False
+        self._bytes_used -= seg.size
+        self._dir_dirty = True
+
+    def _take_trimmable(self) -> list[Segment]:
+        """Pop the segments whose every record is acked (never the active one)."""
+        out: list[Segment] = []
+        while len(self._segs) > 1 and self._segs[0].last <= self._cursor:
+            seg = self._segs.pop(0)
+            self._forget(seg)
+            out.append(seg)
+        return out
+
+    def sync(self) -> None:
+        """fdatasync written segments, then the directory if files came or went.
+
+        Writer thread only; the lock is taken only to read and clear the directory flag.
+        """
+        self._check_open()
+        if self._writer.sync():
+            self._mm.flush()  # crash accounting survives power loss up to here
+        with self._lock:
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+        if dir_dirty:
+            try:
+                disk.fsync_dir(self.directory)
+            except OSError:
+                with self._lock:
+                    self._dir_dirty = True
+                raise
+
+    # --- delivery thread ---------------------------------------------------------------
+
+    def read(self, max_records: int, max_bytes: int) -> list[Record]:
+        """The next records in seq order: at most ``max_records``, and frames totalling at
+        most ``max_bytes`` except that one record is always returned if there is one.
+
+        If drop_oldest deletes the segment being read mid-read, the read starts over; [] is
+        possible only if that keeps happening, and the next call carries on."""
+        self._check_open()
+        for _ in range(8):
+            with self._lock:
+                if self._rseg is None or not self._rseg.live:
+                    self._rseg, self._ridx = first_unacked(self._segs, self._cursor)
+                if self._rseg is None:
+                    return []
+                plan, end = segments.read_plan(
+                    self._segs, self._rseg, self._ridx, max_records, max_bytes
+                )
+                gen = self._rgen
+            if not plan:
+                return []
+            try:
+                out, corrupt = disk.fetch(self._rfds, plan)
+            except FileNotFoundError:
+                with self._lock:
+                    if all(span[0].live for span in plan):
+                        raise  # deleted behind the log's back: report, do not spin
+                continue
+            with self._lock:
+                if gen != self._rgen:
+                    continue
+                self._rseg, self._ridx = end
+                self._corrupt += corrupt
+            self._close_stale_fds()
+            return out
+        return []
+
+    def rewind(self) -> None:
+        self._check_open()
+        with self._lock:
+            self._rseg, self._ridx = first_unacked(self._segs, self._cursor)
+
+    def ack(self, seq: int) -> None:
+        """Advance the cursor to ``seq`` (capped at ``last_seq``), trim finished segments."""
+        self._check_open()
+        with self._lock:
+            seq = min(seq, self._last_seq)
+            if seq <= self._cursor:
+                return
+            for seg in self._segs:
+                if seg.seqs[0] > seq:
+                    break
+                self._pending -= seg.pending(self._cursor) - seg.pending(seq)
+            self._cursor = seq
+            if self._rseg is not None and self._rseg.live:  # never hand out acked records
+                first = first_unacked(self._segs, seq)
+                if segments.position_key(self._segs, first) > segments.position_key(
+                    self._segs, (self._rseg, self._ridx)
+                ):
+                    self._rseg, self._ridx = first
+            doomed = self._take_trimmable()
+        self._cursor_file.store(seq, force_sync=False)
+        for seg in doomed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(seg.path)
+        self._close_stale_fds()
+
+    def _close_stale_fds(self) -> None:
+        for seg in [s for s in self._rfds if not s.live]:
+            os.close(self._rfds.pop(seg))
+
+    # --- files -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"write-ahead log {self.directory} is closed")
+
+    def close(self) -> None:
+        """sync, persist the cursor, close every file and release the directory lock.
+
+        Call it once the writer and delivery threads have stopped using the log."""
+        if self._closed:
+            return
+        try:
+            self.sync()
+            self._cursor_file.store(self._cursor, force_sync=True)
+        finally:
+            self._closed = True
+            self._release_files()
+
+    def _release_files(self) -> None:
+        fds = [*self._writer.take_fds(), *self._rfds.values()]
+        self._rfds = {}
+        if hasattr(self, "_cursor_file"):
+            fds.append(self._cursor_file.fd)
+        if hasattr(self, "_mm"):
+            with contextlib.suppress(OSError):
+                self._mm.flush()
+            self._mm.close()
+        disk.close_quietly([*fds, self._lockfd])  # closing the lock fd releases the flock

@@ -1,0 +1,153 @@
+"""Stage 1 of the pipeline: queue → CloudEvents records → durable log (→ fsync).
+
+Encoding, appending and fsync run in the writer's own thread; the task on the loop only
+moves batches and wakes whoever waits. Durability modes:
+
+- ``sync``: every batch is fsynced before ``Durability.advance`` releases the responses
+  waiting for it. Batches form while the previous fsync runs, so one fsync covers many
+  events under load (group commit).
+- ``batch``: fsync at most every ``interval``; a crash loses at most that window, which
+  the log counts on restart (``lost_on_crash``).
+- ``memory``: the log is in memory; nothing survives the process.
+
+A full log under ``block`` (``LogFull``) or a failing disk keeps the batch and retries;
+the queue in front absorbs the wait, and admission control refuses new requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from sidecar.durability.base import EventLog, LogFull
+from sidecar.events.cloudevents import to_record
+from sidecar.events.model import InferenceEvent
+from sidecar.events.queue import EventQueue
+from sidecar.logs import get_logger
+
+log = get_logger("writer")
+
+BATCH_MAX = 1024
+RETRY_S = 0.005
+DISK_RETRY_MAX_S = 1.0
+
+
+class Durability:
+    """Responses waiting for their event's fsync, released in sequence order (on the loop)."""
+
+    def __init__(self) -> None:
+        self.durable_seq = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def wait(self, seq: int) -> asyncio.Future[None] | None:
+        """A future done once ``seq`` is durable; None if it already is."""
+        if seq <= self.durable_seq:
+            return None
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, future))
+        return future
+
+    def advance(self, seq: int) -> None:
+        self.durable_seq = max(self.durable_seq, seq)
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self.durable_seq:
+            _, future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+
+
+class LogWriter:
+    def __init__(
+        self,
+        queue: EventQueue,
+        event_log: EventLog,
+        mode: str,
+        interval: float,
+        on_appended: Callable[[], None],
+        on_disk_error: Callable[[bool], None],
+        on_drop: Callable[[str, int], None],
+    ) -> None:
+        self.queue = queue
+        self.log = event_log
+        self.mode = mode
+        self.interval = interval
+        self.durability = Durability()
+        self._on_appended = on_appended
+        self._on_disk_error = on_disk_error
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-wal")
+        self._last_sync = time.monotonic()
+        self._dirty = False
+        self._on_drop = on_drop
+        self.give_up_at: float | None = None  # monotonic deadline, set at shutdown
+
+    def _append(self, batch: list[tuple[int, InferenceEvent]]) -> None:
+        before = self.log.stats()
+        self.log.append([to_record(event, seq) for seq, event in batch])
+        self._dirty = True
+        after = self.log.stats()
+        if after.dropped_oldest != before.dropped_oldest:
+            self._on_drop("log_full_oldest", after.dropped_oldest - before.dropped_oldest)
+        if after.dropped_newest != before.dropped_newest:
+            self._on_drop("log_full_newest", after.dropped_newest - before.dropped_newest)
+        if self.mode == "sync" or time.monotonic() - self._last_sync >= self.interval:
+            self._sync()
+
+    def _sync(self) -> None:
+        if self._dirty:
+            self.log.sync()
+            self._dirty = False
+        self._last_sync = time.monotonic()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self.queue.get_batch(BATCH_MAX)
+            if not batch:
+                await loop.run_in_executor(self._executor, self._sync)
+                return
+            await self._write(loop, batch)
+
+    async def _write(
+        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[int, InferenceEvent]]
+    ) -> None:
+        delay = RETRY_S
+        while True:
+            try:
+                await loop.run_in_executor(self._executor, self._append, batch)
+                break
+            except LogFull:
+                if self.give_up_at is not None and time.monotonic() > self.give_up_at:
+                    self._on_drop("log_full_at_shutdown", len(batch))
+                    log.error("event log full at shutdown; events dropped",
+                              extra={"fields": {"dropped": len(batch)}})
+                    return
+                await asyncio.sleep(RETRY_S)  # block: wait for delivery to trim the log
+            except OSError as exc:
+                self._on_disk_error(True)
+                log.error("event log write failed; batch kept for retry", extra={"fields": {
+                    "reason": exc.strerror or type(exc).__name__, "batch": len(batch)}})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, DISK_RETRY_MAX_S)
+        if delay != RETRY_S:
+            self._on_disk_error(False)
+        self._on_appended()
+        if self.mode == "sync" or self.mode == "memory":
+            self.durability.advance(batch[-1][0])
+
+    async def run_periodic_sync(self) -> None:
+        """In batch mode, fsync at least every ``interval`` even when traffic stops."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.interval)
+            if self._dirty and time.monotonic() - self._last_sync >= self.interval:
+                try:
+                    await loop.run_in_executor(self._executor, self._sync)
+                except OSError as exc:
+                    log.error("event log fsync failed", extra={"fields": {
+                        "reason": exc.strerror or type(exc).__name__}})
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)

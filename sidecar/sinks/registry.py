@@ -1,0 +1,30 @@
+"""Pick the event log and the sink from the settings (uvicorn-style: by config, not code).
+
+- sink: Kafka when ``kafka_bootstrap`` is set, else the JSON-lines file;
+- log: the on-disk write-ahead log, or a memory log with ``durability: memory``.
+"""
+
+from __future__ import annotations
+
+from sidecar.config import Settings
+from sidecar.durability.base import EventLog
+from sidecar.durability.memory import MemoryLog
+from sidecar.durability.wal import WriteAheadLog
+from sidecar.sinks.base import Sink
+from sidecar.sinks.jsonl import JsonLinesSink
+
+
+def build_sink(settings: Settings) -> Sink:
+    if settings.kafka_bootstrap:
+        from sidecar.sinks.kafka import KafkaSink, kafka_settings_from
+
+        return KafkaSink(kafka_settings_from(settings))
+    return JsonLinesSink(settings.events_file)
+
+
+def build_log(settings: Settings) -> EventLog:
+    if settings.durability == "memory":
+        return MemoryLog(settings.wal_max_bytes, settings.when_full)
+    return WriteAheadLog(
+        settings.wal_dir, settings.wal_max_bytes, settings.wal_segment_bytes, settings.when_full
+    )

