@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -212,3 +213,63 @@ async def sidecar(make_sidecar: SidecarFactory) -> RunningSidecar:
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
+
+
+@dataclass
+class SidecarProcess:
+    """A sidecar running as its own process (``python -m sidecar serve``)."""
+
+    proc: asyncio.subprocess.Process
+    url: str
+    admin_url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+
+@pytest.fixture
+async def spawn_sidecar(
+    upstream: TestUpstream, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[SidecarProcess]]]:
+    """Start real sidecar processes; ``SIDECAR_*`` settings as keyword arguments."""
+    spawned: list[SidecarProcess] = []
+
+    async def spawn(**settings: str) -> SidecarProcess:
+        port, admin = free_port(), free_port()
+        env = {
+            **os.environ, **IDENTITY,
+            "SIDECAR_UPSTREAM_URL": upstream.url,
+            "SIDECAR_EVENTS_FILE": str(tmp_path / "events.jsonl"),
+            "SIDECAR_WAL_DIR": str(tmp_path / "wal"),
+            "SIDECAR_LISTEN": f"127.0.0.1:{port}",
+            "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+            **{f"SIDECAR_{k.upper()}": v for k, v in settings.items()},
+        }
+        log_path = tmp_path / f"sidecar-{len(spawned)}.log"
+        with log_path.open("wb") as log_file:  # a file: a full pipe would stall the process
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sidecar", "serve", env=env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=log_file,
+            )
+        running = SidecarProcess(proc, f"http://127.0.0.1:{port}",
+                                 f"http://127.0.0.1:{admin}", log_path)
+        spawned.append(running)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(running.admin_url + "/healthz") as r:
+                        if r.status == 200:
+                            return running
+                except aiohttp.ClientError:
+                    pass
+                if proc.returncode is not None:
+                    break
+                await asyncio.sleep(0.05)
+        raise AssertionError("sidecar did not start:\n" + running.log())
+
+    yield spawn
+    for running in spawned:
+        if running.proc.returncode is None:
+            running.proc.kill()
+            await running.proc.wait()

@@ -4,46 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-
-IDENTITY = {
-    "SIDECAR_MODEL_NAME": "m", "SIDECAR_MODEL_VERSION": "9", "SIDECAR_POLICY_VERSION": "p",
-    "SIDECAR_EVIDENCE_BUNDLE_ID": "e",
-}
-
-
-async def start_sidecar(
-    upstream_url: str, events_file: Path, port: int, admin_port: int, **extra: str
-) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ, **IDENTITY,
-        "SIDECAR_UPSTREAM_URL": upstream_url, "SIDECAR_EVENTS_FILE": str(events_file),
-        "SIDECAR_WAL_DIR": str(events_file.parent / "wal"),
-        "SIDECAR_LISTEN": f"127.0.0.1:{port}", "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
-        **{f"SIDECAR_{k.upper()}": v for k, v in extra.items()},
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", "serve", env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(f"http://127.0.0.1:{admin_port}/healthz") as r:
-                    if r.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    proc.kill()
-    raise AssertionError("sidecar did not start: " + (await proc.stderr.read()).decode()[-2000:])  # type: ignore[union-attr]
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -51,13 +17,10 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-async def test_sigterm_under_load_loses_nothing(
-    upstream: Any, tmp_path: Path, port_factory: Any
-) -> None:
+async def test_sigterm_under_load_loses_nothing(spawn_sidecar: Any, tmp_path: Path) -> None:
     events_file = tmp_path / "events.jsonl"
-    port, admin_port = port_factory(), port_factory()
-    proc = await start_sidecar(upstream.url, events_file, port, admin_port)
-    url = f"http://127.0.0.1:{port}"
+    sidecar = await spawn_sidecar()
+    proc, url = sidecar.proc, sidecar.url
     received: dict[str, int] = {}
     failed = 0
     sigterm_sent = asyncio.Event()
@@ -101,14 +64,13 @@ async def test_sigterm_under_load_loses_nothing(
 
 @pytest.mark.slow
 async def test_drain_timeout_aborts_stragglers_with_an_event(
-    upstream: Any, tmp_path: Path, port_factory: Any
+    spawn_sidecar: Any, tmp_path: Path
 ) -> None:
     events_file = tmp_path / "events.jsonl"
-    port, admin_port = port_factory(), port_factory()
-    proc = await start_sidecar(upstream.url, events_file, port, admin_port,
-                               drain_timeout="500ms")
+    sidecar = await spawn_sidecar(drain_timeout="500ms")
+    proc = sidecar.proc
     async with aiohttp.ClientSession() as session:
-        request = asyncio.create_task(session.get(f"http://127.0.0.1:{port}/hang"))
+        request = asyncio.create_task(session.get(sidecar.url + "/hang"))
         await asyncio.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         with pytest.raises(aiohttp.ClientError):

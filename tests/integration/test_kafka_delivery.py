@@ -1,0 +1,253 @@
+"""End to end with a real broker: requests through the sidecar, events on the Kafka topic.
+
+The broker is Tansu (tests/kafka_broker.py); outages are simulated by pausing it
+(SIGSTOP), by starting it late, and by killing the sidecar. Every check counts what is
+on the topic by consuming it (Tansu's end offsets under-report).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+from kafka_broker import (  # type: ignore[import-not-found]
+    EmbeddedBroker,
+    consume_all,
+    consume_all_confluent,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+SCHEMA = json.loads(
+    (Path(__file__).parents[2] / "sidecar/schemas/ai.inference.completed.v1.json").read_text()
+)
+TOPIC = "inference.events"
+CHAT = {"messages": [{"role": "user", "content": "hello"}]}
+
+
+async def send_requests(url: str, n: int, concurrency: int = 50) -> list[str]:
+    """n chat requests; the inference ids of the responses received (any status)."""
+    ids: list[str] = []
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        async with semaphore, session.post(url + "/v1/chat/completions", json=CHAT) as r:
+            await r.read()
+            assert r.status == 200, r.status
+            ids.append(r.headers["x-inference-id"])
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+        await asyncio.wait_for(asyncio.gather(*(one(s) for _ in range(n))), 120)
+    return ids
+
+
+async def topic_ids(bootstrap: str, expected: int, timeout_s: float = 60.0) -> list[str]:
+    records = await asyncio.to_thread(
+        lambda: consume_all(bootstrap, TOPIC, timeout_s, min_records=expected))
+    return [json.loads(r.value)["id"] for r in records]
+
+
+def assert_exactly(ids_on_topic: list[str], sent: list[str]) -> int:
+    """Every sent id is on the topic, nothing else is; returns the duplicate count."""
+    assert set(ids_on_topic) == set(sent), (
+        f"missing {len(set(sent) - set(ids_on_topic))}, "
+        f"unexpected {len(set(ids_on_topic) - set(sent))}"
+    )
+    return len(ids_on_topic) - len(set(ids_on_topic))
+
+
+async def metric(admin_url: str, name: str, labels: dict[str, str] | None = None) -> float:
+    async with aiohttp.ClientSession() as s, s.get(admin_url + "/metrics") as r:
+        text = await r.text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == (labels or {}):
+                return float(sample.value)
+    raise AssertionError(f"metric {name} {labels} not found")
+
+
+async def kafka_sidecar(make_sidecar: Any, broker: EmbeddedBroker, **extra: str) -> Any:
+    return await make_sidecar(
+        real_sink=True, kafka_bootstrap=broker.bootstrap, kafka_delivery_timeout="3s", **extra
+    )
+
+
+async def test_n_requests_give_exactly_n_cloudevents_on_the_topic(
+    make_sidecar: Any, broker: EmbeddedBroker
+) -> None:
+    sc = await kafka_sidecar(make_sidecar, broker)
+    sent = await send_requests(sc.url, 1000)
+    records = await asyncio.to_thread(
+        lambda: consume_all(broker.bootstrap, TOPIC, 60.0, min_records=1000))
+    duplicates = assert_exactly([json.loads(r.value)["id"] for r in records], sent)
+    assert duplicates == 0, f"{duplicates} duplicates without any outage"
+    for record in records[:100]:
+        envelope = json.loads(record.value)
+        jsonschema.validate(envelope, SCHEMA)
+        headers = dict(record.headers)
+        assert headers["ce_type"] == b"ai.inference.completed"
+        assert headers["model_version"] == b"1.2.3"
+        assert headers["policy_version"] == b"pol-9"
+        assert headers["evidence_bundle_id"] == b"eb-42"
+        assert record.key == b"test-model"  # no client id yet: keyed by model name
+    await sc.sidecar.stop()
+
+
+async def test_a_second_client_implementation_reads_the_topic(
+    make_sidecar: Any, broker: EmbeddedBroker
+) -> None:
+    sc = await kafka_sidecar(make_sidecar, broker)
+    sent = await send_requests(sc.url, 50)
+    received = await asyncio.to_thread(
+        lambda: consume_all_confluent(broker.bootstrap, TOPIC, 60.0, min_records=50))
+    ids = [json.loads(r.value)["id"] for r in received]
+    assert sorted(ids) == sorted(sent)
+    for r in received:
+        jsonschema.validate(json.loads(r.value), SCHEMA)
+        assert dict(r.headers)["content-type"].startswith(b"application/cloudevents+json")
+    await sc.sidecar.stop()
+
+
+async def steady_load(url: str, stop: asyncio.Event, concurrency: int = 10) -> list[str]:
+    """Requests back to back until ``stop`` is set; the ids of the responses."""
+    ids: list[str] = []
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for _ in range(1_000_000):
+            if stop.is_set():
+                return
+            async with session.post(url + "/v1/chat/completions", json=CHAT) as r:
+                await r.read()
+                assert r.status == 200, r.status
+                ids.append(r.headers["x-inference-id"])
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return ids
+
+
+@pytest.mark.slow
+async def test_broker_paused_under_load_loses_nothing(
+    spawn_sidecar: Any, broker: EmbeddedBroker
+) -> None:
+    # Paused for 10 s, longer than the 3 s delivery timeout: batches fail, the producer is
+    # discarded and recreated, the log grows; the sidecar keeps answering throughout. The
+    # sidecar runs as its own process so its loop-lag metric measures only its own loop.
+    sc = await spawn_sidecar(kafka_bootstrap=broker.bootstrap, kafka_delivery_timeout="3s")
+    stop = asyncio.Event()
+    load = asyncio.create_task(steady_load(sc.url, stop))
+    await asyncio.sleep(1)
+    broker.pause()
+    await asyncio.sleep(10)
+    lag_during_outage = await metric(sc.admin_url, "inference_sidecar_event_loop_lag_max_seconds")
+    pending_during_outage = await metric(sc.admin_url, "inference_sidecar_log_events")
+    broker.resume()
+    await asyncio.sleep(1)
+    stop.set()
+    sent = await asyncio.wait_for(load, 30)
+    ids = await topic_ids(broker.bootstrap, len(sent))
+    duplicates = assert_exactly(ids, sent)
+    print(f"paused broker: {len(sent)} events, {duplicates} duplicates, "
+          f"{pending_during_outage:.0f} waiting in the log during the outage")
+    assert pending_during_outage > 1000  # requests went on being served during the outage
+    assert lag_during_outage < 0.05, f"event loop lag {lag_during_outage:.3f}s while black-holed"
+    failures = await metric(sc.admin_url, "inference_sidecar_delivery_failures_total",
+                            {"sink": "kafka"})
+    assert failures > 0
+    sc.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(sc.proc.wait(), 60) == 0
+
+
+@pytest.mark.slow
+async def test_broker_absent_at_start_then_everything_is_delivered(
+    make_sidecar: Any, port_factory: Any
+) -> None:
+    port = port_factory()
+    late = EmbeddedBroker(port=port)
+    sc = await make_sidecar(real_sink=True, kafka_bootstrap=f"127.0.0.1:{port}",
+                            kafka_delivery_timeout="2s")
+    sent = await send_requests(sc.url, 300)  # served while there is no broker at all
+    assert await metric(sc.admin_url, "inference_sidecar_log_events") == 300
+    async with aiohttp.ClientSession() as s, s.get(sc.admin_url + "/readyz") as r:
+        body = await r.json()
+    assert r.status == 200 and body["degraded"], body
+    with late:
+        ids = await topic_ids(late.bootstrap, 300)
+        assert_exactly(ids, sent)
+        for _ in range(200):
+            if await metric(sc.admin_url, "inference_sidecar_log_events") == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await metric(sc.admin_url, "inference_sidecar_log_events") == 0
+        await sc.sidecar.stop()
+
+
+async def test_full_log_with_block_refuses_fast_and_never_hangs(
+    make_sidecar: Any, port_factory: Any
+) -> None:
+    # No broker: nothing is delivered, so the 1 MiB log fills up; then every request
+    # gets a stamped 503 at once instead of waiting.
+    sc = await make_sidecar(
+        real_sink=True, kafka_bootstrap=f"127.0.0.1:{port_factory()}",
+        wal_max_bytes="1MiB", wal_segment_bytes="128KiB", when_full="block",
+    )
+    statuses: collections.Counter[int] = collections.Counter()
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3000):
+            started = time.monotonic()
+            async with session.post(sc.url + "/v1/chat/completions", json=CHAT) as r:
+                await r.read()
+            statuses[r.status] += 1
+            if r.status == 503:
+                assert time.monotonic() - started < 1.0
+                assert (await r.json())["error"] in ("event_log_full", "event_queue_full")
+                assert r.headers["x-inference-id"]
+                break
+    assert statuses[503] == 1 and statuses[200] > 100, statuses
+    async with aiohttp.ClientSession() as s, s.get(sc.admin_url + "/readyz") as r:
+        assert r.status == 503
+        assert any("event_log_full" in x for x in (await r.json())["reasons"])
+
+
+@pytest.mark.slow
+async def test_sigkill_with_sync_durability_keeps_every_answered_event(
+    spawn_sidecar: Any, broker: EmbeddedBroker
+) -> None:
+    settings = {"kafka_bootstrap": broker.bootstrap, "durability": "sync"}
+    first = await spawn_sidecar(**settings)
+    answered: list[str] = []
+
+    async def load() -> None:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100_000):
+                try:
+                    async with session.post(first.url + "/v1/chat/completions",
+                                            json=CHAT) as r:
+                        await r.read()
+                        if r.status == 200:
+                            answered.append(r.headers["x-inference-id"])
+                except aiohttp.ClientError:
+                    return  # the sidecar is gone
+
+    tasks = [asyncio.create_task(load()) for _ in range(20)]
+    for _ in range(3000):
+        if len(answered) >= 500:
+            break
+        await asyncio.sleep(0.01)
+    first.proc.send_signal(signal.SIGKILL)
+    await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    await first.proc.wait()
+    second = await spawn_sidecar(**settings)  # same log directory: resumes delivery from it
+    ids = await topic_ids(broker.bootstrap, len(answered))
+    missing = set(answered) - set(ids)
+    assert len(answered) >= 500
+    assert not missing, f"{len(missing)} of {len(answered)} answered events lost"
+    second.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(second.proc.wait(), 30) == 0
