@@ -40,6 +40,9 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
     # aiohttp logs every bad request with a traceback; our own handler records them instead.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    # kafka-python narrates every connection at INFO and logs record keys and values at
+    # DEBUG: keep its warnings and errors only, whatever our own level.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 

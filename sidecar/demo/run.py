@@ -1,9 +1,10 @@
-"""``inference-sidecar demo``: the whole request path on embedded defaults, in one process.
+"""``inference-sidecar demo``: the whole runtime on embedded defaults, in one command.
 
-Starts the demo model server and a sidecar in front of it on loopback ports, sends a
-mix of sample traffic (JSON chat, SSE stream, KServe v2, plain text, an upstream error,
-an oversized body), prints each response with its stamp headers, then prints the
-events the sidecar recorded.
+Starts the embedded Kafka-compatible broker (Tansu, from the ``demo`` extra; without it
+the events go to a JSON-lines file), the demo model server, and a sidecar in front of it
+with a write-ahead log in a temporary directory; sends a mix of sample traffic (JSON
+chat, SSE stream, KServe v2, plain text, an upstream error, an oversized body); prints
+each response with its stamp headers, then the CloudEvents read back from the topic.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import asyncio
 import os
 import signal
 import sys
+import tempfile
+import warnings
 
 import aiohttp
 import orjson
@@ -19,6 +22,7 @@ from aiohttp import web
 
 from sidecar.cli import run_async
 from sidecar.config import load_settings
+from sidecar.demo.broker import EmbeddedBroker
 from sidecar.demo.model_server import build_app
 from sidecar.logs import configure_logging
 from sidecar.server import Sidecar
@@ -45,7 +49,9 @@ SAMPLES: list[tuple[str, str, dict[str, str], bytes]] = [
 ]
 
 
-async def _demo(n_requests: int, events_file: str, keep_running: bool) -> None:
+async def _demo(
+    n_requests: int, events_file: str, keep_running: bool, bootstrap: str | None, wal_dir: str
+) -> None:
     upstream_runner = web.AppRunner(build_app(), access_log=None, handler_cancellation=True)
     await upstream_runner.setup()
     upstream_site = web.TCPSite(upstream_runner, "127.0.0.1", 0)
@@ -57,15 +63,19 @@ async def _demo(n_requests: int, events_file: str, keep_running: bool) -> None:
         "SIDECAR_LISTEN": "127.0.0.1:8080" if keep_running else "127.0.0.1:0",
         "SIDECAR_ADMIN_LISTEN": "127.0.0.1:9090" if keep_running else "127.0.0.1:0",
         "SIDECAR_EVENTS_FILE": events_file,
+        "SIDECAR_WAL_DIR": wal_dir,
         "SIDECAR_MAX_BODY_BYTES": "1MiB",
         "SIDECAR_STAMP_BODY": "true",
     }
+    if bootstrap is not None:
+        environ["SIDECAR_KAFKA_BOOTSTRAP"] = bootstrap
     settings = load_settings(environ=environ)
     sidecar = Sidecar(settings)
     await sidecar.start()
     base = f"http://127.0.0.1:{sidecar.proxy_port}"
+    target = f"Kafka {bootstrap}, topic {settings.kafka_events_topic}" if bootstrap else events_file
     print(f"demo model server on 127.0.0.1:{upstream_port}; sidecar on {base} "
-          f"(admin 127.0.0.1:{sidecar.admin_port}); events -> {events_file}\n")
+          f"(admin 127.0.0.1:{sidecar.admin_port}); events -> {target}\n")
     try:
         async with aiohttp.ClientSession() as client:
             for i in range(n_requests):
@@ -91,14 +101,57 @@ async def _demo(n_requests: int, events_file: str, keep_running: bool) -> None:
         await upstream_runner.cleanup()
 
 
+def _start_broker() -> EmbeddedBroker | None:
+    try:
+        return EmbeddedBroker().start()
+    except (ImportError, OSError, RuntimeError) as exc:
+        print(f"(no embedded broker: {exc}; install the 'demo' extra for Kafka. "
+              "Events go to the JSON-lines file instead.)\n")
+        return None
+
+
+def _read_topic(bootstrap: str, topic: str, expected: int) -> list[bytes]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             consumer_timeout_ms=2000)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        values: list[bytes] = []
+        for message in consumer:
+            values.append(message.value)
+            if len(values) >= expected:
+                break
+        return values
+    finally:
+        consumer.close()
+
+
 def run_demo(n_requests: int, events_file: str, keep_running: bool) -> int:
     configure_logging("warning")
     if os.path.exists(events_file):
         os.remove(events_file)  # show this run's events only
-    run_async(lambda: _demo(n_requests, events_file, keep_running))
-    print(f"\nevents recorded in {events_file} (one JSON object per inference):")
-    with open(events_file, "rb") as fh:
-        for line in fh:
-            event = orjson.loads(line)
-            sys.stdout.write(orjson.dumps(event, option=orjson.OPT_INDENT_2).decode() + "\n")
+    broker = _start_broker()
+    try:
+        with tempfile.TemporaryDirectory(prefix="sidecar-wal-") as wal_dir:
+            bootstrap = broker.bootstrap if broker else None
+            run_async(lambda: _demo(n_requests, events_file, keep_running, bootstrap, wal_dir))
+            if broker is not None:
+                values = _read_topic(broker.bootstrap, "inference.events", n_requests)
+                print(f"\n{len(values)} CloudEvents read back from Kafka topic "
+                      "inference.events (one per inference):")
+            else:
+                with open(events_file, "rb") as fh:
+                    values = fh.read().splitlines()
+                print(f"\nevents recorded in {events_file} (one CloudEvent per inference):")
+    finally:
+        if broker is not None:
+            broker.close()
+    for value in values:
+        event = orjson.loads(value)
+        sys.stdout.write(orjson.dumps(event, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0

@@ -28,7 +28,6 @@ Nothing here depends on a particular broker; tests run it against Tansu.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import socket
@@ -52,11 +51,6 @@ with warnings.catch_warnings():
     from kafka import codec as kafka_codec
     from kafka import errors as kafka_errors
     from kafka.net.compat import KafkaNetClient  # type: ignore[import-untyped]
-
-# kafka-python logs each record's key and value with %r at DEBUG ("Sending (key=... value=
-# ...)"); the root logger's level follows --log-level, so cap kafka-python at INFO, where
-# its messages carry no record data. Nothing raw may reach the logs (sidecar.logs).
-logging.getLogger("kafka").setLevel(max(logging.getLogger("kafka").level, logging.INFO))
 
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
