@@ -68,8 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
+    from sidecar.sinks.registry import preflight
+
     flags = {key: getattr(args, key) for key in SETTINGS_FIELDS}
-    return load_settings(args.config, flags)
+    settings = load_settings(args.config, flags)
+    preflight(settings)
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,15 +93,31 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"upstream {settings.upstream_url}")
         return 0
     configure_logging(settings.log_level)
-    from sidecar.server import serve
+    return _serve(settings)
+
+
+def _serve(settings: Settings) -> int:
+    """Run the sidecar; map start-up failures to one clear line and an exit status."""
+    from sidecar.durability.base import LogLocked
+    from sidecar.server import ListenError, serve
     from sidecar.sinks.base import SinkError
 
     try:
         run_async(lambda: serve(settings))
+    except ConfigError as exc:  # settings that only the sink or log could judge
+        return _fail(f"config error: {exc}", EXIT_CONFIG)
     except SinkError as exc:
-        print(f"inference-sidecar: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(str(exc), EXIT_CONFIG)
+    except ListenError as exc:
+        return _fail(f"cannot listen: {exc.strerror}", 1)
+    except LogLocked:
+        return _fail(f"wal_dir {settings.wal_dir}: in use by another sidecar process", 1)
     except OSError as exc:
-        print(f"inference-sidecar: cannot listen: {exc.strerror}", file=sys.stderr)
-        return 1
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"wal_dir {settings.wal_dir}: {where}{exc.strerror or exc}", 1)
     return 0
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"inference-sidecar: {message}", file=sys.stderr)
+    return status

@@ -38,6 +38,17 @@ def _bound_port(runner: web.BaseRunner) -> int:
     raise RuntimeError("listener has no TCP address")
 
 
+class ListenError(OSError):
+    """A listener could not bind; the message names the setting and the address."""
+
+
+async def _listen(site: web.TCPSite, key: str) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        raise ListenError(exc.errno, f"{key} {site.name}: {exc.strerror}") from None
+
+
 class Sidecar:
     """All components of one sidecar, built from ``Settings``."""
 
@@ -108,15 +119,17 @@ class Sidecar:
             server, handle_signals=False, shutdown_timeout=s.drain_timeout
         )
         await self._proxy_runner.setup()
-        await web.TCPSite(
+        await _listen(web.TCPSite(
             self._proxy_runner, s.listen[0], s.listen[1], backlog=1024, reuse_address=True
-        ).start()
+        ), "listen")
         self.proxy_port = _bound_port(self._proxy_runner)
 
         admin = build_admin_app(self.metrics, self.readiness)
         self._admin_runner = web.AppRunner(admin, handle_signals=False, access_log=None)
         await self._admin_runner.setup()
-        await web.TCPSite(self._admin_runner, s.admin_listen[0], s.admin_listen[1]).start()
+        await _listen(
+            web.TCPSite(self._admin_runner, s.admin_listen[0], s.admin_listen[1]), "admin_listen"
+        )
         self.admin_port = _bound_port(self._admin_runner)
         self._started = True
         log.info("sidecar started", extra={"fields": {

@@ -92,7 +92,7 @@ class Metrics:
         self.events_dropped = Counter(
             f"{n}_events_dropped_total",
             "Events lost, by reason: queue_full, log_full_oldest, log_full_newest, "
-            "lost_on_crash, corrupt, shutdown, log_full_at_shutdown.",
+            "lost_on_crash, corrupt, shutdown, log_full_at_shutdown, disk_error_at_shutdown.",
             ["reason"], registry=registry,
         )
         self.events_delivered = Counter(

@@ -2,6 +2,8 @@
 
 Every wait is bounded (subprocess timeouts, polling deadlines); every socket is on
 127.0.0.1. The child's environment has no ``SIDECAR_*`` variable except those a test sets.
+``serve`` opens a write-ahead log directory: every serve test points ``SIDECAR_WAL_DIR``
+into its ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -153,12 +155,15 @@ def test_missing_required_setting_exits_2_with_one_line(
 
 
 def test_missing_required_setting_also_stops_serve(tmp_path: Path) -> None:
-    result = run_cli("serve", env=child_env(identity=False), cwd=tmp_path)
+    wal_dir = tmp_path / "wal"
+    result = run_cli("serve", env=child_env({"SIDECAR_WAL_DIR": str(wal_dir)}, identity=False),
+                     cwd=tmp_path)
     assert result.returncode == 2
     lines = stderr_lines(result)
     assert len(lines) == 1, result.stderr
     assert "'model_name'" in lines[0]
     assert "Traceback" not in result.stderr
+    assert not wal_dir.exists()  # stopped before building anything
 
 
 def test_bad_flag_value_exits_2_naming_the_flag(tmp_path: Path) -> None:
@@ -229,6 +234,52 @@ def test_unreadable_config_file_exits_2(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"SIDECAR_KAFKA_SECURITY_PROTOCOL": "sasl_ssl"},
+         "kafka_sasl_mechanism: expected a mechanism for security protocol sasl_ssl"),
+        ({"SIDECAR_KAFKA_SASL_MECHANISM": "plain"},
+         "kafka_sasl_username_file: expected a file path, since SASL is configured"),
+        ({"SIDECAR_WAL_MAX_BYTES": "1MiB", "SIDECAR_WAL_SEGMENT_BYTES": "1MiB"},
+         "wal_segment_bytes: expected at most half of wal_max_bytes (1048576), got 1048576"),
+        ({"SIDECAR_WHEN_FULL": "drop_all"},
+         "environment variable SIDECAR_WHEN_FULL: expected one of block, drop_oldest, "
+         "drop_newest, got 'drop_all'"),
+    ],
+    ids=["sasl-without-mechanism", "mechanism-without-files", "segment-too-big", "when-full"],
+)
+def test_cross_check_errors_exit_2_with_one_line(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    result = run_cli("check-config", env=child_env(env), cwd=tmp_path)
+    assert result.returncode == 2
+    assert stderr_lines(result) == [f"inference-sidecar: config error: {expected}"]
+    assert result.stdout == ""
+
+
+def test_unreadable_secret_file_exits_2_naming_the_key(tmp_path: Path) -> None:
+    missing = tmp_path / "secrets" / "ca.pem"
+    result = run_cli("check-config", env=child_env({"SIDECAR_KAFKA_SSL_CAFILE": str(missing)}),
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert stderr_lines(result) == [
+        f"inference-sidecar: config error: kafka_ssl_cafile: expected a readable file, "
+        f"cannot read {missing}"
+    ]
+
+
+def test_nul_byte_in_a_secret_path_exits_2_without_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "sidecar.yaml"
+    config.write_bytes(b'kafka_ssl_cafile: "ca\\0.pem"\n')
+    result = run_cli("check-config", "--config", str(config), env=child_env(), cwd=tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("inference-sidecar: config error: kafka_ssl_cafile: ")
+
+
 # --- help and usage ---------------------------------------------------------------------
 
 
@@ -247,9 +298,34 @@ def test_serve_help_lists_every_setting_flag(tmp_path: Path) -> None:
     result = run_cli("serve", "--help", env=child_env(), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for flag in ("--config", "--upstream-url", "--listen", "--admin-listen", "--max-body-bytes",
-                 "--event-queue-when-full", "--log-level"):
+                 "--when-full", "--durability", "--durability-interval", "--durability-timeout",
+                 "--wal-dir", "--wal-max-bytes", "--wal-segment-bytes", "--kafka-bootstrap",
+                 "--kafka-security-protocol", "--kafka-sasl-password-file", "--log-level"):
         assert flag in result.stdout
     assert "SIDECAR_UPSTREAM_URL" in result.stdout
+    assert "SIDECAR_WAL_DIR" in result.stdout
+    assert "--event-queue-when-full" not in result.stdout  # replaced by --when-full
+
+
+def test_the_old_event_queue_when_full_flag_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("check-config", "--event-queue-when-full", "drop_oldest",
+                     env=child_env(), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unrecognized arguments: --event-queue-when-full" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config_accepts_the_new_settings_as_flags(tmp_path: Path) -> None:
+    result = run_cli(
+        "check-config", "--when-full", "drop_newest", "--durability", "batch",
+        "--durability-interval", "20ms", "--wal-dir", str(tmp_path / "wal"),
+        "--wal-max-bytes", "64MiB", "--wal-segment-bytes", "4MiB",
+        env=child_env(), cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("config ok: ")
+    assert not (tmp_path / "wal").exists()  # check-config only checks: no WAL created
 
 
 def test_version_flag(tmp_path: Path) -> None:
@@ -278,8 +354,64 @@ def _serve_on_busy_port(
         "SIDECAR_ADMIN_LISTEN": addresses["admin_listen"],
         "SIDECAR_UPSTREAM_URL": f"http://127.0.0.1:{unused_port()}",
         "SIDECAR_EVENTS_FILE": str(tmp_path / "events.jsonl"),
+        "SIDECAR_WAL_DIR": str(tmp_path / "wal"),
     })
     return run_cli("serve", env=env, cwd=tmp_path)
+
+
+def serve_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A serve environment on loopback ports, with its WAL and events file in tmp_path."""
+    return child_env({
+        "SIDECAR_LISTEN": "127.0.0.1:0",
+        "SIDECAR_ADMIN_LISTEN": "127.0.0.1:0",
+        "SIDECAR_UPSTREAM_URL": f"http://127.0.0.1:{unused_port()}",
+        "SIDECAR_EVENTS_FILE": str(tmp_path / "events.jsonl"),
+        "SIDECAR_WAL_DIR": str(tmp_path / "wal"),
+        "SIDECAR_DRAIN_TIMEOUT": "2s",
+        **extra,
+    })
+
+
+def _one_message(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    messages = [line for line in stderr_lines(result) if line.startswith("inference-sidecar:")]
+    assert len(messages) == 1, result.stderr
+    return messages[0]
+
+
+def test_serve_with_a_wal_dir_that_cannot_be_created_says_so(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    wal_dir = blocker / "wal"
+    result = run_cli("serve", env=serve_env(tmp_path, SIDECAR_WAL_DIR=str(wal_dir)),
+                     cwd=tmp_path)
+    assert result.returncode not in (0, -signal.SIGKILL), result.stderr
+    message = _one_message(result)
+    assert "cannot listen" not in message  # nothing is wrong with the listeners
+    assert str(wal_dir) in message or "write-ahead log" in message, message
+
+
+def test_serve_on_a_wal_dir_in_use_refuses_to_start(tmp_path: Path) -> None:
+    from sidecar.durability.wal import WriteAheadLog
+
+    wal_dir = tmp_path / "wal"
+    holder = WriteAheadLog(str(wal_dir), 1 << 20, 64 * 1024, "block")  # holds the lock
+    try:
+        result = run_cli("serve", env=serve_env(tmp_path), cwd=tmp_path)
+    finally:
+        holder.close()
+    assert result.returncode not in (0, -signal.SIGKILL), result.stderr
+    message = _one_message(result)
+    assert "in use" in message
+    assert "cannot listen" not in message, message
+
+
+def test_serve_with_a_segment_too_small_for_any_record_exits_2(tmp_path: Path) -> None:
+    env = serve_env(tmp_path, SIDECAR_WAL_MAX_BYTES="64KiB", SIDECAR_WAL_SEGMENT_BYTES="16")
+    result = run_cli("serve", env=env, cwd=tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, result.stderr
+    assert "wal_segment_bytes" in _one_message(result)
 
 
 @pytest.mark.parametrize("busy", ["listen", "admin_listen"])
@@ -336,14 +468,9 @@ def _wait_for_start(proc: subprocess.Popen[bytes], log_path: Path, deadline_s: f
 def test_serve_answers_healthz_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     log_path = tmp_path / "stderr.log"
     events = tmp_path / "events.jsonl"
-    env = child_env({
-        "SIDECAR_LISTEN": "127.0.0.1:0",
-        "SIDECAR_ADMIN_LISTEN": "127.0.0.1:0",
-        # Nothing listens there: readiness is red, liveness must still be green.
-        "SIDECAR_UPSTREAM_URL": f"http://127.0.0.1:{unused_port()}",
-        "SIDECAR_EVENTS_FILE": str(events),
-        "SIDECAR_DRAIN_TIMEOUT": "2s",
-    })
+    wal_dir = tmp_path / "wal"
+    # Nothing listens on the upstream port: readiness is red, liveness must still be green.
+    env = serve_env(tmp_path)
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [str(SCRIPT), "serve"], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
@@ -366,6 +493,11 @@ def test_serve_answers_healthz_and_exits_0_on_sigterm(tmp_path: Path) -> None:
         status, body = http_get(f"http://{admin}/metrics")
         assert status == 200
         assert b"inference_sidecar_build_info" in body
+        for metric in (b"inference_sidecar_log_bytes", b"inference_sidecar_log_events",
+                       b"inference_sidecar_delivery_lag_seconds",
+                       b"inference_sidecar_events_emitted_total"):
+            assert metric in body
+        assert wal_dir.is_dir()  # serve opened its write-ahead log where it was told
 
         proc.send_signal(signal.SIGTERM)
         returncode = proc.wait(timeout=10.0)
@@ -378,6 +510,7 @@ def test_serve_answers_healthz_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     assert "Traceback" not in log
     assert '"msg":"sidecar stopped"' in log
     assert events.exists()  # the sink opened (created) its file
+    assert not (tmp_path / "sidecar-wal").exists()  # not the default, relative to cwd
 
 
 @pytest.mark.slow
@@ -386,13 +519,7 @@ def test_serve_with_events_file_on_a_stdout_pipe(tmp_path: Path) -> None:
     # a container runtime stdout is a pipe. One request (502: no upstream) makes one event,
     # which must come out on stdout; SIGTERM must still exit 0.
     log_path = tmp_path / "stderr.log"
-    env = child_env({
-        "SIDECAR_LISTEN": "127.0.0.1:0",
-        "SIDECAR_ADMIN_LISTEN": "127.0.0.1:0",
-        "SIDECAR_UPSTREAM_URL": f"http://127.0.0.1:{unused_port()}",
-        "SIDECAR_EVENTS_FILE": "/dev/stdout",
-        "SIDECAR_DRAIN_TIMEOUT": "2s",
-    })
+    env = serve_env(tmp_path, SIDECAR_EVENTS_FILE="/dev/stdout")
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [str(SCRIPT), "serve"], env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
@@ -413,5 +540,10 @@ def test_serve_with_events_file_on_a_stdout_pipe(tmp_path: Path) -> None:
     assert proc.returncode == 0, log
     events = [json.loads(line) for line in stdout.decode().splitlines()]
     assert len(events) == 1, (stdout, log)
-    assert events[0]["status"] == 502
-    assert events[0]["path"] == "/v1/models/x/predict"
+    # One CloudEvent per line; the inference event is its data.
+    assert events[0]["specversion"] == "1.0"
+    assert events[0]["type"] == "ai.inference.completed"
+    data = events[0]["data"]
+    assert events[0]["id"] == data["inference_id"]
+    assert data["status"] == 502
+    assert data["path"] == "/v1/models/x/predict"

@@ -96,6 +96,7 @@ def load_settings(
     return settings
 
 
+MIN_SEGMENT_BYTES = 64 * 1024  # room for the largest event, with margin
 _SECRET_FILES = (
     "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
     "kafka_sasl_username_file", "kafka_sasl_password_file",
@@ -104,6 +105,11 @@ _SECRET_FILES = (
 
 def _cross_check(s: Settings) -> None:
     """Rules that involve more than one setting, or the files a setting names."""
+    if s.wal_segment_bytes < MIN_SEGMENT_BYTES:
+        raise ConfigError(
+            f"wal_segment_bytes: expected at least {MIN_SEGMENT_BYTES} bytes (64KiB), "
+            f"got {s.wal_segment_bytes}"
+        )
     if s.durability != "memory" and s.wal_segment_bytes * 2 > s.wal_max_bytes:
         raise ConfigError(
             f"wal_segment_bytes: expected at most half of wal_max_bytes "
@@ -120,5 +126,12 @@ def _cross_check(s: Settings) -> None:
                 raise ConfigError(f"{key}: expected a file path, since SASL is configured")
     for key in _SECRET_FILES:
         path = getattr(s, key)
-        if path is not None and not os.access(path, os.R_OK):
-            raise ConfigError(f"{key}: expected a readable file, cannot read {path}")
+        if path is None:
+            continue
+        try:
+            readable = os.path.isfile(path) and os.access(path, os.R_OK)
+        except ValueError:  # e.g. a NUL byte in the path
+            readable = False
+        if not readable:
+            shown = path if path.isprintable() else repr(path)
+            raise ConfigError(f"{key}: expected a readable file, cannot read {shown}")

@@ -87,16 +87,21 @@ class Delivery:
         oldest = self.log.stats().oldest_pending_ts
         return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
-    async def stop(self, task: asyncio.Task[None], drain_s: float) -> bool:
-        """Deliver what the log holds, for at most ``drain_s``; True if it all went out."""
+    async def stop(self, task: asyncio.Task[None] | None, drain_s: float) -> bool:
+        """Deliver what the log holds, for at most ``drain_s``; True if it all went out.
+
+        Closes the sink in every case, also when delivery never started.
+        """
         self._stopping = True
         self._wakeup.set()
+        drained = task is None and self.log.stats().records_pending == 0
         try:
-            await asyncio.wait_for(asyncio.shield(task), drain_s)
-            drained = True
+            if task is not None:
+                await asyncio.wait_for(asyncio.shield(task), drain_s)
+                drained = True
         except (TimeoutError, SinkError):
             drained = False
-        if not task.done():
+        if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, SinkError):
                 await task

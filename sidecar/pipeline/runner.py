@@ -88,10 +88,8 @@ class Pipeline:
             with contextlib.suppress(asyncio.CancelledError):
                 await sync
         self.writer.shutdown()
-        drained = True
         delivery = self._tasks.get("delivery")
-        if delivery is not None:
-            drained = await self.delivery.stop(delivery, max(0.0, deadline - time.monotonic()))
+        drained = await self.delivery.stop(delivery, max(0.0, deadline - time.monotonic()))
         stats = self.log.stats()
         if stats.records_pending and self.mode == "memory":
             self._metrics.events_dropped.labels("shutdown").inc(stats.records_pending)

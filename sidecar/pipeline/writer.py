@@ -17,6 +17,7 @@ the queue in front absorbs the wait, and admission control refuses new requests.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -92,8 +93,9 @@ class LogWriter:
             self._on_drop("log_full_oldest", after.dropped_oldest - before.dropped_oldest)
         if after.dropped_newest != before.dropped_newest:
             self._on_drop("log_full_newest", after.dropped_newest - before.dropped_newest)
-        if self.mode == "sync" or time.monotonic() - self._last_sync >= self.interval:
-            self._sync()
+
+    def _sync_due(self) -> bool:
+        return self.mode == "sync" or time.monotonic() - self._last_sync >= self.interval
 
     def _sync(self) -> None:
         if self._dirty:
@@ -106,36 +108,53 @@ class LogWriter:
         while True:
             batch = await self.queue.get_batch(BATCH_MAX)
             if not batch:
-                await loop.run_in_executor(self._executor, self._sync)
+                await self._retry(loop, self._sync, 0)  # the last fsync: best effort
                 return
             await self._write(loop, batch)
 
     async def _write(
         self, loop: asyncio.AbstractEventLoop, batch: list[tuple[int, InferenceEvent]]
     ) -> None:
+        # Append and fsync are retried separately: a batch that is in the log must never
+        # be appended again because its fsync failed.
+        gave_up = await self._retry(loop, functools.partial(self._append, batch), len(batch))
+        if gave_up:
+            self._on_drop(gave_up, len(batch))
+            return
+        self._on_appended()
+        if self._sync_due() and await self._retry(loop, self._sync, len(batch)):
+            return
+        if self.mode in ("sync", "memory"):
+            self.durability.advance(batch[-1][0])
+
+    async def _retry(
+        self, loop: asyncio.AbstractEventLoop, step: Callable[[], None], events: int
+    ) -> str | None:
+        """Run ``step`` in the writer thread until it succeeds (None), or until shutdown
+        gives up: then the drop reason."""
         delay = RETRY_S
+        failing = False
         while True:
             try:
-                await loop.run_in_executor(self._executor, self._append, batch)
+                await loop.run_in_executor(self._executor, step)
                 break
             except LogFull:
-                if self.give_up_at is not None and time.monotonic() > self.give_up_at:
-                    self._on_drop("log_full_at_shutdown", len(batch))
-                    log.error("event log full at shutdown; events dropped",
-                              extra={"fields": {"dropped": len(batch)}})
-                    return
-                await asyncio.sleep(RETRY_S)  # block: wait for delivery to trim the log
+                drop, pause = "log_full_at_shutdown", RETRY_S  # block: wait for a trim
             except OSError as exc:
+                drop, pause, delay = "disk_error_at_shutdown", delay, min(delay * 2,
+                                                                         DISK_RETRY_MAX_S)
+                failing = True
                 self._on_disk_error(True)
-                log.error("event log write failed; batch kept for retry", extra={"fields": {
-                    "reason": exc.strerror or type(exc).__name__, "batch": len(batch)}})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, DISK_RETRY_MAX_S)
-        if delay != RETRY_S:
+                log.error("event log write failed; events kept for retry", extra={"fields": {
+                    "reason": exc.strerror or type(exc).__name__, "events": events}})
+            if self.give_up_at is not None and time.monotonic() > self.give_up_at:
+                log.error("event log unavailable at shutdown; giving up",
+                          extra={"fields": {"reason": drop, "events": events}})
+                return drop
+            await asyncio.sleep(pause)
+        if failing:
             self._on_disk_error(False)
-        self._on_appended()
-        if self.mode == "sync" or self.mode == "memory":
-            self.durability.advance(batch[-1][0])
+        return None
 
     async def run_periodic_sync(self) -> None:
         """In batch mode, fsync at least every ``interval`` even when traffic stops."""

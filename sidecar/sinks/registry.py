@@ -6,11 +6,11 @@
 
 from __future__ import annotations
 
-from sidecar.config import Settings
+from sidecar.config import ConfigError, Settings
 from sidecar.durability.base import EventLog
 from sidecar.durability.memory import MemoryLog
 from sidecar.durability.wal import WriteAheadLog
-from sidecar.sinks.base import Sink
+from sidecar.sinks.base import Sink, SinkError
 from sidecar.sinks.jsonl import JsonLinesSink
 
 
@@ -20,6 +20,18 @@ def build_sink(settings: Settings) -> Sink:
 
         return KafkaSink(kafka_settings_from(settings))
     return JsonLinesSink(settings.events_file)
+
+
+def preflight(settings: Settings) -> None:
+    """Judge the settings only the sink can judge, without connecting: ``ConfigError``."""
+    if settings.kafka_bootstrap:
+        from sidecar.sinks.kafka import check_files, kafka_settings_from
+
+        kafka = kafka_settings_from(settings)
+        try:
+            check_files(kafka)
+        except SinkError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def build_log(settings: Settings) -> EventLog:

@@ -24,6 +24,7 @@ import pytest
 from kafka_broker import EmbeddedBroker, consume_all, consume_all_confluent, free_port
 
 import sidecar.sinks.kafka as kafka_sink
+import sidecar.sinks.kafka_config as kafka_config
 from sidecar.config import ConfigError, load_settings
 from sidecar.events.record import Record
 from sidecar.logs import configure_logging
@@ -307,7 +308,7 @@ def test_producer_config_plaintext_defaults() -> None:
     assert 0 < config["linger_ms"] <= 10
     assert config["delivery_timeout_ms"] == 30_000
     assert config["request_timeout_ms"] + config["linger_ms"] <= config["delivery_timeout_ms"]
-    assert config["compression_type"] == kafka_sink.default_compression()
+    assert config["compression_type"] == kafka_config.default_compression()
     assert not [k for k in config if k.startswith(("ssl_", "sasl_"))]
     # kafka-python raises on an unknown keyword: every key must be one it knows.
     assert set(config) <= set(kafka_sink.KafkaProducer.DEFAULT_CONFIG)
@@ -346,7 +347,7 @@ def test_settings_normalise_case_and_compression() -> None:
     assert settings.request_timeout_s == pytest.approx(2.0)  # a third of delivery, at most 10
     assert KafkaSettings(bootstrap="k:1", topic=TOPIC, compression="none").compression is None
     auto = KafkaSettings(bootstrap="k:1", topic=TOPIC, compression="auto").compression
-    assert auto == kafka_sink.default_compression()
+    assert auto == kafka_config.default_compression()
     assert KafkaSettings(bootstrap="k:1", topic=TOPIC).request_timeout_s == 10.0
 
 

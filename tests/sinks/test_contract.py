@@ -1,25 +1,31 @@
 """The ``Sink`` contract (``sidecar/sinks/base.py``), checked for every sink.
 
-A new sink is one more ``SinkCase`` in ``SINK_CASES``: how to build it in a temporary
-directory, how to read back what it stored and, optionally, how to make its next write
-fail (for the "a failed write stores nothing" half of the contract).
+Sinks take batches of ``Record``s (CloudEvents JSON already encoded by the pipeline) and
+must store each record's ``value`` whole and in order. A new sink is one more ``SinkCase``
+in ``SINK_CASES``: how to build it in a temporary directory, how to read back the values
+it stored and, optionally, how to make its next write fail (for the "a failed write stores
+nothing" half of the contract). The Kafka sink has its own tests against a real broker
+(``tests/kafka``): a failed batch there may be stored twice, which the contract allows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 import sidecar.sinks.jsonl as jsonl_module
+from sidecar.events.cloudevents import to_record
 from sidecar.events.model import InferenceEvent
+from sidecar.events.record import Record
 from sidecar.sinks.base import Sink, SinkError
 from sidecar.sinks.jsonl import JsonLinesSink
 from sidecar.sinks.memory import MemorySink
@@ -45,12 +51,32 @@ def make_event(n: int, **overrides: Any) -> InferenceEvent:
     return InferenceEvent(**values)
 
 
+def make_record(n: int, **overrides: Any) -> Record:
+    return to_record(make_event(n, **overrides), seq=n + 1)
+
+
+def records(start: int, count: int) -> list[Record]:
+    return [make_record(i) for i in range(start, start + count)]
+
+
+def values(batch: list[Record]) -> list[bytes]:
+    return [r.value for r in batch]
+
+
 # --- per-sink adapters ------------------------------------------------------------------
 
 
-def _read_jsonl(sink: Any) -> list[InferenceEvent]:
-    with open(sink.path, encoding="utf-8") as fh:
-        return [InferenceEvent(**json.loads(line)) for line in fh]
+def _read_jsonl(sink: Any) -> list[bytes]:
+    with open(sink.path, "rb") as fh:
+        data = fh.read()
+    assert data == b"" or data.endswith(b"\n"), "the last line is torn"
+    return data.splitlines()
+
+
+def _read_memory(sink: Any) -> list[bytes]:
+    stored = list(sink.records)
+    assert all(isinstance(r, Record) for r in stored)
+    return [r.value for r in stored]
 
 
 @contextlib.contextmanager
@@ -78,7 +104,7 @@ def _memory_fails(sink: Any) -> Iterator[None]:
 class SinkCase:
     id: str
     make: Callable[[Path], Sink]
-    read_back: Callable[[Any], list[InferenceEvent]]
+    read_back: Callable[[Any], list[bytes]]  # the stored values, in order
     # A context manager under which the sink's next write fails; None if it cannot be made.
     failing: Callable[[Any], contextlib.AbstractContextManager[None]] | None = None
 
@@ -86,7 +112,7 @@ class SinkCase:
 SINK_CASES = [
     SinkCase("jsonl", lambda d: JsonLinesSink(str(d / "events.jsonl")), _read_jsonl,
              _jsonl_disk_full),
-    SinkCase("memory", lambda d: MemorySink(), lambda s: list(s.events), _memory_fails),
+    SinkCase("memory", lambda d: MemorySink(), _read_memory, _memory_fails),
 ]
 
 
@@ -141,19 +167,26 @@ def test_healthy_when_new(sink: Sink) -> None:
     assert sink.healthy is True
 
 
-def test_a_batch_reads_back_the_same_events_in_order(case: SinkCase, sink: Sink) -> None:
-    batch = [make_event(i) for i in range(25)]
+def test_a_batch_reads_back_the_same_values_in_order(case: SinkCase, sink: Sink) -> None:
+    batch = records(0, 25)
     sink.write(batch)
-    assert case.read_back(sink) == batch
+    assert case.read_back(sink) == values(batch)
     assert sink.healthy is True
 
 
 def test_batches_accumulate_in_order(case: SinkCase, sink: Sink) -> None:
-    first = [make_event(i) for i in range(3)]
-    second = [make_event(i) for i in range(3, 10)]
+    first = records(0, 3)
+    second = records(3, 7)
     sink.write(first)
     sink.write(second)
-    assert case.read_back(sink) == first + second
+    assert case.read_back(sink) == values(first + second)
+
+
+def test_any_sequence_is_a_batch(case: SinkCase, sink: Sink) -> None:
+    # The protocol takes Sequence[Record]: a tuple must work like a list.
+    batch = tuple(records(0, 3))
+    sink.write(batch)
+    assert case.read_back(sink) == [r.value for r in batch]
 
 
 def test_an_empty_batch_stores_nothing(case: SinkCase, sink: Sink) -> None:
@@ -170,23 +203,29 @@ def test_every_field_survives(case: SinkCase, sink: Sink) -> None:
         request_bytes=2**40, response_bytes=0, stream=True, chunks=17,
         client_address=None, path="/v1/caf\u00e9/predict",
     )
-    sink.write([full])
-    assert case.read_back(sink) == [full]
+    record = to_record(full, 1)
+    sink.write([record])
+    (stored,) = case.read_back(sink)
+    assert stored == record.value
+    document = orjson.loads(stored)
+    assert document["id"] == full.inference_id
+    assert document["data"] == dataclasses.asdict(full)
 
 
 def test_a_large_batch(case: SinkCase, sink: Sink) -> None:
-    batch = [make_event(i) for i in range(2000)]
+    batch = records(0, 2000)
     sink.write(batch)
     stored = case.read_back(sink)
-    assert [e.inference_id for e in stored] == [e.inference_id for e in batch]
+    assert [orjson.loads(v)["id"] for v in stored] == [f"inf-{i:06d}" for i in range(2000)]
+    assert stored == values(batch)
 
 
 def test_close_works_and_keeps_what_was_written(case: SinkCase, tmp_path: Path) -> None:
     made = case.make(tmp_path)
-    batch = [make_event(i) for i in range(4)]
+    batch = records(0, 4)
     made.write(batch)
     made.close()
-    assert case.read_back(made) == batch
+    assert case.read_back(made) == values(batch)
 
 
 def test_close_without_any_write(case: SinkCase, tmp_path: Path) -> None:
@@ -196,13 +235,13 @@ def test_close_without_any_write(case: SinkCase, tmp_path: Path) -> None:
 
 
 def test_write_is_usable_from_a_worker_thread(case: SinkCase, sink: Sink) -> None:
-    # The pipeline calls write() from its single worker thread.
+    # Delivery calls write() and close() from its single worker thread.
     from concurrent.futures import ThreadPoolExecutor
 
-    batch = [make_event(i) for i in range(10)]
+    batch = records(0, 10)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(sink.write, batch).result(timeout=10)
-    assert case.read_back(sink) == batch
+    assert case.read_back(sink) == values(batch)
 
 
 def test_a_failed_write_stores_nothing_and_the_retry_stores_it_once(
@@ -211,15 +250,15 @@ def test_a_failed_write_stores_nothing_and_the_retry_stores_it_once(
     assert failing_case.failing is not None
     made = failing_case.make(tmp_path)
     try:
-        before = [make_event(i) for i in range(3)]
+        before = records(0, 3)
         made.write(before)
-        batch = [make_event(i) for i in range(3, 8)]
+        batch = records(3, 5)
         with failing_case.failing(made), pytest.raises(SinkError):
             made.write(batch)
-        assert failing_case.read_back(made) == before
-        made.write(batch)  # the pipeline's retry of the same batch
+        assert failing_case.read_back(made) == values(before)
+        made.write(batch)  # delivery's retry of the same batch
         assert made.healthy is True
-        assert failing_case.read_back(made) == before + batch
+        assert failing_case.read_back(made) == values(before + batch)
     finally:
         made.close()
 
@@ -229,10 +268,21 @@ def test_healthy_is_false_after_a_failed_write(failing_case: SinkCase, tmp_path:
     assert failing_case.failing is not None
     made = failing_case.make(tmp_path)
     try:
-        made.write([make_event(0)])
+        made.write([make_record(0)])
         assert made.healthy is True
         with failing_case.failing(made), pytest.raises(SinkError):
-            made.write([make_event(1)])
+            made.write([make_record(1)])
         assert made.healthy is False
+    finally:
+        made.close()
+
+
+def test_sink_error_message_is_for_the_operator(failing_case: SinkCase, tmp_path: Path) -> None:
+    assert failing_case.failing is not None
+    made = failing_case.make(tmp_path)
+    try:
+        with failing_case.failing(made), pytest.raises(SinkError) as info:
+            made.write([make_record(0)])
+        assert str(info.value).strip()
     finally:
         made.close()

@@ -1,4 +1,5 @@
-"""``JsonLinesSink`` specifics: line format, appending, all-or-nothing batches on disk errors."""
+"""``JsonLinesSink`` specifics: one CloudEvent per line (``record.value + b"\\n"``),
+appending, all-or-nothing batches on disk errors."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Any
 import pytest
 
 import sidecar.sinks.jsonl as jsonl_module
+from sidecar.events.cloudevents import to_record
 from sidecar.events.model import InferenceEvent
+from sidecar.events.record import Record
 from sidecar.sinks.base import SinkError
 from sidecar.sinks.jsonl import JsonLinesSink, encode_lines
 
@@ -39,8 +42,16 @@ def make_event(n: int, **overrides: Any) -> InferenceEvent:
     return InferenceEvent(**values)
 
 
-def batch(start: int, count: int) -> list[InferenceEvent]:
-    return [make_event(i) for i in range(start, start + count)]
+def make_record(n: int, **overrides: Any) -> Record:
+    return to_record(make_event(n, **overrides), seq=n + 1)
+
+
+def batch(start: int, count: int) -> list[Record]:
+    return [make_record(i) for i in range(start, start + count)]
+
+
+def line_ids(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture
@@ -79,39 +90,52 @@ def enospc() -> OSError:
 # --- format -----------------------------------------------------------------------------
 
 
-def test_each_line_is_json_with_every_event_field(sink: JsonLinesSink, path: Path) -> None:
-    events = batch(0, 5)
+def test_each_line_is_the_records_cloudevent(sink: JsonLinesSink, path: Path) -> None:
+    events = [make_event(i) for i in range(5)]
     events[2] = make_event(2, trace_id="t-1", error="upstream_timeout", stream=True)
-    sink.write(events)
+    records = [to_record(e, i + 1) for i, e in enumerate(events)]
+    sink.write(records)
     raw = path.read_bytes()
     assert raw.endswith(b"\n")
-    lines = raw.decode("utf-8").split("\n")[:-1]
-    assert len(lines) == len(events)
+    lines = raw.split(b"\n")[:-1]
+    assert lines == [r.value for r in records]
     for line, event in zip(lines, events, strict=True):
         obj = json.loads(line)
-        assert isinstance(obj, dict)
-        assert set(obj) == EVENT_FIELDS
-        assert obj == dataclasses.asdict(event)
-        assert obj["event_type"] == "ai.inference.completed"
-        assert obj["schema_version"] == "1.0"
+        assert obj["specversion"] == "1.0"
+        assert obj["id"] == event.inference_id
+        assert obj["type"] == "ai.inference.completed"
+        assert obj["datacontenttype"] == "application/json"
+        assert set(obj["data"]) == EVENT_FIELDS
+        assert obj["data"] == dataclasses.asdict(event)
+        assert obj["data"]["schema_version"] == "1.0"
+
+
+def test_only_the_value_is_written_not_key_seq_or_headers(
+    sink: JsonLinesSink, path: Path
+) -> None:
+    record = Record(seq=99, key=b"KEY-MARKER", value=b'{"v":1}',
+                    headers=(("h", b"HEADER-MARKER"),))
+    sink.write([record])
+    assert path.read_bytes() == b'{"v":1}\n'
 
 
 def test_lines_are_compact_single_lines(sink: JsonLinesSink, path: Path) -> None:
-    sink.write([make_event(0, path="/a\nb", error="x\r\ny")])
+    sink.write([make_record(0, path="/a\nb", error="x\r\ny")])
     raw = path.read_bytes()
     assert raw.count(b"\n") == 1  # newlines inside values are escaped
-    assert json.loads(raw)["path"] == "/a\nb"
+    assert json.loads(raw)["data"]["path"] == "/a\nb"
 
 
 def test_non_ascii_is_utf8(sink: JsonLinesSink, path: Path) -> None:
-    sink.write([make_event(0, path="/v1/caf\u00e9")])
-    assert json.loads(path.read_text(encoding="utf-8"))["path"] == "/v1/caf\u00e9"
+    sink.write([make_record(0, path="/v1/caf\u00e9")])
+    assert json.loads(path.read_text(encoding="utf-8"))["data"]["path"] == "/v1/caf\u00e9"
 
 
 def test_encode_lines_matches_file_content(sink: JsonLinesSink, path: Path) -> None:
-    events = batch(0, 3)
-    sink.write(events)
-    assert path.read_bytes() == encode_lines(events)
+    records = batch(0, 3)
+    sink.write(records)
+    assert path.read_bytes() == encode_lines(records)
+    assert encode_lines(records) == b"".join(r.value + b"\n" for r in records)
     assert encode_lines([]) == b""
 
 
@@ -127,7 +151,7 @@ def test_appends_to_an_existing_file(path: Path) -> None:
         made.close()
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == '{"earlier": true}'
-    assert [json.loads(line)["inference_id"] for line in lines[1:]] == ["inf-000000", "inf-000001"]
+    assert [json.loads(line)["id"] for line in lines[1:]] == ["inf-000000", "inf-000001"]
 
 
 def test_reopening_appends_after_previous_run(path: Path) -> None:
@@ -135,8 +159,7 @@ def test_reopening_appends_after_previous_run(path: Path) -> None:
         made = JsonLinesSink(str(path))
         made.write(batch(run * 10, 2))
         made.close()
-    ids = [json.loads(line)["inference_id"] for line in path.read_text().splitlines()]
-    assert ids == ["inf-000000", "inf-000001", "inf-000010", "inf-000011", "inf-000020",
+    assert line_ids(path) == ["inf-000000", "inf-000001", "inf-000010", "inf-000011", "inf-000020",
                    "inf-000021"]
 
 
@@ -215,10 +238,7 @@ def test_enospc_mid_batch_truncates_back_and_reports(
     sink.write(batch(3, 4))  # the retry
     assert sink.healthy is True
     assert path.read_bytes() == before + encode_lines(batch(3, 4))
-    lines = path.read_text().splitlines()
-    assert [json.loads(line)["inference_id"] for line in lines] == [
-        f"inf-{i:06d}" for i in range(7)
-    ]
+    assert line_ids(path) == [f"inf-{i:06d}" for i in range(7)]
 
 
 def test_enospc_after_several_short_writes(
@@ -292,10 +312,10 @@ def test_short_writes_without_errors_complete_the_batch(
         return real(fd, bytes(data[:5]))
 
     patch_write(monkeypatch, sink, five_bytes_at_a_time)
-    events = batch(0, 4)
-    sink.write(events)
+    records = batch(0, 4)
+    sink.write(records)
     assert sink.healthy is True
-    assert path.read_bytes() == encode_lines(events)
+    assert path.read_bytes() == encode_lines(records)
 
 
 def test_recovery_after_repeated_failures(
@@ -337,12 +357,12 @@ def test_events_file_can_be_a_pipe(tmp_path: Path) -> None:
     try:
         made = JsonLinesSink(str(fifo))
         try:
-            events = batch(0, 2)
+            records = batch(0, 2)
             try:
-                made.write(events)
+                made.write(records)
             except SinkError:
                 return  # refusing cleanly is within the contract
-            assert os.read(reader, 1 << 16) == encode_lines(events)
+            assert os.read(reader, 1 << 16) == encode_lines(records)
         finally:
             made.close()
     finally:

@@ -1,0 +1,521 @@
+"""Stage 2 of the pipeline: ``Delivery`` (log → ``sink.write`` → ack, which trims the log).
+
+In order, nothing acked before the sink took it, failed batches retried whole with capped
+backoff, counters per sink, ``stop`` drains within ``drain_s`` or says it did not, and
+``lag_seconds`` is the age of the oldest undelivered record. The log is a real
+``MemoryLog``; one test runs over a real ``WriteAheadLog`` in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from sidecar.durability.base import EventLog
+from sidecar.durability.framing import frame_size
+from sidecar.durability.memory import MemoryLog
+from sidecar.durability.wal import WriteAheadLog
+from sidecar.events.cloudevents import to_record
+from sidecar.events.model import InferenceEvent
+from sidecar.events.record import Record
+from sidecar.pipeline import delivery as delivery_module
+from sidecar.pipeline.delivery import Delivery
+from sidecar.sinks.memory import MemorySink
+from sidecar.telemetry import Metrics
+
+IDENTITY = {
+    "model_name": "credit-scorer",
+    "model_version": "2.4.1",
+    "policy_version": "pol-7",
+    "evidence_bundle_id": "eb-2025-01",
+}
+WAIT_S = 10.0
+DELIVERY_LOGGER = "inference_sidecar.delivery"
+
+
+def make_event(n: int, **overrides: Any) -> InferenceEvent:
+    values: dict[str, Any] = {
+        "inference_id": f"inf-{n:06d}",
+        "timestamp": "2025-01-01T00:00:00.000Z",
+        "model_name": "credit-scorer",
+        "model_version": "2.4.1",
+        "policy_version": "pol-7",
+        "evidence_bundle_id": "eb-2025-01",
+        "method": "POST",
+        "route": "/v1/{name}/predict",
+        "path": "/v1/credit/predict",
+        "client_address": "127.0.0.1",
+        "status": 200,
+        "outcome": "ok",
+    }
+    values.update(overrides)
+    return InferenceEvent(**values)
+
+
+def ids(records: Sequence[Record]) -> list[str]:
+    return [orjson.loads(r.value)["id"] for r in records]
+
+
+def expected_ids(numbers: range | list[int]) -> list[str]:
+    return [f"inf-{n:06d}" for n in numbers]
+
+
+def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
+    value = metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+def delivered(metrics: Metrics, sink: str = "memory") -> float:
+    return sample(metrics, "inference_sidecar_events_delivered_total", {"sink": sink})
+
+
+def failures(metrics: Metrics, sink: str = "memory") -> float:
+    return sample(metrics, "inference_sidecar_delivery_failures_total", {"sink": sink})
+
+
+def retried(metrics: Metrics, sink: str = "memory") -> float:
+    return sample(metrics, "inference_sidecar_events_retried_total", {"sink": sink})
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+class RecordingSink(MemorySink):
+    """A MemorySink that records each write's thread and size, counts closes, and can
+    hold a write until the test opens ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.write_threads: list[int] = []
+        self.batches: list[int] = []
+        self.attempts = 0
+        self.closed = 0
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def write(self, records: Sequence[Record]) -> None:
+        self.write_threads.append(threading.get_ident())
+        self.attempts += 1
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(WAIT_S), "test never opened the gate"
+        super().write(records)
+        self.batches.append(len(records))
+
+    def close(self) -> None:
+        self.closed += 1
+        super().close()
+
+
+class CountingLog(MemoryLog):
+    def __init__(self) -> None:
+        super().__init__(1 << 26)
+        self.reads = 0
+        self.acks: list[int] = []
+
+    def read(self, max_records: int, max_bytes: int) -> list[Record]:
+        self.reads += 1
+        return super().read(max_records, max_bytes)
+
+    def ack(self, seq: int) -> None:
+        self.acks.append(seq)
+        super().ack(seq)
+
+
+class Harness:
+    def __init__(self, log: EventLog | None = None) -> None:
+        self.metrics = Metrics(IDENTITY)
+        self.log: EventLog = log if log is not None else CountingLog()
+        self.sink = RecordingSink()
+        self.delivery = Delivery(self.log, self.sink, self.metrics)
+        self.task: asyncio.Task[None] | None = None
+        self.stopped = False
+        self._next = self.log.next_seq
+
+    def append(self, numbers: range | list[int]) -> list[Record]:
+        """Append events as the writer would, and notify delivery."""
+        records = [to_record(make_event(n), self._next + i) for i, n in enumerate(numbers)]
+        self._next += len(records)
+        self.log.append(records)
+        self.delivery.notify()
+        return records
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.delivery.run(), name="delivery")
+
+    async def stop(self, drain_s: float = WAIT_S) -> bool:
+        assert self.task is not None
+        self.stopped = True
+        return await asyncio.wait_for(self.delivery.stop(self.task, drain_s), WAIT_S + 5)
+
+
+@pytest.fixture
+async def make_harness() -> AsyncIterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def factory(**kwargs: Any) -> Harness:
+        harness = Harness(**kwargs)
+        made.append(harness)
+        return harness
+
+    yield factory
+    for h in made:
+        h.sink.fail_next = 0
+        if h.sink.gate is not None:
+            h.sink.gate.set()
+        if h.task is not None and not h.stopped:
+            await h.stop(drain_s=1.0)
+        h.log.close()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery_module, "RETRY_INITIAL_S", 0.005)
+    monkeypatch.setattr(delivery_module, "RETRY_MAX_S", 0.02)
+
+
+# --- delivery ---------------------------------------------------------------------------
+
+
+async def test_records_reach_the_sink_in_order(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    h.start()
+    appended: list[Record] = []
+    for chunk in range(4):
+        appended += h.append(range(chunk * 25, chunk * 25 + 25))
+        await asyncio.sleep(0.001)
+    await wait_until(lambda: len(h.sink.records) >= 100)
+    assert h.sink.records == appended  # the very records, in order, each once
+    assert ids(h.sink.records) == expected_ids(range(100))
+    assert h.delivery.delivered == 100
+    assert delivered(h.metrics) == 100
+    assert failures(h.metrics) == 0
+    assert retried(h.metrics) == 0
+    # More later: only the new records go out, nothing is delivered twice.
+    more = h.append(range(100, 110))
+    await wait_until(lambda: len(h.sink.records) >= 110)
+    assert await h.stop() is True
+    assert h.sink.records == appended + more
+    assert delivered(h.metrics) == 110
+
+
+async def test_records_in_the_log_before_start_are_delivered(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    appended = h.append(range(10))
+    h.start()
+    await wait_until(lambda: len(h.sink.records) >= 10)
+    assert h.sink.records == appended
+
+
+async def test_idle_delivery_waits_for_notify_without_spinning(
+    make_harness: Callable[..., Harness],
+) -> None:
+    log = CountingLog()
+    h = make_harness(log=log)
+    h.start()
+    await asyncio.sleep(0.2)
+    assert log.reads <= 2  # it waits for the writer's notify instead of polling the log
+    assert h.task is not None and not h.task.done()
+    h.append(range(3))
+    await wait_until(lambda: len(h.sink.records) >= 3)
+    assert ids(h.sink.records) == expected_ids(range(3))
+
+
+async def test_sink_write_runs_off_the_event_loop_in_one_thread(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    h.start()
+    for chunk in range(4):
+        h.append(range(chunk * 2, chunk * 2 + 2))
+        await wait_until(lambda n=chunk: len(h.sink.records) >= (n + 1) * 2)
+    assert h.sink.write_threads
+    assert threading.get_ident() not in h.sink.write_threads
+    assert len(set(h.sink.write_threads)) == 1
+
+
+async def test_batches_are_at_most_read_max_records(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    total = delivery_module.READ_MAX_RECORDS * 2 + 7
+    h.append(range(total))
+    h.start()
+    await wait_until(lambda: len(h.sink.records) >= total)
+    assert max(h.sink.batches) <= delivery_module.READ_MAX_RECORDS
+    assert sum(h.sink.batches) == total
+    assert ids(h.sink.records) == expected_ids(range(total))
+
+
+async def test_batches_are_bounded_by_read_max_bytes(
+    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    per_record = frame_size(to_record(make_event(0), 1))
+    monkeypatch.setattr(delivery_module, "READ_MAX_BYTES", 3 * per_record + per_record // 2)
+    h = make_harness()
+    h.append(range(20))
+    h.start()
+    await wait_until(lambda: len(h.sink.records) >= 20)
+    assert max(h.sink.batches) == 3
+    assert ids(h.sink.records) == expected_ids(range(20))
+
+
+# --- ack trims the log ------------------------------------------------------------------
+
+
+async def test_ack_trims_the_log_once_the_sink_took_the_batch(
+    make_harness: Callable[..., Harness],
+) -> None:
+    log = CountingLog()
+    h = make_harness(log=log)
+    records = h.append(range(50))
+    assert log.stats().records_pending == 50
+    h.start()
+    await wait_until(lambda: log.stats().records_pending == 0)
+    stats = log.stats()
+    assert stats.bytes_used == 0
+    assert stats.oldest_pending_ts is None
+    assert log.acks[-1] == records[-1].seq
+    assert len(h.sink.records) == 50
+
+
+async def test_nothing_is_acked_while_the_sink_fails(
+    make_harness: Callable[..., Harness], fast_retries: None
+) -> None:
+    log = CountingLog()
+    h = make_harness(log=log)
+    h.sink.fail_next = 10**9
+    appended = h.append(range(10))
+    h.start()
+    await wait_until(lambda: failures(h.metrics) >= 30)  # three failed attempts
+    assert log.acks == []
+    assert log.stats().records_pending == 10
+    assert h.sink.records == []
+    h.sink.fail_next = 0  # the sink comes back
+    await wait_until(lambda: log.stats().records_pending == 0)
+    assert h.sink.records == appended
+
+
+async def test_delivery_on_a_write_ahead_log_deletes_delivered_segments(
+    tmp_path: Path, make_harness: Callable[..., Harness]
+) -> None:
+    directory = tmp_path / "wal"
+    wal = WriteAheadLog(str(directory), 1 << 20, 8 * 1024, "block")
+    h = make_harness(log=wal)
+    appended: list[Record] = []
+    for chunk in range(6):
+        appended += h.append(range(chunk * 5, chunk * 5 + 5))
+    assert len(list(directory.glob("*.seg"))) > 2
+    h.start()
+    await wait_until(lambda: wal.stats().records_pending == 0)
+    assert h.sink.records == appended
+    assert len(list(directory.glob("*.seg"))) == 1  # only the active segment is left
+    assert wal.stats().bytes_used < 8 * 1024
+    assert await h.stop() is True
+    wal.close()
+    reopened = WriteAheadLog(str(directory), 1 << 20, 8 * 1024, "block")
+    try:
+        assert reopened.stats().records_pending == 0
+        assert reopened.read(100, 1 << 20) == []  # acked: not handed out again
+    finally:
+        reopened.close()
+
+
+# --- retries ----------------------------------------------------------------------------
+
+
+async def test_sink_failures_are_retried_without_loss_or_duplicates(
+    make_harness: Callable[..., Harness], fast_retries: None
+) -> None:
+    h = make_harness()
+    h.sink.fail_next = 2
+    appended = h.append(range(10))
+    h.start()
+    await wait_until(lambda: len(h.sink.records) >= 10)
+    await asyncio.sleep(0.05)  # a duplicate, if any, would show up now
+    assert h.sink.records == appended
+    assert h.sink.attempts == 3
+    assert failures(h.metrics) == 20  # events in the failed batches, two failures
+    assert retried(h.metrics) == 20  # the same ten sent again, twice
+    assert delivered(h.metrics) == 10
+    assert h.delivery.delivered == 10
+    assert await h.stop() is True
+    assert h.sink.records == appended
+
+
+async def test_records_appended_during_retries_keep_their_order(
+    make_harness: Callable[..., Harness], fast_retries: None
+) -> None:
+    h = make_harness()
+    h.sink.fail_next = 5
+    h.start()
+    h.append(range(5))
+    await wait_until(lambda: failures(h.metrics) >= 5)
+    h.append(range(5, 30))  # arrive while the first batch is being retried
+    await wait_until(lambda: len(h.sink.records) >= 30)
+    assert ids(h.sink.records) == expected_ids(range(30))
+    assert failures(h.metrics) == 5 * 5
+    assert retried(h.metrics) == 5 * 5
+    assert delivered(h.metrics) == 30
+
+
+async def test_retry_backoff_doubles_and_is_capped(
+    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delays: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay: float, *args: Any) -> Any:
+        # delivery.asyncio is the asyncio module: record only the delivery task's sleeps.
+        task = asyncio.current_task()
+        if task is None or task.get_name() != "delivery":
+            return await real_sleep(delay, *args)
+        delays.append(delay)
+        return await real_sleep(0)
+
+    monkeypatch.setattr(delivery_module.asyncio, "sleep", recording_sleep)
+    h = make_harness()
+    h.sink.fail_next = 8
+    h.append(range(2))
+    h.start()
+    await wait_until(lambda: len(h.sink.records) >= 2)
+    monkeypatch.undo()
+    start, cap = delivery_module.RETRY_INITIAL_S, delivery_module.RETRY_MAX_S
+    expected, delay = [], start
+    for _ in range(8):
+        expected.append(delay)
+        delay = min(delay * 2, cap)
+    assert delays == pytest.approx(expected)
+    assert max(delays) == cap
+
+
+async def test_sink_failures_and_recovery_are_logged(
+    make_harness: Callable[..., Harness], caplog: pytest.LogCaptureFixture, fast_retries: None
+) -> None:
+    h = make_harness()
+    h.sink.fail_next = 1
+    h.append(range(1))
+    with caplog.at_level("INFO", logger=DELIVERY_LOGGER):
+        h.start()
+        await wait_until(lambda: len(h.sink.records) >= 1)
+    logged = [r for r in caplog.records if r.name == DELIVERY_LOGGER]
+    assert [(r.levelname, r.getMessage()) for r in logged] == [
+        ("WARNING", "sink write failed; batch kept for retry"),
+        ("INFO", "sink recovered"),
+    ]
+    fields = logged[0].fields  # type: ignore[attr-defined]
+    assert fields["sink"] == "memory"
+    assert fields["reason"] == "memory sink told to fail"
+    assert fields["batch"] == 1
+    assert fields["attempt"] == 1
+    assert fields["retry_in_s"] == delivery_module.RETRY_INITIAL_S
+    assert logged[1].fields == {"sink": "memory", "attempts": 2}  # type: ignore[attr-defined]
+
+
+# --- stop -------------------------------------------------------------------------------
+
+
+async def test_stop_drains_everything_in_the_log(make_harness: Callable[..., Harness]) -> None:
+    h = make_harness()
+    h.start()
+    total = delivery_module.READ_MAX_RECORDS * 3 + 11
+    appended = h.append(range(total))
+    assert await h.stop() is True
+    assert h.sink.records == appended
+    assert h.log.stats().records_pending == 0
+    assert h.sink.closed == 1
+    assert h.task is not None and h.task.done()
+
+
+async def test_stop_with_an_empty_log_returns_at_once(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    h.start()
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    assert await h.stop(drain_s=5.0) is True
+    assert time.monotonic() - started < 1.0
+    assert h.sink.closed == 1
+
+
+async def test_stop_drains_through_a_few_sink_failures(
+    make_harness: Callable[..., Harness], fast_retries: None
+) -> None:
+    h = make_harness()
+    h.sink.fail_next = 2
+    h.start()
+    appended = h.append(range(50))
+    assert await h.stop() is True
+    assert h.sink.records == appended
+    assert failures(h.metrics) >= 2
+
+
+async def test_stop_reports_not_drained_when_the_sink_keeps_failing(
+    make_harness: Callable[..., Harness], fast_retries: None
+) -> None:
+    h = make_harness()
+    h.sink.fail_next = 10**9
+    h.append(range(5))
+    h.start()
+    started = time.monotonic()
+    assert await h.stop(drain_s=5.0) is False
+    assert time.monotonic() - started < 5.0  # gives up after a few tries, not at drain_s
+    assert h.sink.records == []
+    assert h.log.stats().records_pending == 5  # kept in the log for the next start
+    assert failures(h.metrics) >= 3 * 5
+    assert delivered(h.metrics) == 0
+    assert h.sink.closed == 1
+
+
+async def test_stop_reports_not_drained_when_a_write_outlasts_drain_s(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    h.sink.gate = threading.Event()
+    h.append(range(5))
+    h.start()
+    assert await asyncio.to_thread(h.sink.entered.wait, WAIT_S)
+    gate = h.sink.gate
+    asyncio.get_running_loop().call_later(0.6, gate.set)  # the write finishes, but late
+    started = time.monotonic()
+    assert await h.stop(drain_s=0.2) is False
+    assert time.monotonic() - started >= 0.2
+    # The sink took the batch after the deadline; it was never acked, so it stays in the
+    # log and is delivered again on the next start (at-least-once).
+    assert h.log.stats().records_pending == 5
+    assert delivered(h.metrics) == 0
+    assert h.sink.closed == 1  # closed after the write in flight returned
+
+
+# --- lag --------------------------------------------------------------------------------
+
+
+async def test_lag_seconds_is_the_age_of_the_oldest_undelivered_record(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    assert h.delivery.lag_seconds() == 0.0
+    h.append(range(3))
+    await asyncio.sleep(0.2)
+    first = h.delivery.lag_seconds()
+    assert 0.2 <= first < WAIT_S
+    await asyncio.sleep(0.05)
+    assert h.delivery.lag_seconds() > first
+    h.start()
+    await wait_until(lambda: h.log.stats().records_pending == 0)
+    assert h.delivery.lag_seconds() == 0.0
