@@ -628,7 +628,7 @@ async def test_log_full_at_shutdown_gives_up_at_the_deadline_and_counts_the_drop
     assert h.log.stats().records_pending == 2  # only what was there before
     logged = [r for r in caplog.records if r.name == WRITER_LOGGER]
     assert [r.getMessage() for r in logged] == ["event log unavailable at shutdown; giving up"]
-    assert logged[0].fields["dropped"] == 3  # type: ignore[attr-defined]
+    assert logged[0].fields["events"] == 3  # type: ignore[attr-defined]
     await h.finish()
 
 
