@@ -72,6 +72,7 @@ class Sidecar:
         self.pipeline = Pipeline(
             self.queue, self.log, self.sink, metrics,
             mode=settings.durability, interval=settings.durability_interval,
+            durability_timeout=settings.durability_timeout,
         )
         self.upstream = Upstream(settings)
         self.handler = ProxyHandler(

@@ -12,6 +12,8 @@ from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from sidecar.admin.request_stats import RequestStats
+
 NAMESPACE: Final = "inference_sidecar"
 
 EVENT_TYPE_INFERENCE: Final = "ai.inference.completed"
@@ -58,29 +60,10 @@ class Metrics:
             registry=registry,
         )
         self.info.labels(**identity).set(1)
-        labels = ["route", "status", "model_version"]
-        self.requests = Counter(
-            f"{n}_requests_total", "Requests answered, by route and status.", labels,
-            registry=registry,
-        )
-        self.request_duration = Histogram(
-            f"{n}_request_duration_seconds", "Time from request received to response completed.",
-            labels, buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.upstream_duration = Histogram(
-            f"{n}_upstream_duration_seconds", "Time until the upstream's response headers.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.ttfb = Histogram(
-            f"{n}_time_to_first_byte_seconds", "Time until the first body byte was relayed.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.outcomes = Counter(
-            f"{n}_outcomes_total", "Inferences by outcome.", ["outcome"], registry=registry,
-        )
-        self.in_flight = Gauge(
-            f"{n}_requests_in_flight", "Requests being handled now.", registry=registry,
-        )
+        # Per-request metrics (requests, durations, outcomes, upstream time, time to first
+        # byte, in flight) are plain numbers on the loop, exported at scrape time.
+        self.requests = RequestStats(n, identity["model_version"], LATENCY_BUCKETS)
+        registry.register(self.requests)
         self.events_emitted = Counter(
             f"{n}_events_emitted_total", "Events accepted into the pipeline (one per inference).",
             registry=registry,
@@ -133,19 +116,6 @@ class Metrics:
             f"{n}_event_loop_lag_max_seconds", "Largest event-loop lag in the last 10 s.",
             registry=registry,
         )
-        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
-        self._model_version = identity["model_version"]
-
-    def observe_request(self, route: str, status: int, seconds: float) -> None:
-        # labels() takes a lock and builds a key each call; cache the children per key.
-        key = (route, str(status))
-        children = self._children.get(key)
-        if children is None:
-            values = (route, key[1], self._model_version)
-            children = (self.requests.labels(*values), self.request_duration.labels(*values))
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
 
     def bind_pipeline(
         self,

@@ -86,7 +86,7 @@ def test_defaults_apply_when_nothing_else_is_set() -> None:
     assert s.max_request_line_bytes == 8190
     assert s.connect_timeout == 5.0
     assert s.read_timeout == 120.0
-    assert s.idle_timeout == 60.0
+    assert s.idle_timeout == 120.0
     assert s.total_timeout == 600.0
     assert s.drain_timeout == 30.0
     assert s.buffer_response_bytes == 1024**2

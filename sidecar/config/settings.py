@@ -54,7 +54,7 @@ class Settings:
     max_request_line_bytes: int = _setting(8190, p.size, "Longest request line (414 above).")
     connect_timeout: float = _setting(5.0, p.duration, "Upstream connect timeout.")
     read_timeout: float = _setting(120.0, p.duration, "Wait for upstream response headers.")
-    idle_timeout: float = _setting(60.0, p.duration, "Longest silence between body chunks.")
+    idle_timeout: float = _setting(120.0, p.duration, "Longest silence between body chunks.")
     total_timeout: float = _setting(600.0, p.duration, "Whole exchange with the upstream.")
     drain_timeout: float = _setting(30.0, p.duration, "On SIGTERM, time in-flight requests get.")
     buffer_response_bytes: int = _setting(

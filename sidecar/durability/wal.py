@@ -59,6 +59,8 @@ log = logging.getLogger("inference_sidecar.wal")
 _ACCEPTED = struct.Struct("<Q")  # hwm offset 0: accepted; offset 8: settled
 
 
+HWM_FLUSH_S = 1.0  # power-cut crash accounting granularity
+
 class WriteAheadLog:
     """The on-disk ``EventLog``; see the module docstring for format and guarantees.
 
@@ -78,6 +80,7 @@ class WriteAheadLog:
         self.max_bytes, self.segment_bytes = max_bytes, segment_bytes
         self._headroom = full_headroom(max_bytes)
         self._lock = threading.Lock()
+        self._mm_flushed = 0.0
         self._closed = False
         self._writer = disk.SegmentWriter(directory)  # writer thread's files
         self._rfds: dict[Segment, int] = {}  # delivery thread's read fds
@@ -254,8 +257,12 @@ class WriteAheadLog:
         Writer thread only; the lock is taken only to read and clear the directory flag.
         """
         self._check_open()
-        if self._writer.sync():
-            self._mm.flush()  # crash accounting survives power loss up to here
+        if self._writer.sync() and time.monotonic() - self._mm_flushed >= HWM_FLUSH_S:
+            # msync runs holding the GIL (it stalls the event loop for up to tens of ms
+            # measured), and a process crash keeps the page anyway: only a power cut needs
+            # it, so crash accounting survives power loss up to the last second.
+            self._mm.flush()
+            self._mm_flushed = time.monotonic()
         with self._lock:
             dir_dirty, self._dir_dirty = self._dir_dirty, False
         if dir_dirty:

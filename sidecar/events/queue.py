@@ -90,9 +90,12 @@ class EventQueue:
                 await self._waiter
             finally:
                 self._waiter = None
+        return self.take(max_items)
+
+    def take(self, max_items: int) -> list[tuple[int, InferenceEvent]]:
+        """Up to ``max_items`` events, without waiting."""
         items = self._items
-        n = min(max_items, len(items))
-        return [items.popleft() for _ in range(n)]
+        return [items.popleft() for _ in range(min(max_items, len(items)))]
 
     def close(self) -> None:
         """No more events will come; the consumer drains what is left, then stops."""

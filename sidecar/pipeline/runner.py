@@ -40,6 +40,7 @@ class Pipeline:
         metrics: Metrics,
         mode: str = "sync",
         interval: float = 0.05,
+        durability_timeout: float = 5.0,
     ) -> None:
         self.queue = queue
         self.log = event_log
@@ -52,6 +53,7 @@ class Pipeline:
             queue, event_log, mode, interval,
             on_appended=self.delivery.notify, on_disk_error=self._disk_error,
             on_drop=lambda reason, n: metrics.events_dropped.labels(reason).inc(n),
+            durability_timeout=durability_timeout,
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         metrics.bind_pipeline(queue_depth=lambda: len(queue), log_stats=event_log.stats,
@@ -73,6 +75,9 @@ class Pipeline:
         if self.mode == "batch":
             self._tasks["sync"] = loop.create_task(
                 self.writer.run_periodic_sync(), name="periodic-fsync")
+        if self.mode == "sync":
+            self._tasks["watchdog"] = loop.create_task(
+                self.durability.run_watchdog(), name="durability-watchdog")
 
     async def stop(self, drain_s: float) -> bool:
         """Drain queue → log → sink within ``drain_s``; True if everything was delivered."""
@@ -82,11 +87,12 @@ class Pipeline:
         writer = self._tasks.get("writer")
         if writer is not None:
             await writer  # the queue is bounded and the disk local: this finishes
-        sync = self._tasks.get("sync")
-        if sync is not None:
-            sync.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sync
+        for name in ("sync", "watchdog"):
+            task = self._tasks.get(name)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.writer.shutdown()
         delivery = self._tasks.get("delivery")
         drained = await self.delivery.stop(delivery, max(0.0, deadline - time.monotonic()))

@@ -32,32 +32,58 @@ from sidecar.logs import get_logger
 log = get_logger("writer")
 
 BATCH_MAX = 1024
+LINGER_S = 0.002  # batch and memory modes only: sync responses wait for their batch
 RETRY_S = 0.005
 DISK_RETRY_MAX_S = 1.0
 
 
 class Durability:
-    """Responses waiting for their event's fsync, released in sequence order (on the loop)."""
+    """Responses waiting for their event's fsync, released in sequence order (on the loop).
 
-    def __init__(self) -> None:
+    A waiter not released within ``timeout`` gets ``TimeoutError``: one watchdog task
+    checks the oldest waiter, instead of a timer per request.
+    """
+
+    def __init__(self, timeout: float = 5.0) -> None:
         self.durable_seq = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self.timeout = timeout
+        self._waiters: deque[tuple[int, float, asyncio.Future[None]]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def wait(self, seq: int) -> asyncio.Future[None] | None:
         """A future done once ``seq`` is durable; None if it already is."""
         if seq <= self.durable_seq:
             return None
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((seq, future))
+        loop = self._loop
+        if loop is None:  # cached: get_running_loop() costs a getpid() syscall on 3.11
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiters.append((seq, loop.time() + self.timeout, future))
         return future
 
     def advance(self, seq: int) -> None:
         self.durable_seq = max(self.durable_seq, seq)
         waiters = self._waiters
         while waiters and waiters[0][0] <= self.durable_seq:
-            _, future = waiters.popleft()
+            future = waiters.popleft()[2]
             if not future.done():
                 future.set_result(None)
+
+    def expire(self, now: float) -> int:
+        """Fail the waiters whose deadline passed; how many."""
+        waiters, expired = self._waiters, 0
+        while waiters and waiters[0][1] <= now:
+            future = waiters.popleft()[2]
+            if not future.done():
+                future.set_exception(TimeoutError())
+                expired += 1
+        return expired
+
+    async def run_watchdog(self, every_s: float = 0.1) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every_s)
+            self.expire(loop.time())
 
 
 class LogWriter:
@@ -70,17 +96,19 @@ class LogWriter:
         on_appended: Callable[[], None],
         on_disk_error: Callable[[bool], None],
         on_drop: Callable[[str, int], None],
+        durability_timeout: float = 5.0,
     ) -> None:
         self.queue = queue
         self.log = event_log
         self.mode = mode
         self.interval = interval
-        self.durability = Durability()
+        self.durability = Durability(durability_timeout)
         self._on_appended = on_appended
         self._on_disk_error = on_disk_error
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-wal")
         self._last_sync = time.monotonic()
         self._dirty = False
+        self._appended = False  # whether the batch in hand is in the log already
         self._on_drop = on_drop
         self.give_up_at: float | None = None  # monotonic deadline, set at shutdown
 
@@ -103,6 +131,15 @@ class LogWriter:
             self._dirty = False
         self._last_sync = time.monotonic()
 
+    def _persist(self, batch: list[tuple[int, InferenceEvent]]) -> None:
+        """Writer thread: append (once), then fsync if due. One hand-off per batch; after a
+        failed fsync the retry must not append the batch again."""
+        if not self._appended:
+            self._append(batch)
+            self._appended = True
+        if self._sync_due():
+            self._sync()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -110,19 +147,22 @@ class LogWriter:
             if not batch:
                 await self._retry(loop, self._sync, 0)  # the last fsync: best effort
                 return
+            if self.mode != "sync" and len(batch) < BATCH_MAX and not self.queue.closed:
+                # Nothing waits on this batch: let it grow, one hand-off for many events.
+                await asyncio.sleep(LINGER_S)
+                batch.extend(self.queue.take(BATCH_MAX - len(batch)))
             await self._write(loop, batch)
 
     async def _write(
         self, loop: asyncio.AbstractEventLoop, batch: list[tuple[int, InferenceEvent]]
     ) -> None:
-        # Append and fsync are retried separately: a batch that is in the log must never
-        # be appended again because its fsync failed.
-        gave_up = await self._retry(loop, functools.partial(self._append, batch), len(batch))
+        self._appended = False
+        gave_up = await self._retry(loop, functools.partial(self._persist, batch), len(batch))
+        if self._appended:
+            self._on_appended()
         if gave_up:
-            self._on_drop(gave_up, len(batch))
-            return
-        self._on_appended()
-        if self._sync_due() and await self._retry(loop, self._sync, len(batch)):
+            if not self._appended:
+                self._on_drop(gave_up, len(batch))
             return
         if self.mode in ("sync", "memory"):
             self.durability.advance(batch[-1][0])

@@ -8,6 +8,8 @@ request over them cannot be parsed at all.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from sidecar.errors import RequestRejected
@@ -26,6 +28,12 @@ async def read_request_body(request: web.BaseRequest, limit: int) -> bytes:
             f"request body of {declared} bytes is over the {limit}-byte limit",
             status=413, code="body_too_large",
         )
+    if declared is not None:
+        try:
+            return await request.content.readexactly(declared)
+        except asyncio.IncompleteReadError as exc:
+            raise RequestRejected("request body shorter than its Content-Length",
+                                  code="incomplete_body") from exc
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():

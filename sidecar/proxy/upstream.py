@@ -9,8 +9,7 @@ Headers are rewritten per RFC 9110 §7.6.1: hop-by-hop fields (and any the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -45,7 +44,7 @@ def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
 
 
 def end_to_end(
-    headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: Iterable[str]
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: frozenset[str]
 ) -> CIMultiDict[str]:
     """Copy ``headers`` without hop-by-hop fields and without the names in ``drop``.
 
@@ -53,24 +52,25 @@ def end_to_end(
     >>> list(end_to_end(h, HOP_BY_HOP).items())
     [('A', 'b')]
     """
-    dropped = set(drop)
     if "connection" in headers:
-        dropped |= _connection_tokens(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
+        drop = drop | _connection_tokens(headers)
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
 
 
 def request_headers(
-    headers: CIMultiDictProxy[str], inference_id: str, client: str | None, scheme: str
+    headers: CIMultiDictProxy[str], inference_id: str, client: str | None
 ) -> CIMultiDict[str]:
+    """What the upstream gets: end-to-end headers, the sidecar's inference id (so the
+    model server can log the same id), and the X-Forwarded-* trio."""
     out = end_to_end(headers, _REQUEST_DROP)
-    out[HEADER_INFERENCE_ID] = inference_id  # the model server can log the same id
+    extra = [(HEADER_INFERENCE_ID, inference_id), ("x-forwarded-proto", "http")]
     host = headers.get("host")
     if host is not None:
-        out["x-forwarded-host"] = host
+        extra.append(("x-forwarded-host", host))
     if client:
-        prior = headers.get("x-forwarded-for")
-        out["x-forwarded-for"] = f"{prior}, {client}" if prior else client
-    out["x-forwarded-proto"] = scheme
+        prior = out.pop("x-forwarded-for", None)
+        extra.append(("x-forwarded-for", f"{prior}, {client}" if prior else client))
+    out.extend(extra)
     return out
 
 
@@ -85,6 +85,10 @@ class Upstream:
         self.base_url = settings.upstream_url
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        # aiohttp's sock_read (idle_timeout) already bounds the wait for the headers.
+        self._header_timer = (
+            None if settings.read_timeout == settings.idle_timeout else settings.read_timeout
+        )
 
     async def start(self) -> None:
         s = self._settings
@@ -106,22 +110,25 @@ class Upstream:
             await self._session.close()
             self._session = None
 
-    @asynccontextmanager
-    async def request(
+    async def send(
         self, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send the request; yield the response once its headers have arrived."""
+    ) -> aiohttp.ClientResponse:
+        """Send the request; return the response once its headers have arrived.
+
+        The caller must ``finish`` it. aiohttp's ``sock_read`` timer (``idle_timeout``)
+        also covers the wait for the headers, so a separate timer for ``read_timeout`` is
+        armed only when the two differ: one fewer timer per request by default.
+        """
         assert self._session is not None, "Upstream.start() was not awaited"
+        pending = self._session.request(
+            method, self.base_url + path_qs, headers=headers, data=body or None,
+            allow_redirects=False, compress=False,
+        )
         try:
-            async with asyncio.timeout(self._settings.read_timeout):
-                response = await self._session.request(
-                    method,
-                    self.base_url + path_qs,
-                    headers=headers,
-                    data=body or None,
-                    allow_redirects=False,
-                    compress=False,
-                )
+            if self._header_timer is None:
+                return await pending
+            async with asyncio.timeout(self._header_timer):
+                return await pending
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout("upstream did not answer in time") from None
         except aiohttp.InvalidURL:
@@ -129,13 +136,15 @@ class Upstream:
                                       code="bad_request_target") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamUnavailable(f"upstream unavailable: {type(exc).__name__}") from None
-        try:
-            yield response
-        except BaseException:
-            response.close()  # mid-body failure or cancel: never reuse this connection
-            raise
-        else:
-            response.release()
+
+
+def finish(response: aiohttp.ClientResponse, failed: bool) -> None:
+    """Return the connection to the pool, or drop it after a failure or a cancel (its
+    state is unknown, so it must never be reused)."""
+    if failed:
+        response.close()
+    else:
+        response.release()
 
 
 async def read_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -4,10 +4,10 @@ JSON), and ``Record``, the encoded form the log and every sink see."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import orjson
 import pytest
+from factories import expected_ids, make_event
 
 from sidecar.events.cloudevents import envelope, to_record
 from sidecar.events.model import InferenceEvent
@@ -15,29 +15,6 @@ from sidecar.events.record import Record
 from sidecar.telemetry import CLOUDEVENTS_CONTENT_TYPE, EVENT_SOURCE_PREFIX
 
 EVENT_FIELDS = {f.name for f in dataclasses.fields(InferenceEvent)}
-
-
-def make_event(n: int, **overrides: Any) -> InferenceEvent:
-    values: dict[str, Any] = {
-        "inference_id": f"inf-{n:06d}",
-        "timestamp": "2025-01-01T00:00:00.000Z",
-        "model_name": "credit-scorer",
-        "model_version": "2.4.1",
-        "policy_version": "pol-7",
-        "evidence_bundle_id": "eb-2025-01",
-        "method": "POST",
-        "route": "/v1/{name}/predict",
-        "path": "/v1/credit/predict",
-        "client_address": "127.0.0.1",
-        "status": 200,
-        "outcome": "ok",
-    }
-    values.update(overrides)
-    return InferenceEvent(**values)
-
-
-def expected_ids(numbers: list[int]) -> list[str]:
-    return [f"inf-{n:06d}" for n in numbers]
 
 
 def test_the_value_is_a_cloudevents_envelope_around_the_event() -> None:

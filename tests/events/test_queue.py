@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from factories import expected_ids, make_event
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,25 +21,6 @@ from sidecar.events.queue import POLICIES, EventQueue
 
 WAIT_S = 2.0
 DROP_POLICIES = ["drop_oldest", "drop_newest"]
-
-
-def make_event(n: int, **overrides: Any) -> InferenceEvent:
-    values: dict[str, Any] = {
-        "inference_id": f"inf-{n:06d}",
-        "timestamp": "2025-01-01T00:00:00.000Z",
-        "model_name": "credit-scorer",
-        "model_version": "2.4.1",
-        "policy_version": "pol-7",
-        "evidence_bundle_id": "eb-2025-01",
-        "method": "POST",
-        "route": "/v1/{name}/predict",
-        "path": "/v1/credit/predict",
-        "client_address": "127.0.0.1",
-        "status": 200,
-        "outcome": "ok",
-    }
-    values.update(overrides)
-    return InferenceEvent(**values)
 
 
 Batch = list[tuple[int, InferenceEvent]]
@@ -50,10 +32,6 @@ def ids(batch: Batch) -> list[str]:
 
 def seqs(batch: Batch) -> list[int]:
     return [seq for seq, _ in batch]
-
-
-def expected_ids(numbers: range | list[int]) -> list[str]:
-    return [f"inf-{n:06d}" for n in numbers]
 
 
 class Recorder:

@@ -9,84 +9,42 @@ the next start. Stage details are in ``test_writer.py`` and ``test_delivery.py``
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
+from factories import (
+    EVENT_FRAME,
+    IDENTITY,
+    WAIT_S,
+    RecordingLog,
+    RecordingSink,
+    delivered,
+    expected_ids,
+    failures,
+    harness_fixture,
+    ids,
+    make_event,
+    retried,
+    sample,
+)
+from factories import fast_retries as fast_retries  # a fixture
+from factories import wait_until as _wait_until
 
 from sidecar.durability.base import EventLog
-from sidecar.durability.framing import frame_size
 from sidecar.durability.memory import MemoryLog
 from sidecar.durability.wal import WriteAheadLog
 from sidecar.events.cloudevents import to_record
-from sidecar.events.model import InferenceEvent
 from sidecar.events.queue import EventQueue
-from sidecar.events.record import Record
 from sidecar.pipeline import delivery as delivery_module
 from sidecar.pipeline import writer as writer_module
 from sidecar.pipeline.runner import Pipeline
 from sidecar.sinks.memory import MemorySink
 from sidecar.telemetry import Metrics
 
-IDENTITY = {
-    "model_name": "credit-scorer",
-    "model_version": "2.4.1",
-    "policy_version": "pol-7",
-    "evidence_bundle_id": "eb-2025-01",
-}
-WAIT_S = 10.0
-
-
-def make_event(n: int, **overrides: Any) -> InferenceEvent:
-    values: dict[str, Any] = {
-        "inference_id": f"inf-{n:06d}",
-        "timestamp": "2025-01-01T00:00:00.000Z",
-        "model_name": "credit-scorer",
-        "model_version": "2.4.1",
-        "policy_version": "pol-7",
-        "evidence_bundle_id": "eb-2025-01",
-        "method": "POST",
-        "route": "/v1/{name}/predict",
-        "path": "/v1/credit/predict",
-        "client_address": "127.0.0.1",
-        "status": 200,
-        "outcome": "ok",
-    }
-    values.update(overrides)
-    return InferenceEvent(**values)
-
-
-EVENT_FRAME = frame_size(to_record(make_event(0), 1))
-
-
-def ids(records: Sequence[Record]) -> list[str]:
-    return [orjson.loads(r.value)["id"] for r in records]
-
-
-def expected_ids(numbers: range | list[int]) -> list[str]:
-    return [f"inf-{n:06d}" for n in numbers]
-
-
-def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
-    value = metrics.registry.get_sample_value(name, labels or {})
-    return 0.0 if value is None else value
-
-
-def delivered(metrics: Metrics, sink: str = "memory") -> float:
-    return sample(metrics, "inference_sidecar_events_delivered_total", {"sink": sink})
-
-
-def failures(metrics: Metrics, sink: str = "memory") -> float:
-    return sample(metrics, "inference_sidecar_delivery_failures_total", {"sink": sink})
-
-
-def retried(metrics: Metrics, sink: str = "memory") -> float:
-    return sample(metrics, "inference_sidecar_events_retried_total", {"sink": sink})
+wait_until = partial(_wait_until, poll_s=0.005)
 
 
 def dropped(metrics: Metrics, reason: str) -> float:
@@ -103,49 +61,6 @@ def total_dropped(metrics: Metrics) -> float:
     )
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
-class RecordingSink(MemorySink):
-    """A MemorySink that also records the thread and size of each write, and closes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.write_threads: list[int] = []
-        self.batches: list[int] = []
-        self.closed = 0
-
-    def write(self, records: Sequence[Record]) -> None:
-        self.write_threads.append(threading.get_ident())
-        super().write(records)
-        self.batches.append(len(records))
-
-    def close(self) -> None:
-        self.closed += 1
-        super().close()
-
-
-class ThreadLog(MemoryLog):
-    """A MemoryLog that records the threads appending, and can fail appends (ENOSPC)."""
-
-    def __init__(self, max_bytes: int = 1 << 26, when_full: str = "block") -> None:
-        super().__init__(max_bytes, when_full)
-        self.append_threads: set[int] = set()
-        self.fail_appends = 0
-
-    def append(self, records: Sequence[Record]) -> None:
-        self.append_threads.add(threading.get_ident())
-        if self.fail_appends > 0:
-            self.fail_appends -= 1
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        super().append(records)
-
-
 class Harness:
     """Wired like ``Sidecar``: the queue numbers after the log and reports to it."""
 
@@ -159,7 +74,7 @@ class Harness:
         sink: MemorySink | None = None,
     ) -> None:
         self.metrics = Metrics(IDENTITY)
-        self.log: EventLog = log if log is not None else ThreadLog()
+        self.log: EventLog = log if log is not None else RecordingLog()
         self.queue = EventQueue(
             capacity, when_full,
             on_drop=lambda reason, n: self.metrics.events_dropped.labels(reason).inc(n),
@@ -179,27 +94,13 @@ class Harness:
         self.stopped = True
         return await asyncio.wait_for(self.pipeline.stop(drain_s=drain_s), WAIT_S + 5)
 
-
-@pytest.fixture
-async def make_harness() -> AsyncIterator[Callable[..., Harness]]:
-    made: list[Harness] = []
-
-    def factory(**kwargs: Any) -> Harness:
-        harness = Harness(**kwargs)
-        made.append(harness)
-        return harness
-
-    yield factory
-    for harness in made:
-        if not harness.stopped:
-            harness.sink.fail_next = 0
-            await harness.stop(drain_s=1.0)
+    async def cleanup(self) -> None:
+        if not self.stopped:
+            self.sink.fail_next = 0
+            await self.stop(drain_s=1.0)
 
 
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery_module, "RETRY_INITIAL_S", 0.005)
-    monkeypatch.setattr(delivery_module, "RETRY_MAX_S", 0.02)
+make_harness = harness_fixture(Harness)
 
 
 # --- delivery ---------------------------------------------------------------------------
@@ -281,7 +182,7 @@ async def test_log_and_sink_io_run_in_their_own_threads_off_the_loop(
     h.pipeline.start()
     h.put(range(3))
     await wait_until(lambda: len(h.sink.records) >= 3)
-    assert isinstance(h.sink, RecordingSink) and isinstance(h.log, ThreadLog)
+    assert isinstance(h.sink, RecordingSink) and isinstance(h.log, RecordingLog)
     loop_thread = threading.get_ident()
     sink_threads, log_threads = set(h.sink.write_threads), h.log.append_threads
     assert len(sink_threads) == 1 and len(log_threads) == 1
@@ -361,7 +262,7 @@ async def test_a_failing_disk_turns_disk_ok_false_until_it_recovers(
     make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(writer_module, "RETRY_S", 0.05)  # room to observe the failing state
-    log = ThreadLog()
+    log = RecordingLog()
     log.fail_appends = 2
     h = make_harness(log=log)
     assert h.pipeline.disk_ok is True
@@ -547,7 +448,7 @@ async def test_stop_with_a_failing_disk_returns_within_drain_s(
 ) -> None:
     # The disk fails for good (EIO, ENOSPC): like a full log, it must not hang shutdown
     # past drain_s (the orchestrator's SIGKILL would follow, losing everything uncounted).
-    log = ThreadLog()
+    log = RecordingLog()
     log.fail_appends = 10**9
     h = make_harness(log=log)
     h.pipeline.start()

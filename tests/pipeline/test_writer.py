@@ -8,119 +8,43 @@ injection on top; one test runs over a real ``WriteAheadLog`` in ``tmp_path``.
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
+from factories import (
+    EVENT_FRAME,
+    WAIT_S,
+    RecordingLog,
+    expected_ids,
+    harness_fixture,
+    ids,
+    make_event,
+    record_sleeps,
+    seqs,
+    wait_until,
+)
 
-from sidecar.durability.base import EventLog, LogFull
+from sidecar.durability.base import EventLog
 from sidecar.durability.framing import frame_size
 from sidecar.durability.memory import MemoryLog
 from sidecar.durability.wal import WriteAheadLog
 from sidecar.events.cloudevents import to_record
-from sidecar.events.model import InferenceEvent
 from sidecar.events.queue import EventQueue
 from sidecar.events.record import Record
 from sidecar.pipeline import writer as writer_module
 from sidecar.pipeline.writer import Durability, LogWriter
 
-WAIT_S = 10.0
 WRITER_LOGGER = "inference_sidecar.writer"
-
-
-def make_event(n: int, **overrides: Any) -> InferenceEvent:
-    values: dict[str, Any] = {
-        "inference_id": f"inf-{n:06d}",
-        "timestamp": "2025-01-01T00:00:00.000Z",
-        "model_name": "credit-scorer",
-        "model_version": "2.4.1",
-        "policy_version": "pol-7",
-        "evidence_bundle_id": "eb-2025-01",
-        "method": "POST",
-        "route": "/v1/{name}/predict",
-        "path": "/v1/credit/predict",
-        "client_address": "127.0.0.1",
-        "status": 200,
-        "outcome": "ok",
-    }
-    values.update(overrides)
-    return InferenceEvent(**values)
-
-
-def expected_ids(numbers: range | list[int]) -> list[str]:
-    return [f"inf-{n:06d}" for n in numbers]
 
 
 def read_all(log: EventLog) -> list[Record]:
     return log.read(10**6, 1 << 40)
 
 
-def ids(records: Sequence[Record]) -> list[str]:
-    return [orjson.loads(r.value)["id"] for r in records]
-
-
-def seqs(records: Sequence[Record]) -> list[int]:
-    return [r.seq for r in records]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.002)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
-EVENT_FRAME = frame_size(to_record(make_event(0), 1))
-
-
-class FaultyLog(MemoryLog):
-    """A real ``MemoryLog`` that also records what the writer did, and fails on demand."""
-
-    def __init__(self, max_bytes: int = 1 << 26, when_full: str = "block") -> None:
-        super().__init__(max_bytes, when_full)
-        self.appended: list[list[int]] = []  # seqs of each successful append
-        self.refused_full = 0  # appends that raised LogFull
-        self.syncs = 0
-        self.synced_through = 0  # last_seq at the latest successful sync
-        self.fail_appends = 0  # the next N appends raise ENOSPC (and store nothing)
-        self.fail_syncs = 0  # the next N syncs raise EIO
-        self.threads: set[int] = set()
-        self.sync_gate: threading.Event | None = None  # when set, sync waits for it
-        self.in_sync = threading.Event()
-
-    def append(self, records: Sequence[Record]) -> None:
-        self.threads.add(threading.get_ident())
-        if self.fail_appends > 0:
-            self.fail_appends -= 1
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        try:
-            super().append(records)
-        except LogFull:
-            self.refused_full += 1
-            raise
-        self.appended.append([r.seq for r in records])
-
-    def sync(self) -> None:
-        self.threads.add(threading.get_ident())
-        self.in_sync.set()
-        if self.sync_gate is not None:
-            assert self.sync_gate.wait(WAIT_S), "test never opened the sync gate"
-        if self.fail_syncs > 0:
-            self.fail_syncs -= 1
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        super().sync()
-        self.syncs += 1
-        self.synced_through = self.last_seq
-
-
-def appended_seqs(log: FaultyLog) -> list[int]:
+def appended_seqs(log: RecordingLog) -> list[int]:
     """Seqs the writer appended so far (safe to read from the loop: a list of lists)."""
     return [s for batch in log.appended for s in batch]
 
@@ -130,20 +54,20 @@ def prefill(log: MemoryLog, count: int, size: int) -> None:
     log.append([Record(seq=s, key=b"k", value=b"x" * size) for s in range(1, count + 1)])
 
 
-def nearly_full_log(when_full: str) -> FaultyLog:
+def nearly_full_log(when_full: str) -> RecordingLog:
     """A log holding two big records, with room for one event but not two."""
     big = Record(seq=1, key=b"k", value=b"x" * 3000)
     max_bytes = 2 * frame_size(big) + EVENT_FRAME + EVENT_FRAME // 2
-    log = FaultyLog(max_bytes, when_full)
+    log = RecordingLog(max_bytes, when_full)
     prefill(log, 2, 3000)
     return log
 
 
 class WriterHarness:
     def __init__(
-        self, mode: str = "sync", interval: float = 0.05, log: FaultyLog | None = None
+        self, mode: str = "sync", interval: float = 0.05, log: RecordingLog | None = None
     ) -> None:
-        self.log = log if log is not None else FaultyLog()
+        self.log = log if log is not None else RecordingLog()
         self.queue = EventQueue(100_000, "block", first_seq=self.log.next_seq,
                                 on_accept=self.log.note_accepted)
         self.notified = 0
@@ -193,29 +117,21 @@ class WriterHarness:
                 await asyncio.gather(self.periodic, return_exceptions=True)
             await asyncio.to_thread(self.writer.shutdown)
 
-
-@pytest.fixture
-async def make_writer() -> AsyncIterator[Callable[..., WriterHarness]]:
-    made: list[WriterHarness] = []
-
-    def factory(**kwargs: Any) -> WriterHarness:
-        harness = WriterHarness(**kwargs)
-        made.append(harness)
-        return harness
-
-    yield factory
-    for h in made:
-        if h.log.sync_gate is not None:
-            h.log.sync_gate.set()
-        h.log.fail_appends = h.log.fail_syncs = 0
-        h.queue.close()
-        h.writer.give_up_at = time.monotonic()  # a test left the log full
-        for task in (h.task, h.periodic):
+    async def cleanup(self) -> None:
+        if self.log.sync_gate is not None:
+            self.log.sync_gate.set()
+        self.log.fail_appends = self.log.fail_syncs = 0
+        self.queue.close()
+        self.writer.give_up_at = time.monotonic()  # a test left the log full
+        for task in (self.task, self.periodic):
             if task is not None and not task.done():
                 task.cancel()
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
-        await asyncio.to_thread(h.writer.shutdown)
+        await asyncio.to_thread(self.writer.shutdown)
+
+
+make_writer = harness_fixture(WriterHarness)
 
 
 # --- Durability -------------------------------------------------------------------------
@@ -534,18 +450,7 @@ async def test_no_disk_error_report_without_a_disk_error(
 async def test_disk_retry_backoff_doubles_and_is_capped(
     make_writer: Callable[..., WriterHarness], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    delays: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def recording_sleep(delay: float, *args: Any) -> Any:
-        # writer.asyncio is the asyncio module: record only the writer task's sleeps.
-        task = asyncio.current_task()
-        if task is None or task.get_name() != "log-writer":
-            return await real_sleep(delay, *args)
-        delays.append(delay)
-        return await real_sleep(0)
-
-    monkeypatch.setattr(writer_module.asyncio, "sleep", recording_sleep)
+    delays = record_sleeps(monkeypatch, writer_module, "log-writer")
     h = make_writer()
     failures = 12
     h.log.fail_appends = failures

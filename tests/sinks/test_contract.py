@@ -21,42 +21,14 @@ from typing import Any
 
 import orjson
 import pytest
+from factories import make_event, make_record, make_records
 
 import sidecar.sinks.jsonl as jsonl_module
 from sidecar.events.cloudevents import to_record
-from sidecar.events.model import InferenceEvent
 from sidecar.events.record import Record
 from sidecar.sinks.base import Sink, SinkError
 from sidecar.sinks.jsonl import JsonLinesSink
 from sidecar.sinks.memory import MemorySink
-
-
-def make_event(n: int, **overrides: Any) -> InferenceEvent:
-    values: dict[str, Any] = {
-        "inference_id": f"inf-{n:06d}",
-        "timestamp": "2025-01-01T00:00:00.000Z",
-        "model_name": "credit-scorer",
-        "model_version": "2.4.1",
-        "policy_version": "pol-7",
-        "evidence_bundle_id": "eb-2025-01",
-        "method": "POST",
-        "route": "/v1/{name}/predict",
-        "path": "/v1/credit/predict",
-        "client_address": "127.0.0.1",
-        "status": 200,
-        "outcome": "ok",
-        "latency_ms": 12.5 + n,
-    }
-    values.update(overrides)
-    return InferenceEvent(**values)
-
-
-def make_record(n: int, **overrides: Any) -> Record:
-    return to_record(make_event(n, **overrides), seq=n + 1)
-
-
-def records(start: int, count: int) -> list[Record]:
-    return [make_record(i) for i in range(start, start + count)]
 
 
 def values(batch: list[Record]) -> list[bytes]:
@@ -168,15 +140,15 @@ def test_healthy_when_new(sink: Sink) -> None:
 
 
 def test_a_batch_reads_back_the_same_values_in_order(case: SinkCase, sink: Sink) -> None:
-    batch = records(0, 25)
+    batch = make_records(0, 25, timed=True)
     sink.write(batch)
     assert case.read_back(sink) == values(batch)
     assert sink.healthy is True
 
 
 def test_batches_accumulate_in_order(case: SinkCase, sink: Sink) -> None:
-    first = records(0, 3)
-    second = records(3, 7)
+    first = make_records(0, 3, timed=True)
+    second = make_records(3, 7, timed=True)
     sink.write(first)
     sink.write(second)
     assert case.read_back(sink) == values(first + second)
@@ -184,7 +156,7 @@ def test_batches_accumulate_in_order(case: SinkCase, sink: Sink) -> None:
 
 def test_any_sequence_is_a_batch(case: SinkCase, sink: Sink) -> None:
     # The protocol takes Sequence[Record]: a tuple must work like a list.
-    batch = tuple(records(0, 3))
+    batch = tuple(make_records(0, 3, timed=True))
     sink.write(batch)
     assert case.read_back(sink) == [r.value for r in batch]
 
@@ -213,7 +185,7 @@ def test_every_field_survives(case: SinkCase, sink: Sink) -> None:
 
 
 def test_a_large_batch(case: SinkCase, sink: Sink) -> None:
-    batch = records(0, 2000)
+    batch = make_records(0, 2000, timed=True)
     sink.write(batch)
     stored = case.read_back(sink)
     assert [orjson.loads(v)["id"] for v in stored] == [f"inf-{i:06d}" for i in range(2000)]
@@ -222,7 +194,7 @@ def test_a_large_batch(case: SinkCase, sink: Sink) -> None:
 
 def test_close_works_and_keeps_what_was_written(case: SinkCase, tmp_path: Path) -> None:
     made = case.make(tmp_path)
-    batch = records(0, 4)
+    batch = make_records(0, 4, timed=True)
     made.write(batch)
     made.close()
     assert case.read_back(made) == values(batch)
@@ -238,7 +210,7 @@ def test_write_is_usable_from_a_worker_thread(case: SinkCase, sink: Sink) -> Non
     # Delivery calls write() and close() from its single worker thread.
     from concurrent.futures import ThreadPoolExecutor
 
-    batch = records(0, 10)
+    batch = make_records(0, 10, timed=True)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(sink.write, batch).result(timeout=10)
     assert case.read_back(sink) == values(batch)
@@ -250,9 +222,9 @@ def test_a_failed_write_stores_nothing_and_the_retry_stores_it_once(
     assert failing_case.failing is not None
     made = failing_case.make(tmp_path)
     try:
-        before = records(0, 3)
+        before = make_records(0, 3, timed=True)
         made.write(before)
-        batch = records(3, 5)
+        batch = make_records(3, 5, timed=True)
         with failing_case.failing(made), pytest.raises(SinkError):
             made.write(batch)
         assert failing_case.read_back(made) == values(before)
@@ -268,10 +240,10 @@ def test_healthy_is_false_after_a_failed_write(failing_case: SinkCase, tmp_path:
     assert failing_case.failing is not None
     made = failing_case.make(tmp_path)
     try:
-        made.write([make_record(0)])
+        made.write([make_record(0, timed=True)])
         assert made.healthy is True
         with failing_case.failing(made), pytest.raises(SinkError):
-            made.write([make_record(1)])
+            made.write([make_record(1, timed=True)])
         assert made.healthy is False
     finally:
         made.close()
@@ -282,7 +254,7 @@ def test_sink_error_message_is_for_the_operator(failing_case: SinkCase, tmp_path
     made = failing_case.make(tmp_path)
     try:
         with failing_case.failing(made), pytest.raises(SinkError) as info:
-            made.write([make_record(0)])
+            made.write([make_record(0, timed=True)])
         assert str(info.value).strip()
     finally:
         made.close()

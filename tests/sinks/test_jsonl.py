@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import make_event, make_record, make_records
 
 import sidecar.sinks.jsonl as jsonl_module
 from sidecar.events.cloudevents import to_record
@@ -21,33 +22,6 @@ from sidecar.sinks.base import SinkError
 from sidecar.sinks.jsonl import JsonLinesSink, encode_lines
 
 EVENT_FIELDS = {f.name for f in dataclasses.fields(InferenceEvent)}
-
-
-def make_event(n: int, **overrides: Any) -> InferenceEvent:
-    values: dict[str, Any] = {
-        "inference_id": f"inf-{n:06d}",
-        "timestamp": "2025-01-01T00:00:00.000Z",
-        "model_name": "credit-scorer",
-        "model_version": "2.4.1",
-        "policy_version": "pol-7",
-        "evidence_bundle_id": "eb-2025-01",
-        "method": "POST",
-        "route": "/v1/{name}/predict",
-        "path": "/v1/credit/predict",
-        "client_address": "127.0.0.1",
-        "status": 200,
-        "outcome": "ok",
-    }
-    values.update(overrides)
-    return InferenceEvent(**values)
-
-
-def make_record(n: int, **overrides: Any) -> Record:
-    return to_record(make_event(n, **overrides), seq=n + 1)
-
-
-def batch(start: int, count: int) -> list[Record]:
-    return [make_record(i) for i in range(start, start + count)]
 
 
 def line_ids(path: Path) -> list[str]:
@@ -132,7 +106,7 @@ def test_non_ascii_is_utf8(sink: JsonLinesSink, path: Path) -> None:
 
 
 def test_encode_lines_matches_file_content(sink: JsonLinesSink, path: Path) -> None:
-    records = batch(0, 3)
+    records = make_records(0, 3)
     sink.write(records)
     assert path.read_bytes() == encode_lines(records)
     assert encode_lines(records) == b"".join(r.value + b"\n" for r in records)
@@ -146,7 +120,7 @@ def test_appends_to_an_existing_file(path: Path) -> None:
     path.write_bytes(b'{"earlier": true}\n')
     made = JsonLinesSink(str(path))
     try:
-        made.write(batch(0, 2))
+        made.write(make_records(0, 2))
     finally:
         made.close()
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -157,7 +131,7 @@ def test_appends_to_an_existing_file(path: Path) -> None:
 def test_reopening_appends_after_previous_run(path: Path) -> None:
     for run in range(3):
         made = JsonLinesSink(str(path))
-        made.write(batch(run * 10, 2))
+        made.write(make_records(run * 10, 2))
         made.close()
     assert line_ids(path) == ["inf-000000", "inf-000001", "inf-000010", "inf-000011", "inf-000020",
                    "inf-000021"]
@@ -167,7 +141,7 @@ def test_creates_missing_parent_directories(tmp_path: Path) -> None:
     deep = tmp_path / "a" / "b" / "c" / "events.jsonl"
     made = JsonLinesSink(str(deep))
     try:
-        made.write(batch(0, 1))
+        made.write(make_records(0, 1))
     finally:
         made.close()
     assert deep.is_file()
@@ -220,7 +194,7 @@ def test_unwritable_directory_gives_a_sink_error(
 def test_enospc_mid_batch_truncates_back_and_reports(
     sink: JsonLinesSink, path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sink.write(batch(0, 3))
+    sink.write(make_records(0, 3))
     before = path.read_bytes()
 
     def half_then_enospc(real: WriteFn, fd: int, data: Any) -> int:
@@ -229,22 +203,22 @@ def test_enospc_mid_batch_truncates_back_and_reports(
 
     patch_write(monkeypatch, sink, half_then_enospc)
     with pytest.raises(SinkError) as info:
-        sink.write(batch(3, 4))
+        sink.write(make_records(3, 4))
     assert str(info.value) == f"events file {path}: write failed (No space left on device)"
     assert sink.healthy is False
     assert path.read_bytes() == before  # no torn line, no partial batch
 
     monkeypatch.undo()
-    sink.write(batch(3, 4))  # the retry
+    sink.write(make_records(3, 4))  # the retry
     assert sink.healthy is True
-    assert path.read_bytes() == before + encode_lines(batch(3, 4))
+    assert path.read_bytes() == before + encode_lines(make_records(3, 4))
     assert line_ids(path) == [f"inf-{i:06d}" for i in range(7)]
 
 
 def test_enospc_after_several_short_writes(
     sink: JsonLinesSink, path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sink.write(batch(0, 2))
+    sink.write(make_records(0, 2))
     before = path.read_bytes()
     calls = {"n": 0}
 
@@ -256,7 +230,7 @@ def test_enospc_after_several_short_writes(
 
     patch_write(monkeypatch, sink, short_writes_then_enospc)
     with pytest.raises(SinkError):
-        sink.write(batch(2, 3))
+        sink.write(make_records(2, 3))
     assert calls["n"] == 4
     assert path.read_bytes() == before
     assert sink.healthy is False
@@ -270,7 +244,7 @@ def test_enospc_on_the_first_byte(
 
     patch_write(monkeypatch, sink, nothing_then_enospc)
     with pytest.raises(SinkError):
-        sink.write(batch(0, 1))
+        sink.write(make_records(0, 1))
     assert path.read_bytes() == b""
     assert sink.healthy is False
 
@@ -284,7 +258,7 @@ def test_eio_is_reported_like_enospc(
 
     patch_write(monkeypatch, sink, eio)
     with pytest.raises(SinkError, match=r"write failed \(Input/output error\)"):
-        sink.write(batch(0, 2))
+        sink.write(make_records(0, 2))
     assert path.read_bytes() == b""
 
 
@@ -301,7 +275,7 @@ def test_failing_truncate_still_raises_sink_error(
     patch_write(monkeypatch, sink, half_then_enospc)
     monkeypatch.setattr(jsonl_module.os, "ftruncate", broken_truncate)
     with pytest.raises(SinkError, match="No space left on device"):
-        sink.write(batch(0, 2))
+        sink.write(make_records(0, 2))
     assert sink.healthy is False
 
 
@@ -312,7 +286,7 @@ def test_short_writes_without_errors_complete_the_batch(
         return real(fd, bytes(data[:5]))
 
     patch_write(monkeypatch, sink, five_bytes_at_a_time)
-    records = batch(0, 4)
+    records = make_records(0, 4)
     sink.write(records)
     assert sink.healthy is True
     assert path.read_bytes() == encode_lines(records)
@@ -328,18 +302,18 @@ def test_recovery_after_repeated_failures(
     patch_write(monkeypatch, sink, half_then_enospc)
     for _ in range(3):
         with pytest.raises(SinkError):
-            sink.write(batch(0, 5))
+            sink.write(make_records(0, 5))
         assert path.read_bytes() == b""
     monkeypatch.undo()
-    sink.write(batch(0, 5))
-    assert path.read_bytes() == encode_lines(batch(0, 5))
+    sink.write(make_records(0, 5))
+    assert path.read_bytes() == encode_lines(make_records(0, 5))
     assert sink.healthy is True
 
 
 def test_close_closes_the_file_descriptor(path: Path) -> None:
     made = JsonLinesSink(str(path))
     fd = made._fd
-    made.write(batch(0, 1))
+    made.write(make_records(0, 1))
     made.close()
     with pytest.raises(OSError) as info:
         os.fstat(fd)
@@ -357,7 +331,7 @@ def test_events_file_can_be_a_pipe(tmp_path: Path) -> None:
     try:
         made = JsonLinesSink(str(fifo))
         try:
-            records = batch(0, 2)
+            records = make_records(0, 2)
             try:
                 made.write(records)
             except SinkError:
