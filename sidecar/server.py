@@ -10,7 +10,9 @@ port and the upstream pool close. A clean shutdown loses no event.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
+import sys
 
 from aiohttp import web
 
@@ -29,6 +31,8 @@ from sidecar.sinks.registry import build_log, build_sink
 from sidecar.telemetry import Metrics
 
 log = get_logger("server")
+
+SWITCH_INTERVAL_S = 0.001
 
 
 def _bound_port(runner: web.BaseRunner) -> int:
@@ -171,6 +175,15 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await sidecar.start()
+        # Everything built so far lives as long as the process: keep it out of the
+        # collector's generations, so full collections (which stop the event loop) stay
+        # short. Measured: loop lag spikes under load shrank once this was done.
+        gc.freeze()
+        # The pipeline's threads (log writer, delivery, kafka-python's network thread)
+        # share the GIL with the event loop; with the default 5 ms switch interval, a busy
+        # one made the loop wait tens of ms for the GIL during a broker outage. 1 ms bounds
+        # that wait at a measured cost of under 1% throughput.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         await stop.wait()
         log.info("shutdown requested; draining")
     finally:
