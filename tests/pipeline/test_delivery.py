@@ -92,7 +92,7 @@ async def test_records_reach_the_sink_in_order(make_harness: Callable[..., Harne
     for chunk in range(4):
         appended += h.append(range(chunk * 25, chunk * 25 + 25))
         await asyncio.sleep(0.001)
-    await wait_until(lambda: len(h.sink.records) >= 100)
+    await wait_until(lambda: len(h.sink.records) >= 100 and h.delivery.delivered >= 100)
     assert h.sink.records == appended  # the very records, in order, each once
     assert ids(h.sink.records) == expected_ids(range(100))
     assert h.delivery.delivered == 100
@@ -101,7 +101,7 @@ async def test_records_reach_the_sink_in_order(make_harness: Callable[..., Harne
     assert retried(h.metrics) == 0
     # More later: only the new records go out, nothing is delivered twice.
     more = h.append(range(100, 110))
-    await wait_until(lambda: len(h.sink.records) >= 110)
+    await wait_until(lambda: len(h.sink.records) >= 110 and h.delivery.delivered >= 110)
     assert await h.stop() is True
     assert h.sink.records == appended + more
     assert delivered(h.metrics) == 110
@@ -113,7 +113,7 @@ async def test_records_in_the_log_before_start_are_delivered(
     h = make_harness()
     appended = h.append(range(10))
     h.start()
-    await wait_until(lambda: len(h.sink.records) >= 10)
+    await wait_until(lambda: len(h.sink.records) >= 10 and h.delivery.delivered >= 10)
     assert h.sink.records == appended
 
 
@@ -127,7 +127,7 @@ async def test_idle_delivery_waits_for_notify_without_spinning(
     assert log.reads <= 2  # it waits for the writer's notify instead of polling the log
     assert h.task is not None and not h.task.done()
     h.append(range(3))
-    await wait_until(lambda: len(h.sink.records) >= 3)
+    await wait_until(lambda: len(h.sink.records) >= 3 and h.delivery.delivered >= 3)
     assert ids(h.sink.records) == expected_ids(range(3))
 
 
@@ -164,7 +164,7 @@ async def test_batches_are_bounded_by_read_max_bytes(
     h = make_harness()
     h.append(range(20))
     h.start()
-    await wait_until(lambda: len(h.sink.records) >= 20)
+    await wait_until(lambda: len(h.sink.records) >= 20 and h.delivery.delivered >= 20)
     assert max(h.sink.batches) == 3
     assert ids(h.sink.records) == expected_ids(range(20))
 
@@ -240,7 +240,7 @@ async def test_sink_failures_are_retried_without_loss_or_duplicates(
     h.sink.fail_next = 2
     appended = h.append(range(10))
     h.start()
-    await wait_until(lambda: len(h.sink.records) >= 10)
+    await wait_until(lambda: len(h.sink.records) >= 10 and h.delivery.delivered >= 10)
     await asyncio.sleep(0.05)  # a duplicate, if any, would show up now
     assert h.sink.records == appended
     assert h.sink.attempts == 3
@@ -261,7 +261,7 @@ async def test_records_appended_during_retries_keep_their_order(
     h.append(range(5))
     await wait_until(lambda: failures(h.metrics) >= 5)
     h.append(range(5, 30))  # arrive while the first batch is being retried
-    await wait_until(lambda: len(h.sink.records) >= 30)
+    await wait_until(lambda: len(h.sink.records) >= 30 and h.delivery.delivered >= 30)
     assert ids(h.sink.records) == expected_ids(range(30))
     assert failures(h.metrics) == 5 * 5
     assert retried(h.metrics) == 5 * 5
@@ -276,7 +276,7 @@ async def test_retry_backoff_doubles_and_is_capped(
     h.sink.fail_next = 8
     h.append(range(2))
     h.start()
-    await wait_until(lambda: len(h.sink.records) >= 2)
+    await wait_until(lambda: len(h.sink.records) >= 2 and h.delivery.delivered >= 2)
     monkeypatch.undo()
     # After a small delivered batch, delivery also lingers briefly to let the next grow.
     delays = [d for d in delays if d != delivery_module.LINGER_S]
@@ -297,7 +297,7 @@ async def test_sink_failures_and_recovery_are_logged(
     h.append(range(1))
     with caplog.at_level("INFO", logger=DELIVERY_LOGGER):
         h.start()
-        await wait_until(lambda: len(h.sink.records) >= 1)
+        await wait_until(lambda: len(h.sink.records) >= 1 and h.delivery.delivered >= 1)
     logged = [r for r in caplog.records if r.name == DELIVERY_LOGGER]
     assert [(r.levelname, r.getMessage()) for r in logged] == [
         ("WARNING", "sink write failed; batch kept for retry"),

@@ -110,7 +110,7 @@ async def test_events_reach_the_sink_in_order(make_harness: Callable[..., Harnes
     h = make_harness()
     h.pipeline.start()
     assert h.put(range(100)) == list(range(1, 101))
-    await wait_until(lambda: len(h.sink.records) >= 100)
+    await wait_until(lambda: len(h.sink.records) >= 100 and h.pipeline.delivery.delivered >= 100)
     assert ids(h.sink.records) == expected_ids(range(100))
     assert [r.seq for r in h.sink.records] == list(range(1, 101))
     assert h.pipeline.delivery.delivered == 100
@@ -128,7 +128,7 @@ async def test_events_emitted_is_one_unlabelled_series_the_pipeline_leaves_alone
     h = make_harness()
     h.pipeline.start()
     h.put(range(5))
-    await wait_until(lambda: len(h.sink.records) >= 5)
+    await wait_until(lambda: len(h.sink.records) >= 5 and h.pipeline.delivery.delivered >= 5)
     (family,) = h.metrics.events_emitted.collect()
     totals = [s for s in family.samples if s.name == "inference_sidecar_events_emitted_total"]
     assert [(s.labels, s.value) for s in totals] == [({}, 0.0)]
@@ -139,7 +139,7 @@ async def test_the_sink_gets_cloudevents_records(make_harness: Callable[..., Har
     h.pipeline.start()
     event = make_event(1, status=504, outcome="timeout")
     seq = h.queue.put(event)
-    await wait_until(lambda: len(h.sink.records) >= 1)
+    await wait_until(lambda: len(h.sink.records) >= 1 and h.pipeline.delivery.delivered >= 1)
     assert h.sink.records == [to_record(event, seq)]
 
 
@@ -147,7 +147,7 @@ async def test_events_put_before_start_are_delivered(make_harness: Callable[...,
     h = make_harness()
     h.put(range(10))
     h.pipeline.start()
-    await wait_until(lambda: len(h.sink.records) >= 10)
+    await wait_until(lambda: len(h.sink.records) >= 10 and h.pipeline.delivery.delivered >= 10)
     assert ids(h.sink.records) == expected_ids(range(10))
 
 
@@ -159,7 +159,7 @@ async def test_events_arriving_over_time_stay_in_order(
     for chunk in range(10):
         h.put(range(chunk * 7, chunk * 7 + 7))
         await asyncio.sleep(0.001)
-    await wait_until(lambda: len(h.sink.records) >= 70)
+    await wait_until(lambda: len(h.sink.records) >= 70 and h.pipeline.delivery.delivered >= 70)
     assert ids(h.sink.records) == expected_ids(range(70))
 
 
@@ -181,7 +181,7 @@ async def test_log_and_sink_io_run_in_their_own_threads_off_the_loop(
     h = make_harness()
     h.pipeline.start()
     h.put(range(3))
-    await wait_until(lambda: len(h.sink.records) >= 3)
+    await wait_until(lambda: len(h.sink.records) >= 3 and h.pipeline.delivery.delivered >= 3)
     assert isinstance(h.sink, RecordingSink) and isinstance(h.log, RecordingLog)
     loop_thread = threading.get_ident()
     sink_threads, log_threads = set(h.sink.write_threads), h.log.append_threads
@@ -194,7 +194,7 @@ async def test_gauges_are_zero_once_drained(make_harness: Callable[..., Harness]
     h = make_harness()
     h.put(range(20))
     h.pipeline.start()
-    await wait_until(lambda: len(h.sink.records) >= 20)
+    await wait_until(lambda: len(h.sink.records) >= 20 and h.pipeline.delivery.delivered >= 20)
     await wait_until(lambda: h.log.stats().records_pending == 0)
     assert sample(h.metrics, "inference_sidecar_events_queued") == 0
     assert sample(h.metrics, "inference_sidecar_log_events") == 0
@@ -219,7 +219,7 @@ async def test_gauges_show_what_waits_while_the_sink_is_down(
     await asyncio.sleep(0.1)
     assert sample(h.metrics, "inference_sidecar_delivery_lag_seconds") >= 0.1
     h.sink.fail_next = 0
-    await wait_until(lambda: len(h.sink.records) >= 7)
+    await wait_until(lambda: len(h.sink.records) >= 7 and h.pipeline.delivery.delivered >= 7)
 
 
 # --- retries ----------------------------------------------------------------------------
@@ -232,7 +232,7 @@ async def test_sink_failures_are_retried_without_loss_or_duplicates(
     h.sink.fail_next = 2
     h.put(range(10))
     h.pipeline.start()
-    await wait_until(lambda: len(h.sink.records) >= 10)
+    await wait_until(lambda: len(h.sink.records) >= 10 and h.pipeline.delivery.delivered >= 10)
     await asyncio.sleep(0.05)  # a duplicate, if any, would show up now
     assert ids(h.sink.records) == expected_ids(range(10))
     assert failures(h.metrics) == 2 * 10
@@ -252,7 +252,7 @@ async def test_events_queued_during_retries_keep_their_order(
     h.put(range(5))
     await wait_until(lambda: failures(h.metrics) >= 1)
     h.put(range(5, 30))  # arrive while the first batch is being retried
-    await wait_until(lambda: len(h.sink.records) >= 30)
+    await wait_until(lambda: len(h.sink.records) >= 30 and h.pipeline.delivery.delivered >= 30)
     assert ids(h.sink.records) == expected_ids(range(30))
     assert failures(h.metrics) == 5 * 5
     assert delivered(h.metrics) == 30
@@ -270,7 +270,7 @@ async def test_a_failing_disk_turns_disk_ok_false_until_it_recovers(
     h.pipeline.start()
     await wait_until(lambda: not h.pipeline.disk_ok)
     assert sample(h.metrics, "inference_sidecar_log_write_errors_total") >= 1
-    await wait_until(lambda: len(h.sink.records) >= 4)
+    await wait_until(lambda: len(h.sink.records) >= 4 and h.pipeline.delivery.delivered >= 4)
     assert h.pipeline.disk_ok is True
     assert sample(h.metrics, "inference_sidecar_log_write_errors_total") == 2
     assert ids(h.sink.records) == expected_ids(range(4))
@@ -300,7 +300,7 @@ async def test_batch_mode_runs_the_periodic_fsync_and_stops_it(
     names = {t.get_name() for t in asyncio.all_tasks()}
     assert "periodic-fsync" in names
     h.put(range(5))
-    await wait_until(lambda: len(h.sink.records) >= 5)
+    await wait_until(lambda: len(h.sink.records) >= 5 and h.pipeline.delivery.delivered >= 5)
     assert await h.stop() is True
     await asyncio.sleep(0)
     assert "periodic-fsync" not in {t.get_name() for t in asyncio.all_tasks()}
@@ -327,7 +327,7 @@ async def test_a_full_block_queue_stops_accepting_until_the_pipeline_catches_up(
     assert dropped(h.metrics, "queue_full") == 0
     h.pipeline.start()
     await wait_until(lambda: h.queue.accepting)
-    await wait_until(lambda: len(h.sink.records) >= 8)
+    await wait_until(lambda: len(h.sink.records) >= 8 and h.pipeline.delivery.delivered >= 8)
     assert ids(h.sink.records) == expected_ids(range(8))
 
 
@@ -355,7 +355,7 @@ async def test_events_dropped_by_a_full_log_are_counted_by_reason(
     await wait_until(lambda: dropped(h.metrics, "log_full_newest") == 7)
     assert log.stats().records_pending == 3
     h.sink.fail_next = 0
-    await wait_until(lambda: len(h.sink.records) >= 3)
+    await wait_until(lambda: len(h.sink.records) >= 3 and h.pipeline.delivery.delivered >= 3)
     assert ids(h.sink.records) == expected_ids(range(3))
 
 
@@ -494,7 +494,7 @@ async def test_events_flow_through_a_write_ahead_log(
     seqs = h.put(range(60))
     futures = [h.pipeline.durability.wait(s) for s in seqs]
     await asyncio.wait_for(asyncio.gather(*[f for f in futures if f is not None]), WAIT_S)
-    await wait_until(lambda: len(h.sink.records) >= 60)
+    await wait_until(lambda: len(h.sink.records) >= 60 and h.pipeline.delivery.delivered >= 60)
     assert await h.stop() is True
     assert ids(h.sink.records) == expected_ids(range(60))
     reopened = WriteAheadLog(str(directory), 1 << 20, 16 * 1024, "block")
