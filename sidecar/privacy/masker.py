@@ -1,0 +1,285 @@
+"""``Masker``: what one event may carry of its request and response, masked (issue 4).
+
+``Masker.mask(captured)`` never raises. Any failure (the analyzer raising, a bug of ours,
+memory) drops the payload and the header values from that event, fails closed, records
+``failure`` (an exception type name, never its message: messages can quote input) and
+calls ``on_failure``, a counter hook. The event itself is still emitted by the caller.
+
+Per event: sampling is decided first (``sampling.decide``); allow-listed headers are
+captured on every event (metadata), bodies and the query string only when sampled or an
+always-capture rule fires. All strings of the event go to the analyzer in one call. The
+result carries entity counts by type, never a value.
+
+Bodies: JSON (by content type, or sniffed when there is none) is reduced to the profile's
+``keep`` paths minus ``drop``; text is masked whole when the profile allows text; binary
+is never captured. Bodies larger than ``max_parse_bytes`` are not parsed (omitted).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from sidecar.privacy import operators
+from sidecar.privacy.analyzer import Analyzer
+from sidecar.privacy.payload import MARGIN, Collector, Fitter, Slot, Texts
+from sidecar.privacy.profile import PrivacyProfile
+from sidecar.privacy.rules import header_denied
+from sidecar.privacy.sampling import Decision, decide
+from sidecar.privacy.selection import MISSING, Selector, TooDeep, check_depth
+
+Headers = Mapping[str, str] | Iterable[tuple[str, str]]
+_HEADER_MAX = 1024  # characters kept of one header value
+_WRAPPER = 64  # bytes reserved for the payload object's own keys and brackets
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """What the request path kept of one inference, raw, in memory only."""
+
+    inference_id: str
+    status: int = 0
+    flags: frozenset[str] = frozenset()  # "error", "alert", "rejection"
+    request_body: bytes | None = None
+    request_content_type: str | None = None
+    response_body: bytes | None = None
+    response_content_type: str | None = None
+    query: str | None = None
+    request_headers: Headers | None = None
+    response_headers: Headers | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MaskResult:
+    """The privacy part of one event. ``record()`` is what goes into the event."""
+
+    profile: str
+    profile_digest: str
+    retention_class: str
+    payload_captured: bool
+    capture_reason: str
+    payload: dict[str, Any] | None = None
+    headers: dict[str, dict[str, str]] | None = None
+    entity_counts: dict[str, int] = field(default_factory=dict)
+    truncated: bool = False
+    omitted: dict[str, str] = field(default_factory=dict)
+    failure: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready: ``privacy`` (the policy record), ``payload``, ``headers``."""
+        return {
+            "privacy": {
+                "profile": self.profile, "profile_digest": self.profile_digest,
+                "retention_class": self.retention_class,
+                "payload_captured": self.payload_captured, "capture_reason": self.capture_reason,
+                "entity_counts": self.entity_counts, "truncated": self.truncated,
+                "omitted": self.omitted, "failure": self.failure,
+            },
+            "payload": self.payload,
+            "headers": self.headers,
+        }
+
+
+class AnalyzerFailed(RuntimeError):
+    """The analyzer raised; ``cause`` is its exception type name."""
+
+
+class Masker:
+    """Masks events under one profile. Build once per profile; ``mask`` is thread-safe."""
+
+    def __init__(self, profile: PrivacyProfile, analyzer: Analyzer, hash_key: bytes, *,
+                 on_failure: Callable[[str], None] | None = None,
+                 max_parse_bytes: int | None = None) -> None:
+        self.profile = profile
+        self.analyzer = analyzer
+        self._key = hash_key
+        self._on_failure = on_failure
+        self._request = Selector(profile.request)
+        self._response = Selector(profile.response)
+        self._max_parse = max_parse_bytes or max(1 << 20, 16 * profile.max_captured_bytes)
+        floors = [r.score_threshold for r in profile.entities.values() if r.score_threshold]
+        self._floor = min([profile.score_threshold, *floors])
+
+    def decide(self, inference_id: str, status: int = 0,
+               flags: Collection[str] = ()) -> Decision:
+        p = self.profile
+        return decide(inference_id, p.sample_rate, status, flags, rules=p.always_capture,
+                      enabled=p.captures_payload)
+
+    def mask(self, captured: Captured, decision: Decision | None = None) -> MaskResult:
+        """Never raises: see the module docstring."""
+        try:
+            if decision is None:
+                decision = self.decide(captured.inference_id, captured.status, captured.flags)
+            return self._mask(captured, decision)
+        except Exception as exc:  # fail closed: no payload, the event still goes out
+            stage = "analyzer_error" if isinstance(exc, AnalyzerFailed) else "masking_error"
+            cause = str(exc) if isinstance(exc, AnalyzerFailed) else type(exc).__name__
+            try:
+                if self._on_failure is not None:
+                    self._on_failure(stage)
+            except Exception:  # a broken counter must not lose the event
+                pass
+            reason = decision.reason if isinstance(decision, Decision) else "failed"
+            return MaskResult(self.profile.name, self.profile.digest,
+                              self.profile.retention_class, payload_captured=False,
+                              capture_reason=reason, failure=f"{stage}:{cause}")
+
+    def _mask(self, captured: Captured, decision: Decision) -> MaskResult:
+        p = self.profile
+        texts = Texts()
+        header_slots = {"request": self._headers(captured.request_headers, texts),
+                        "response": self._headers(captured.response_headers, texts)}
+        omitted: dict[str, str] = {}
+        sections: dict[str, Any] = {}
+        if decision.captured:
+            sections = self._sections(captured, omitted)
+        budget = max(p.max_captured_bytes - _WRAPPER, 0)
+        plan = _plan({name: _raw_size(captured, name) for name in sections}, budget)
+        collectors = {name: Collector(texts, cap) for name, cap in plan.items()}
+        templates = {name: collectors[name].collect(value) for name, value in sections.items()}
+        counts: Counter[str] = Counter()
+        masked = self._masked(texts, counts)
+        payload: dict[str, Any] | None = None
+        truncated = any(c.truncated for c in collectors.values()) or any(
+            len(texts.items[slot.index]) > _HEADER_MAX
+            for slots in header_slots.values() for slot in slots.values())
+        if decision.captured:
+            payload = {}
+            remaining = budget
+            for name, template in templates.items():
+                cap = remaining if name == "response" else min(plan[name], remaining)
+                fitter = Fitter(texts, masked, cap)
+                fitted = fitter.fit(template)
+                remaining -= cap - fitter.remaining
+                truncated = truncated or fitter.truncated
+                if fitted is not MISSING:
+                    payload[name] = fitted
+        headers = {side: {name: masked[slot.index][:_HEADER_MAX] for name, slot in slots.items()}
+                   for side, slots in header_slots.items() if slots}
+        return MaskResult(p.name, p.digest, p.retention_class,
+                          payload_captured=decision.captured, capture_reason=decision.reason,
+                          payload=payload, headers=headers or None,
+                          entity_counts=dict(sorted(counts.items())), truncated=truncated,
+                          omitted=omitted)
+
+    def _masked(self, texts: Texts, counts: Counter[str]) -> list[str]:
+        if not texts.items or not self.profile.entities:
+            return list(texts.items)
+        try:
+            findings = self.analyzer.analyze(texts.items, self.profile.entities, self._floor)
+        except Exception as exc:
+            raise AnalyzerFailed(type(exc).__name__) from exc
+        return [operators.apply(text, found, self.profile, self._key, counts, limit)
+                for text, found, limit in zip(texts.items, findings, texts.limits, strict=True)]
+
+    def _headers(self, headers: Headers | None, texts: Texts) -> dict[str, Slot]:
+        allow = self.profile.headers_allow
+        if headers is None or not allow:
+            return {}
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        values: dict[str, list[str]] = {}
+        for name, value in pairs:
+            lowered = name.lower()
+            if lowered in allow and not header_denied(lowered):
+                values.setdefault(lowered, []).append(value)
+        return {name: texts.add(", ".join(v)[:_HEADER_MAX + MARGIN], limit=_HEADER_MAX)
+                for name, v in sorted(values.items())}
+
+    def _sections(self, captured: Captured, omitted: dict[str, str]) -> dict[str, Any]:
+        p = self.profile
+        sections: dict[str, Any] = {}
+        if p.query_capture and captured.query:
+            pairs = parse_qsl(captured.query, keep_blank_values=True)
+            query: dict[str, Any] = {}
+            for key, value in pairs:
+                query.setdefault(key, []).append(value)
+            sections["query"] = {k: v[0] if len(v) == 1 else v for k, v in query.items()}
+        for name, body, ctype, selector in (
+                ("request", captured.request_body, captured.request_content_type, self._request),
+                ("response", captured.response_body, captured.response_content_type,
+                 self._response)):
+            value, why = self._body(body, ctype, selector)
+            if why is not None:
+                omitted[name] = why
+            elif value is not MISSING:
+                sections[name] = value
+        return sections
+
+    def _body(self, body: bytes | None, content_type: str | None,
+              selector: Selector) -> tuple[Any, str | None]:
+        if not body:
+            return MISSING, None
+        kind = _kind(body, content_type)
+        if kind == "binary":
+            return MISSING, "binary"
+        if len(body) > self._max_parse:
+            return MISSING, "too_large"
+        if kind == "json":
+            try:
+                document = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                if content_type is not None:  # declared JSON, but is not: not captured
+                    return MISSING, "invalid_json"
+                kind = "text"  # sniffed wrongly: it is text that starts with a bracket
+        if kind == "json":
+            if not selector.rule.keep:
+                return MISSING, "not_selected"
+            try:
+                check_depth(document, len(body))
+            except TooDeep:
+                return MISSING, "too_deep"
+            return selector.select(document), None
+        if not selector.rule.text:
+            return MISSING, "text_not_captured"
+        return body.decode("utf-8", "replace"), None
+
+
+def _raw_size(captured: Captured, section: str) -> int:
+    raw = {"query": captured.query, "request": captured.request_body,
+           "response": captured.response_body}[section]
+    return len(raw or "")
+
+
+def _kind(body: bytes, content_type: str | None) -> str:
+    """``json``, ``text`` or ``binary``, from the content type or, without one, the bytes."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media.endswith(("/json", "+json")):
+        return "json"
+    if media.startswith("text/") or media in ("application/x-www-form-urlencoded",
+                                               "application/xml", "application/x-ndjson"):
+        return "text"
+    if media:
+        return "binary"
+    head = body[:512]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the sample's end
+            return "binary"
+    if b"\x00" in head:
+        return "binary"
+    return "json" if head.lstrip()[:1] in (b"{", b"[") else "text"
+
+
+def _plan(sizes: Mapping[str, int], budget: int) -> dict[str, int]:
+    """Byte caps per section, from the raw sizes: the query string at most a quarter; the
+    request whatever leaves the response its size, or at least half of the rest; the
+    response the rest (and, when fitting, whatever the others left)."""
+    caps: dict[str, int] = {}
+    remaining = budget
+    if "query" in sizes:
+        caps["query"] = min(remaining // 4, 2 * sizes["query"] + 64)
+        remaining -= caps["query"]
+    if "request" in sizes:
+        reserve = min(sizes.get("response", 0), remaining // 2)
+        caps["request"] = remaining - reserve
+        remaining -= caps["request"]
+    if "response" in sizes:
+        caps["response"] = remaining
+    return caps

@@ -1,0 +1,115 @@
+"""The analyzer: offline, its catalogue matches presidio, tuned finds what default finds."""
+
+from __future__ import annotations
+
+import importlib
+import socket
+from pathlib import Path
+from typing import Any
+
+import presidio_analyzer.predefined_recognizers as presidio_recognizers
+import pytest
+from corpus import build_corpus
+
+from sidecar.privacy import analyzer as analyzer_module
+from sidecar.privacy.analyzer import Analyzer, Finding, build_analyzer
+from sidecar.privacy.entities import PRESIDIO_PATTERN_ENTITIES
+from sidecar.privacy.profile import PrivacyProfile, load_profile
+
+
+def _refuse(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("network access attempted")
+
+
+def test_builds_and_detects_with_no_network_and_no_download(
+        monkeypatch: pytest.MonkeyPatch, strict: PrivacyProfile) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", _refuse)
+    monkeypatch.setattr(socket, "create_connection", _refuse)
+    monkeypatch.setattr(socket.socket, "connect", _refuse)
+    spacy_cli = importlib.import_module("spacy.cli")
+    monkeypatch.setattr(spacy_cli, "download", _refuse)
+    fresh = build_analyzer(strict)
+    text = "write to jane.doe@mail.example.co.uk or ops@example.io, card 4111 1111 1111 1111"
+    found = fresh.analyze([text], strict.entities, strict.score_threshold)[0]
+    assert {f.entity_type for f in found} >= {"EMAIL_ADDRESS", "CREDIT_CARD"}
+    assert sum(f.entity_type == "EMAIL_ADDRESS" for f in found) == 2
+
+
+def test_ner_entities_are_inactive_without_a_model(analyzer: Analyzer) -> None:
+    assert {"PERSON", "LOCATION"} <= analyzer.inactive
+    assert not analyzer.inactive & analyzer.entities
+    assert {"EMAIL_ADDRESS", "API_KEY", "IN_AADHAAR"} <= analyzer.entities
+
+
+def test_a_spacy_pipeline_loaded_by_path_enables_ner(tmp_path: Path) -> None:
+    spacy = importlib.import_module("spacy")
+    spacy.blank("en").to_disk(tmp_path / "blank-en")
+    profile_file = tmp_path / "ner.yaml"
+    profile_file.write_text(f"retention_class: t\nsample_rate: 1\nner_model: {tmp_path}/blank-en\n"
+                            "entities: {PERSON: redact, EMAIL_ADDRESS: redact}\n")
+    built = build_analyzer(load_profile(profile_file))
+    assert "PERSON" in built.entities and not built.inactive
+    found = built.analyze(["Ada Lovelace, ada@example.com"], {"PERSON", "EMAIL_ADDRESS"}, 0.3)
+    assert [f.entity_type for f in found[0]] == ["EMAIL_ADDRESS"]  # a blank pipeline has no NER
+
+
+def test_entities_that_cannot_reach_the_threshold_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "weak.yaml"
+    path.write_text("retention_class: t\nsample_rate: 1\nscore_threshold: 0.3\n"
+                    "entities: {US_PASSPORT: redact, US_SSN: redact}\n")
+    built = build_analyzer(load_profile(path))
+    assert built.inactive == {"US_PASSPORT"} and built.entities == {"US_SSN"}
+
+
+def test_repeated_strings_are_served_from_a_cache_that_holds_no_text(
+        strict: PrivacyProfile) -> None:
+    fresh = build_analyzer(strict)
+    assert fresh.cache is not None
+    agent = "acme-bot/1.0 (ops@example.com)"
+    first = fresh.analyze([agent, "10.1.2.3"], strict.entities, 0.3)
+    hits = fresh.cache.hits
+    assert fresh.analyze(["10.1.2.3", agent], strict.entities, 0.3) == first[::-1]
+    assert fresh.cache.hits == hits + 2
+    assert fresh.analyze([agent], strict.entities, 0.5) == [first[0]]  # another threshold
+    assert fresh.cache.hits == hits + 2
+    assert not any(isinstance(part, str) and "example" in part
+                   for key in fresh.cache._items for part in key)
+
+
+def test_every_catalogue_entry_is_a_presidio_recognizer_for_that_entity() -> None:
+    for entity, class_name in PRESIDIO_PATTERN_ENTITIES.items():
+        recognizer = getattr(presidio_recognizers, class_name)(supported_language="en")
+        assert recognizer.supported_entities == [entity], class_name
+
+
+def test_findings_map_back_to_each_string(analyzer: Analyzer, strict: PrivacyProfile) -> None:
+    texts = ["", "no entities here", "mail a@example.com", "x", "call +1 212 555 0143 now"]
+    found = analyzer.analyze(texts, strict.entities, 0.3)
+    assert [len(f) for f in found] == [0, 0, 1, 0, 1]
+    assert texts[2][found[2][0].start:found[2][0].end] == "a@example.com"
+    assert texts[4][found[4][0].start:found[4][0].end] == "+1 212 555 0143"
+
+
+def test_a_finding_across_the_separator_masks_both_sides() -> None:
+    texts = ["abc", "def"]
+    starts = [0, 3 + len(analyzer_module.SEPARATOR)]
+    split = analyzer_module._split([Finding("X", 1, starts[1] + 2, 1.0)], texts, starts)
+    assert split == [[Finding("X", 1, 3, 1.0)], [Finding("X", 0, 2, 1.0)]]
+
+
+def test_tuned_finds_everything_presidio_default_finds(analyzer: Analyzer,
+                                                       strict: PrivacyProfile) -> None:
+    default = build_analyzer(strict, tuned=False)
+    texts = []
+    for sample in build_corpus(150, seed=11):
+        body = sample.captured.request_body or b""
+        texts.append(body.decode())
+    tuned_found = analyzer.analyze(texts, strict.entities, 0.3)
+    default_found = default.analyze(texts, strict.entities, 0.3)
+    for text, mine, theirs in zip(texts, tuned_found, default_found, strict=True):
+        covered = [(f.start, f.end) for f in mine]
+        for f in theirs:
+            value = text[f.start:f.end]  # spans may differ by punctuation: "(+49 ..." or "+49"
+            start = f.start + len(value) - len(value.lstrip("(+ -"))
+            end = f.end - len(value) + len(value.rstrip(") -."))
+            assert any(s <= start and end <= e for s, e in covered), (f.entity_type, value)

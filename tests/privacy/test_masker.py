@@ -1,0 +1,208 @@
+"""The masker: selection, operators, bodies of every kind, headers, query, bounds, failure."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pii_values import HASH_KEY
+
+from sidecar.privacy.analyzer import Analyzer
+from sidecar.privacy.masker import Captured, Masker
+from sidecar.privacy.operators import replacement
+from sidecar.privacy.profile import PrivacyProfile, load_profile
+from sidecar.privacy.rules import EntityRule
+from sidecar.privacy.sampling import Decision
+
+SAMPLED = Decision(True, "sampled")
+CHAT = {"model": "m", "temperature": 0.1, "user": "u-1@example.com",
+        "messages": [{"role": "system", "content": "be brief"},
+                     {"role": "user", "content": "mail me: jane@example.com"}]}
+
+Make = Callable[..., Masker]
+
+
+@pytest.fixture
+def make(tmp_path: Path, analyzer: Analyzer) -> Make:
+    def build(body: str, *, on_failure: Callable[[str], None] | None = None) -> Masker:
+        path = tmp_path / "p.yaml"
+        path.write_text("retention_class: test\nsample_rate: 1\nscore_threshold: 0.3\n" + body)
+        return Masker(load_profile(path), analyzer, HASH_KEY, on_failure=on_failure)
+    return build
+
+
+def json_capture(request: Any = None, response: Any = None, **kw: Any) -> Captured:
+    return Captured("id-1", request_body=None if request is None else orjson.dumps(request),
+                    request_content_type="application/json",
+                    response_body=None if response is None else orjson.dumps(response),
+                    response_content_type="application/json", **kw)
+
+
+def test_operators() -> None:
+    redact, mask = EntityRule("redact"), EntityRule("mask", chars_to_keep=4)
+    assert replacement("a@b.co", "EMAIL_ADDRESS", redact, b"k") == "<EMAIL_ADDRESS>"
+    assert replacement("4111111111111111", "CREDIT_CARD", mask, b"k") == "*" * 12 + "1111"
+    assert replacement("123456", "X", mask, b"k") == "***456"  # never more than half shown
+    assert replacement("12", "X", EntityRule("mask", from_end=False), b"k") == "1*"
+    assert replacement("ab", "X", EntityRule("keep"), b"k") == "ab"
+    hashed = replacement("a@b.co", "EMAIL_ADDRESS", EntityRule("hash", hash_length=12), b"k")
+    assert hashed.startswith("<EMAIL_ADDRESS:") and len(hashed) == len("<EMAIL_ADDRESS:>") + 12
+    assert hashed == replacement("a@b.co", "EMAIL_ADDRESS", EntityRule("hash", hash_length=12),
+                                 b"k")
+    assert hashed != replacement("a@b.co", "EMAIL_ADDRESS", EntityRule("hash", hash_length=12),
+                                 b"other")
+
+
+def test_keep_and_drop_paths_shape_the_payload(make: Make) -> None:
+    masker = make("request: {keep: ['$.model', '$.messages[*].content', '$.messages[*].role'],"
+                  " drop: ['$.messages[0]']}\nentities: {EMAIL_ADDRESS: redact}\n")
+    result = masker.mask(json_capture(CHAT), SAMPLED)
+    assert result.payload == {"request": {"model": "m", "messages": [
+        {"role": "user", "content": "mail me: <EMAIL_ADDRESS>"}]}}
+    assert result.entity_counts == {"EMAIL_ADDRESS": 1}
+    everything = make("request: {keep: ['$']}\nentities: {EMAIL_ADDRESS: redact}\n")
+    whole = everything.mask(json_capture(CHAT), SAMPLED).payload
+    assert whole is not None and whole["request"]["user"] == "<EMAIL_ADDRESS>"
+    nothing = make("request: {keep: ['$.absent']}\n").mask(json_capture(CHAT), SAMPLED)
+    assert nothing.payload == {}
+
+
+def test_dictionary_keys_and_long_integers_are_masked(make: Make) -> None:
+    masker = make("request: {keep: ['$']}\nentities: {EMAIL_ADDRESS: redact, CREDIT_CARD: redact}")
+    doc = {"jane@example.com": 1, "bob@example.com": 2, "card": 4111111111111111, "n": 1234567}
+    payload = masker.mask(json_capture(doc), SAMPLED).payload
+    assert payload == {"request": {"<EMAIL_ADDRESS>": 1, "<EMAIL_ADDRESS>#2": 2,
+                                   "card": "<CREDIT_CARD>", "n": 1234567}}
+
+
+def test_text_binary_and_broken_bodies(make: Make) -> None:
+    masker = make("request: {keep: ['$'], text: true}\nresponse: {keep: ['$']}\n"
+                  "entities: {EMAIL_ADDRESS: redact}\n")
+
+    def run(body: bytes, ctype: str | None, where: str = "request") -> Any:
+        kw: dict[str, Any] = {f"{where}_body": body, f"{where}_content_type": ctype}
+        return masker.mask(Captured("id", **kw), SAMPLED)
+    assert run(b"hi jane@example.com", "text/plain").payload == {"request": "hi <EMAIL_ADDRESS>"}
+    assert run(b"hi jane@example.com", None).payload == {"request": "hi <EMAIL_ADDRESS>"}
+    assert run(b"[not json jane@example.com", None).payload == {
+        "request": "[not json <EMAIL_ADDRESS>"}
+    assert run(b'{"a": "jane@example.com"}', None).payload == {"request": {"a": "<EMAIL_ADDRESS>"}}
+    assert run(b"\x89PNG\r\n\x1a\n\x00\x00", "image/png").omitted == {"request": "binary"}
+    assert run(b"\x00\x01\x02\xff\xfe", None).omitted == {"request": "binary"}
+    assert run(b"{oops", "application/json").omitted == {"request": "invalid_json"}
+    assert run(b"plain words", "text/plain", "response").omitted == {
+        "response": "text_not_captured"}
+    deep = b"[" * 200 + b"]" * 200
+    assert run(deep, "application/json").omitted == {"request": "too_deep"}
+
+
+def test_headers_allow_list_minus_hard_deny_list(make: Make, analyzer: Analyzer) -> None:
+    masker = make("headers: {allow: [user-agent, x-forwarded-for]}\n"
+                  "entities: {EMAIL_ADDRESS: redact, IP_ADDRESS: redact}\n")
+    headers = [("User-Agent", "bot (ops@example.com)"), ("X-Forwarded-For", "203.0.113.9"),
+               ("X-Forwarded-For", "10.1.2.3"), ("Authorization", "Bearer sk-abc"),
+               ("Cookie", "s=1"), ("Accept", "*/*")]
+    result = masker.mask(Captured("id", request_headers=headers,
+                                  response_headers={"X-Forwarded-For": "198.51.100.4"}),
+                         Decision(False, "not_sampled"))
+    assert result.payload is None  # not sampled: headers are metadata, bodies are not
+    assert result.headers == {"request": {"user-agent": "bot (<EMAIL_ADDRESS>)",
+                                          "x-forwarded-for": "<IP_ADDRESS>, <IP_ADDRESS>"},
+                              "response": {"x-forwarded-for": "<IP_ADDRESS>"}}
+    # a profile built in code that allow-lists credentials still records none of them
+    sneaky = dataclasses.replace(masker.profile, headers_allow=("authorization", "cookie"))
+    assert Masker(sneaky, analyzer, HASH_KEY).mask(
+        Captured("id", request_headers=headers), SAMPLED).headers is None
+
+
+def test_query_string_is_parsed_and_masked(make: Make) -> None:
+    masker = make("query: {capture: true}\nentities: {EMAIL_ADDRESS: redact}\n")
+    result = masker.mask(Captured("id", query="to=jane%40example.com&to=x&flag&q=a+b"), SAMPLED)
+    assert result.payload == {"query": {"to": ["<EMAIL_ADDRESS>", "x"], "flag": "", "q": "a b"}}
+
+
+def test_payload_is_bounded_and_never_cut_through_an_entity(make: Make) -> None:
+    masker = make("max_captured_bytes: 1024\nrequest: {keep: ['$'], text: true}\n"
+                  "response: {keep: ['$']}\nquery: {capture: true}\n"
+                  "entities: {EMAIL_ADDRESS: redact}\n")
+    for filler in (1000, 5000, 5100, 200_000):
+        text = "x" * filler + " jane@example.com " + "y" * 3000
+        result = masker.mask(Captured(
+            "id", request_body=text.encode(), request_content_type="text/plain",
+            response_body=orjson.dumps({"a": [text] * 3}), response_content_type="application/json",
+            query="q=" + "z" * 4000), SAMPLED)
+        encoded = orjson.dumps(result.payload)
+        assert len(encoded) <= 1024 and result.truncated
+        assert b"jane" not in encoded and b"example.com" not in encoded
+
+
+def test_sampling_decisions_and_metadata_only(make: Make, analyzer: Analyzer) -> None:
+    masker = make("sample_rate: 0\nalways_capture: [errors]\nrequest: {keep: ['$']}\n")
+    ok = masker.mask(json_capture({"a": 1}, status=200))
+    assert (ok.payload_captured, ok.capture_reason, ok.payload) == (False, "not_sampled", None)
+    failed = masker.mask(json_capture({"a": 1}, status=502))
+    assert failed.capture_reason == "always_capture:errors"
+    assert failed.payload == {"request": {"a": 1}}
+    off = Masker(load_profile("metadata-only"), analyzer, HASH_KEY).mask(
+        json_capture(CHAT, status=500, request_headers={"User-Agent": "x"}))
+    assert (off.capture_reason, off.payload, off.headers) == ("disabled", None, None)
+
+
+def test_analyzer_failure_drops_the_payload_and_counts(make: Make, analyzer: Analyzer,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    failures: list[str] = []
+    masker = make("request: {keep: ['$']}\nheaders: {allow: [user-agent]}\n"
+                  "entities: {EMAIL_ADDRESS: redact}\n", on_failure=failures.append)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("could not parse jane@example.com")  # messages may quote input
+    monkeypatch.setattr(analyzer, "analyze", broken)
+    result = masker.mask(json_capture(CHAT, request_headers={"User-Agent": "jane@example.com"}),
+                         SAMPLED)
+    assert (result.payload, result.headers, result.entity_counts) == (None, None, {})
+    assert result.failure == "analyzer_error:RuntimeError" and not result.payload_captured
+    assert failures == ["analyzer_error"]
+    record = orjson.dumps(result.record())
+    assert b"jane" not in record and b'"profile":"' in record
+
+
+def test_a_broken_counter_or_bug_still_yields_a_result(make: Make,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def bad_counter(stage: str) -> None:
+        raise ValueError(stage)
+    masker = make("request: {keep: ['$']}\n", on_failure=bad_counter)
+    monkeypatch.setattr(masker, "_sections", lambda *a: 1 / 0)
+    result = masker.mask(json_capture(CHAT), SAMPLED)
+    assert result.failure == "masking_error:ZeroDivisionError" and result.payload is None
+
+
+def test_record_carries_policy_and_counts_never_values(strict: PrivacyProfile,
+                                                      analyzer: Analyzer) -> None:
+    result = Masker(strict, analyzer, HASH_KEY).mask(json_capture(CHAT, status=500))
+    record = result.record()
+    assert record["privacy"] == {
+        "profile": "strict", "profile_digest": strict.digest, "retention_class": "high-risk",
+        "payload_captured": True, "capture_reason": "always_capture:errors",
+        "entity_counts": {"EMAIL_ADDRESS": 1}, "truncated": False, "omitted": {},
+        "failure": None}
+    assert b"jane" not in orjson.dumps(record)
+
+
+def test_standard_hashes_contact_data_consistently(standard: PrivacyProfile,
+                                                   analyzer: Analyzer) -> None:
+    masker = Masker(standard, analyzer, HASH_KEY)
+    one = masker.mask(json_capture(CHAT), SAMPLED).payload
+    two = masker.mask(json_capture({"messages": [{"content": "jane@example.com"}]}),
+                      SAMPLED).payload
+    assert one is not None and two is not None
+    token = two["request"]["messages"][0]["content"]
+    assert token.startswith("<EMAIL_ADDRESS:") and token in one["request"]["messages"][1]["content"]
+
+
+def test_profile_is_immutable(strict: PrivacyProfile) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        strict.sample_rate = 1.0  # type: ignore[misc]
