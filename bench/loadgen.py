@@ -5,6 +5,10 @@ run.py treats them alike. The Python one is only a fallback: on one core it satu
 well before wrk does, so its figures are lower bounds, not comparable with wrk's.
 
     python bench/loadgen.py URL BODY_FILE --connections 32 --duration 5 [--delay-ms 20]
+    python bench/loadgen.py URL BODY_FILE --requests 50000 --duration 300   # at most N
+
+Only the Python generator can stop after an exact number of requests (``--requests``,
+used by bench/pipeline.py to fill a write-ahead log with a known number of events).
 """
 
 from __future__ import annotations
@@ -62,9 +66,11 @@ def wrk_path() -> str | None:
 
 
 def load_command(generator: str, url: str, body_file: Path, connections: int,
-                 duration_s: float, delay_ms: float = 0.0) -> list[str]:
+                 duration_s: float, delay_ms: float = 0.0, max_requests: int = 0) -> list[str]:
     delay = f"{delay_ms:.3f}"
     if generator == "wrk":
+        if max_requests:
+            raise RuntimeError("wrk cannot stop after a number of requests; use python")
         wrk = wrk_path()
         if wrk is None:
             raise RuntimeError("wrk not found on PATH; use --generator python")
@@ -73,7 +79,7 @@ def load_command(generator: str, url: str, body_file: Path, connections: int,
                 "--timeout", "5s", "-s", str(WRK_SCRIPT), url, "--", str(body_file), delay]
     return [sys.executable, str(Path(__file__).resolve()), url, str(body_file),
             "--connections", str(connections), "--duration", str(duration_s),
-            "--delay-ms", delay]
+            "--delay-ms", delay] + (["--requests", str(max_requests)] if max_requests else [])
 
 
 def parse_result(stdout: str) -> LoadResult:
@@ -90,9 +96,11 @@ def parse_result(stdout: str) -> LoadResult:
 
 
 def run_load(generator: str, url: str, body_file: Path, connections: int, duration_s: float,
-             delay_ms: float = 0.0) -> LoadResult:
-    """One load run; bounded by a timeout well past its nominal duration."""
-    cmd = load_command(generator, url, body_file, connections, duration_s, delay_ms)
+             delay_ms: float = 0.0, max_requests: int = 0) -> LoadResult:
+    """One load run; bounded by a timeout well past its nominal duration. With
+    ``max_requests`` (Python generator only) it also stops after that many requests."""
+    cmd = load_command(generator, url, body_file, connections, duration_s, delay_ms,
+                       max_requests)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 30,
                           check=False)
     if done.returncode != 0:
@@ -110,9 +118,10 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 
 async def _generate(url: str, body: bytes, connections: int, duration_s: float,
-                    delay_ms: float) -> dict[str, int]:
+                    delay_ms: float, max_requests: int = 0) -> dict[str, int]:
     latencies: list[float] = []
     counts = {"socket_errors": 0, "http_errors": 0, "bytes": 0}
+    issued = 0  # requests started; one event loop, so no lock
     headers = {"Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -120,7 +129,9 @@ async def _generate(url: str, body: bytes, connections: int, duration_s: float,
         deadline = started + duration_s
 
         async def worker() -> None:
-            while time.perf_counter() < deadline:
+            nonlocal issued
+            while time.perf_counter() < deadline and not 0 < max_requests <= issued:
+                issued += 1
                 if delay_ms > 0:  # same pacing as wrk_bench.lua's delay()
                     await asyncio.sleep(random.uniform(0.5, 1.5) * delay_ms / 1000.0)
                 t0 = time.perf_counter()
@@ -150,6 +161,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--requests", type=int, default=0,
+                        help="Stop after this many requests (0: only --duration bounds it).")
     args = parser.parse_args()
     try:
         import uvloop
@@ -158,7 +171,7 @@ def main() -> None:
     else:
         run = uvloop.run
     result = run(_generate(args.url, args.body_file.read_bytes(), args.connections,
-                           args.duration, args.delay_ms))
+                           args.duration, args.delay_ms, args.requests))
     print(MARKER + json.dumps(result), flush=True)
 
 

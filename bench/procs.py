@@ -1,4 +1,5 @@
-"""Child processes for bench/run.py: start on loopback, wait until ready, always stop.
+"""Child processes for bench/run.py and bench/pipeline.py: start on loopback, wait until
+ready, always stop.
 
 Each child gets its own session (process group), so a Ctrl-C in the terminal reaches
 only run.py, which then stops the children in order — the sidecar with SIGTERM, so it
@@ -16,6 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 STOP_GRACE_S = 20.0  # longer than the sidecar's drain timeout set by run.py
@@ -38,10 +40,18 @@ def count_lines(path: Path) -> int:
 
 def metric_total(url: str, name: str) -> float:
     """Sum of one Prometheus metric over all its label sets, scraped from ``url``."""
+    return metric_totals(url, (name,))[name]
+
+
+def metric_totals(url: str, names: Iterable[str]) -> dict[str, float]:
+    """``metric_total`` for several metrics from one scrape (consistent with each other)."""
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
-    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", re.M)
-    return sum(float(m.group(1)) for m in pattern.finditer(text))
+    totals = {}
+    for name in names:
+        pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", re.M)
+        totals[name] = sum(float(m.group(1)) for m in pattern.finditer(text))
+    return totals
 
 
 def machine_busy_seconds() -> float | None:
@@ -53,6 +63,16 @@ def machine_busy_seconds() -> float | None:
         return None
     idle = fields[3] + fields[4]  # idle + iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def pid_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux /proc); None where
+    unavailable. Also for children that are not a ``Service`` (the embedded broker)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_quiet(max_busy_cores: float, max_wait_s: float, window_s: float = 0.5) -> bool:
@@ -134,11 +154,7 @@ class Service:
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time so far (Linux /proc); None where unavailable."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return pid_cpu_seconds(self.pid)
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> int | None:
         """SIGTERM, then SIGKILL after ``grace_s``; returns the exit status."""

@@ -1,4 +1,5 @@
-"""Medians, tables and the pasteable markdown section for bench/run.py."""
+"""Medians, tables and the pasteable markdown section for bench/run.py (medians and
+machine details also for bench/pipeline.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Sample:
     upstream_cpu: float | None
     loadgen_cpu: float | None
     other_cpu: float | None  # the rest of the machine: other jobs steal from the figures
+    broker_cpu: float | None = None  # the Kafka broker, where one takes part (pipeline.py)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Summary:
     other_cpu: float | None
     errors: int
     requests: int
+    broker_cpu: float | None = None
 
 
 def _median_or_none(values: Sequence[float | None]) -> float | None:
@@ -59,6 +62,7 @@ def summarize(samples: Sequence[Sample]) -> Summary:
         other_cpu=_median_or_none([s.other_cpu for s in samples]),
         errors=sum(r.errors for r in results),
         requests=sum(r.requests for r in results),
+        broker_cpu=_median_or_none([s.broker_cpu for s in samples]),
     )
 
 
