@@ -258,10 +258,9 @@ class WriteAheadLog:
         """
         self._check_open()
         if self._writer.sync() and time.monotonic() - self._mm_flushed >= HWM_FLUSH_S:
-            # msync runs holding the GIL (it stalls the event loop for up to tens of ms
-            # measured), and a process crash keeps the page anyway: only a power cut needs
-            # it, so crash accounting survives power loss up to the last second.
-            self._mm.flush()
+            # A process crash keeps the mapped page anyway; only a power cut needs it on
+            # disk, so crash accounting survives power loss up to the last second.
+            disk.sync_hwm(self.directory)
             self._mm_flushed = time.monotonic()
         with self._lock:
             dir_dirty, self._dir_dirty = self._dir_dirty, False
