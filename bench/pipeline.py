@@ -28,30 +28,26 @@ import json
 import os
 import random
 import resource
-import shlex
-import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 import report
 from loadgen import chat_body, run_load, wrk_path
 from procs import (
     Service,
     free_port,
+    ignoring_signals,
     machine_busy_seconds,
     metric_totals,
     pid_cpu_seconds,
+    run_command,
     wait_quiet,
 )
 from report import PASSTHROUGH, Sample, Summary
@@ -323,18 +319,11 @@ class PipelineBench:
             self.targets[target.name] = self._ready(target, port)
 
     def stop_all(self) -> None:
-        # A second signal mid-cleanup (`timeout` signals the whole group) would abort the
-        # loop and orphan the servers; stopping is bounded, so ignore them meanwhile.
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        previous = [signal.signal(sig, signal.SIG_IGN) for sig in signals]
-        try:
+        with ignoring_signals():
             for service in reversed(self.services):
                 service.stop()
             for broker in self.brokers:
                 broker.close()
-        finally:
-            for sig, handler in zip(signals, previous, strict=True):
-                signal.signal(sig, handler)
 
     # --- peak throughput -------------------------------------------------------------------
 
@@ -664,10 +653,6 @@ def markdown_section(*, date: str, command: str, code: str, setup: str, peak_md:
 # --- main --------------------------------------------------------------------------------
 
 
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally that stops the children
-
-
 def _measure(args: argparse.Namespace, bench: PipelineBench, date: str,
              command: str) -> tuple[str, bool]:
     print(f"starting upstream, pass-through, broker and {len(CONFIGS)} sidecars "
@@ -724,32 +709,20 @@ def _measure(args: argparse.Namespace, bench: PipelineBench, date: str,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)  # so that these too run the cleanup below
-    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = shlex.join([os.path.relpath(sys.executable), *sys.argv]) if argv is None else \
-        shlex.join(["bench/pipeline.py", *argv])
-    workdir = Path(tempfile.mkdtemp(prefix="sidecar-pipeline-"))
-    bench = PipelineBench(args, workdir)
-    keep = args.keep_workdir
-    try:
-        section, ok = _measure(args, bench, date, command)
-    except KeyboardInterrupt:
-        print("interrupted; stopping the servers", file=sys.stderr)
-        return 130
-    except (RuntimeError, OSError, subprocess.SubprocessError, ImportError) as exc:
-        keep = True  # the servers' logs are the first thing to look at
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        bench.stop_all()
-        if keep:
-            print(f"work dir kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print("\n----- markdown for bench/RESULTS.md -----\n")
-    print(section)
-    return 0 if ok else 1
+    holder: list[PipelineBench] = []
+
+    def measure(workdir: Path, date: str, command: str) -> tuple[str, bool]:
+        holder.append(PipelineBench(args, workdir))
+        return _measure(args, holder[0], date, command)
+
+    def stop() -> None:
+        if holder:
+            holder[0].stop_all()
+
+    return run_command(
+        "bench/pipeline.py", argv, "sidecar-pipeline-", args.keep_workdir, measure, stop,
+        failures=(RuntimeError, OSError, subprocess.SubprocessError, ImportError),
+    )
 
 
 if __name__ == "__main__":

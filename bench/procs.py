@@ -11,13 +11,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 STOP_GRACE_S = 20.0  # longer than the sidecar's drain timeout set by run.py
@@ -169,3 +174,66 @@ class Service:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=5.0)
         return self.proc.returncode
+
+
+def _raise_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally that stops the children
+
+
+def ignoring_signals() -> contextlib.AbstractContextManager[None]:
+    """While stopping children, ignore a second signal (`timeout` signals the whole group):
+    it would abort the loop and orphan the servers, and stopping is bounded anyway."""
+
+    @contextlib.contextmanager
+    def manager() -> Iterator[None]:
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = [signal.signal(sig, signal.SIG_IGN) for sig in signals]
+        try:
+            yield
+        finally:
+            for sig, handler in zip(signals, previous, strict=True):
+                signal.signal(sig, handler)
+
+    return manager()
+
+
+def run_command(
+    script: str,
+    argv: list[str] | None,
+    workdir_prefix: str,
+    keep_workdir: bool,
+    measure: Callable[[Path, str, str], tuple[str, bool]],
+    stop: Callable[[], None],
+    failures: tuple[type[BaseException], ...] = (RuntimeError, OSError,
+                                                 subprocess.SubprocessError),
+) -> int:
+    """The shared ``main`` of the bench commands: signals, work dir, cleanup, output.
+
+    ``measure(workdir, date, command)`` returns the markdown section and whether its
+    checks passed; ``stop()`` stops every child and is always called.
+    """
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_exit)  # so that these too run the cleanup below
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = shlex.join([os.path.relpath(sys.executable), *sys.argv]) if argv is None else \
+        shlex.join([script, *argv])
+    workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix))
+    keep = keep_workdir
+    try:
+        section, ok = measure(workdir, date, command)
+    except KeyboardInterrupt:
+        print("interrupted; stopping the servers", file=sys.stderr)
+        return 130
+    except failures as exc:
+        keep = True  # the servers' logs are the first thing to look at
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop()
+        if keep:
+            print(f"work dir kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("\n----- markdown for bench/RESULTS.md -----\n")
+    print(section)
+    return 0 if ok else 1

@@ -16,21 +16,23 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shlex
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 import report
 from loadgen import LoadResult, chat_body, run_load, wrk_path
-from procs import Service, count_lines, free_port, machine_busy_seconds, metric_total, wait_quiet
+from procs import (
+    Service,
+    count_lines,
+    free_port,
+    ignoring_signals,
+    machine_busy_seconds,
+    metric_total,
+    run_command,
+    wait_quiet,
+)
 from report import DIRECT, PASSTHROUGH, SIDECAR, Sample, Summary
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -218,21 +220,10 @@ class Bench:
                 f"{dropped:,.0f}; sidecar exit status {status}.", ok)
 
 
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally that stops the children
-
-
 def _stop_all(bench: Bench) -> None:
-    # A second signal mid-cleanup (`timeout` sends SIGTERM to the child and to its group)
-    # would abort the loop and orphan the servers; stopping is bounded, so ignore them.
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = [signal.signal(sig, signal.SIG_IGN) for sig in signals]
-    try:
+    with ignoring_signals():
         for service in reversed(bench.services):
             service.stop()
-    finally:
-        for sig, handler in zip(signals, previous, strict=True):
-            signal.signal(sig, handler)
 
 
 def _measure(args: argparse.Namespace, bench: Bench, date: str, command: str) -> tuple[str, bool]:
@@ -274,32 +265,17 @@ def _measure(args: argparse.Namespace, bench: Bench, date: str, command: str) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)  # so that these too run the cleanup below
-    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = shlex.join([os.path.relpath(sys.executable), *sys.argv]) if argv is None else \
-        shlex.join(["bench/run.py", *argv])
-    workdir = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
-    bench = Bench(args, workdir)
-    keep = args.keep_workdir
-    try:
-        section, ok = _measure(args, bench, date, command)
-    except KeyboardInterrupt:
-        print("interrupted; stopping the servers", file=sys.stderr)
-        return 130
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        keep = True  # the servers' logs are the first thing to look at
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        _stop_all(bench)
-        if keep:
-            print(f"work dir kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print("\n----- markdown for bench/RESULTS.md -----\n")
-    print(section)
-    return 0 if ok else 1
+    holder: list[Bench] = []
+
+    def measure(workdir: Path, date: str, command: str) -> tuple[str, bool]:
+        holder.append(Bench(args, workdir))
+        return _measure(args, holder[0], date, command)
+
+    def stop() -> None:
+        if holder:
+            _stop_all(holder[0])
+
+    return run_command("bench/run.py", argv, "sidecar-bench-", args.keep_workdir, measure, stop)
 
 
 if __name__ == "__main__":
