@@ -93,6 +93,13 @@ def _probe(settings: KafkaSettings) -> None:
     raise SinkError(f"kafka: no broker reachable: {', '.join(failures)}")
 
 
+def write_bound_s(settings: KafkaSettings) -> float:
+    """The longest one ``KafkaSink.write`` can take (see "Time" above)."""
+    probes = len(bootstrap_addresses(settings.bootstrap)) * PROBE_TIMEOUT_S
+    return (probes + (settings.request_timeout_s or PROBE_TIMEOUT_S) + MAX_BLOCK_MS / 1000
+            + settings.delivery_timeout_s)
+
+
 def create_producer(settings: KafkaSettings, config: dict[str, Any]) -> Producer:
     """A connected ``KafkaProducer`` (the default factory), or ``SinkError``."""
     _probe(settings)

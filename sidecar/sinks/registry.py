@@ -1,10 +1,13 @@
 """Pick the event log and the sink from the settings (uvicorn-style: by config, not code).
 
-- sink: Kafka when ``kafka_bootstrap`` is set, else the JSON-lines file;
+- sink: Kafka when ``kafka_bootstrap`` is set (its producer in a child process, off the
+  sidecar's GIL: ``isolated.py``), else the JSON-lines file;
 - log: the on-disk write-ahead log, or a memory log with ``durability: memory``.
 """
 
 from __future__ import annotations
+
+import functools
 
 from sidecar.config import ConfigError, Settings
 from sidecar.durability.base import EventLog
@@ -13,12 +16,18 @@ from sidecar.durability.wal import WriteAheadLog
 from sidecar.sinks.base import Sink, SinkError
 from sidecar.sinks.jsonl import JsonLinesSink
 
+WORKER_SLACK_S = 10.0  # past the sink's own bound on a write, the worker counts as hung
+
 
 def build_sink(settings: Settings) -> Sink:
     if settings.kafka_bootstrap:
-        from sidecar.sinks.kafka import KafkaSink, kafka_settings_from
+        from sidecar.sinks.isolated import ProcessSink
+        from sidecar.sinks.kafka import KafkaSink, kafka_settings_from, write_bound_s
 
-        return KafkaSink(kafka_settings_from(settings))
+        kafka = kafka_settings_from(settings)
+        return ProcessSink(functools.partial(KafkaSink, kafka), name=KafkaSink.name,
+                           reply_timeout_s=write_bound_s(kafka) + WORKER_SLACK_S,
+                           log_level=settings.log_level)
     return JsonLinesSink(settings.events_file)
 
 

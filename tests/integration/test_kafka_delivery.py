@@ -30,7 +30,7 @@ SCHEMA = json.loads(
 )
 TOPIC = "inference.events"
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
-LOOP_LAG_BOUND_S = 0.25
+LOOP_LAG_BOUND_S = 0.05
 
 
 async def send_requests(url: str, n: int, concurrency: int = 50) -> list[str]:
@@ -163,6 +163,7 @@ async def test_broker_paused_under_load_loses_nothing(
     ids = await topic_ids(broker.bootstrap, len(sent))
     duplicates = assert_exactly(ids, sent)
     print(f"paused broker: {len(sent)} events, {duplicates} duplicates, "
+          f"loop lag max {lag_during_outage * 1000:.1f} ms, "
           f"{pending_during_outage:.0f} waiting in the log during the outage")
     assert pending_during_outage > 1000  # requests went on being served during the outage
     # The target is under 50 ms. Measured here: 2-60 ms under full load, with
@@ -189,8 +190,13 @@ async def test_broker_absent_at_start_then_everything_is_delivered(
                             kafka_delivery_timeout="2s")
     sent = await send_requests(sc.url, 300)  # served while there is no broker at all
     assert await metric(sc.admin_url, "inference_sidecar_log_events") == 300
-    async with aiohttp.ClientSession() as s, s.get(sc.admin_url + "/readyz") as r:
-        body = await r.json()
+    async with aiohttp.ClientSession() as s:
+        for _ in range(100):  # the first write starts the sink's worker process, then fails
+            async with s.get(sc.admin_url + "/readyz") as r:
+                body = await r.json()
+            if body["degraded"]:
+                break
+            await asyncio.sleep(0.05)
     assert r.status == 200 and body["degraded"], body
     with late:
         ids = await topic_ids(late.bootstrap, 300)
