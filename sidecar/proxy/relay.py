@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from sidecar.config import Settings
 from sidecar.errors import SidecarError
 from sidecar.proxy.exchange import Exchange
+from sidecar.proxy.pool import UpstreamResponse
 from sidecar.proxy.stamp import Stamp
-from sidecar.proxy.upstream import read_body, read_chunks, response_headers
+from sidecar.proxy.upstream import response_headers
 
 
 def error_body(code: str, message: str, inference_id: str) -> bytes:
     return orjson.dumps({"error": code, "message": message, "inference_id": inference_id})
 
 
-def wants_stream(upstream: aiohttp.ClientResponse, buffer_limit: int) -> bool:
+def wants_stream(upstream: UpstreamResponse, buffer_limit: int) -> bool:
     length = upstream.content_length
     if length is None or length > buffer_limit:
         return upstream.status not in (204, 304) and upstream.method != "HEAD"
@@ -40,7 +40,7 @@ class Relay:
         self._stamp = stamp
 
     async def send(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, exchange: Exchange
+        self, request: web.BaseRequest, upstream: UpstreamResponse, exchange: Exchange
     ) -> web.StreamResponse:
         exchange.event.upstream_status = upstream.status
         if wants_stream(upstream, self._buffer_limit):
@@ -48,10 +48,10 @@ class Relay:
         return await self._buffered(request, upstream, exchange)
 
     async def _buffered(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, exchange: Exchange
+        self, request: web.BaseRequest, upstream: UpstreamResponse, exchange: Exchange
     ) -> web.StreamResponse:
         event = exchange.event
-        body = await read_body(upstream)
+        body = await upstream.read()
         event.ttfb_ms = (time.perf_counter() - exchange.started) * 1000.0
         headers = response_headers(upstream.headers)
         iid = event.inference_id
@@ -78,7 +78,7 @@ class Relay:
         return response
 
     async def _stream(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, exchange: Exchange
+        self, request: web.BaseRequest, upstream: UpstreamResponse, exchange: Exchange
     ) -> web.StreamResponse:
         event = exchange.event
         length = upstream.content_length
@@ -96,7 +96,7 @@ class Relay:
         chunks = 0
         held = b""  # with a Content-Length, the final byte is the completion signal
         try:
-            async for chunk in read_chunks(upstream):
+            async for chunk in upstream.chunks():
                 if chunks == 0:
                     event.ttfb_ms = (time.perf_counter() - exchange.started) * 1000.0
                 chunks += 1

@@ -1,6 +1,7 @@
-"""The upstream stage: one pooled keep-alive ``ClientSession`` to the model server.
+"""The upstream stage: requests to the model server over a keep-alive pool (``pool.py``).
 
-This is the boundary where aiohttp and asyncio errors become ``sidecar.errors``.
+``pool.py`` is the boundary where socket, parser and timer errors become
+``sidecar.errors``; this module decides what is sent.
 Headers are rewritten per RFC 9110 §7.6.1: hop-by-hop fields (and any the
 ``Connection`` header names) are removed in both directions; trace context and
 ``x-request-id`` pass through; stamp headers a client sent are never forwarded.
@@ -8,14 +9,14 @@ Headers are rewritten per RFC 9110 §7.6.1: hop-by-hop fields (and any the
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+import ssl
+from urllib.parse import urlsplit
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.config import Settings
-from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
+from sidecar.errors import UpstreamUnavailable
+from sidecar.proxy.pool import Pool, UpstreamResponse
 from sidecar.telemetry import HEADER_INFERENCE_ID, STAMP_HEADERS
 
 HOP_BY_HOP = frozenset(
@@ -31,8 +32,11 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Recomputed by aiohttp from the bytes we send; forwarding the client's could contradict them.
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", *STAMP_HEADERS}
+# Recomputed from the bytes we send; forwarding the client's could contradict them. The
+# body is complete before it is sent, so a client's "Expect: 100-continue" is answered
+# already (by the server side) and must not make the model server wait.
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect", *STAMP_HEADERS}
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", *STAMP_HEADERS}
 
 
@@ -74,7 +78,7 @@ def request_headers(
     return out
 
 
-def response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def response_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
     return end_to_end(headers, _RESPONSE_DROP)
 
 
@@ -82,86 +86,50 @@ class Upstream:
     """The model server. Created once per process; ``start()`` inside a running loop."""
 
     def __init__(self, settings: Settings) -> None:
-        self.base_url = settings.upstream_url
+        parts = urlsplit(settings.upstream_url)
         self._settings = settings
-        self._session: aiohttp.ClientSession | None = None
-        # aiohttp's sock_read (idle_timeout) already bounds the wait for the headers.
-        self._header_timer = (
-            None if settings.read_timeout == settings.idle_timeout else settings.read_timeout
-        )
+        self._host = parts.hostname or "localhost"
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._port = parts.port or (443 if self._tls else 80)
+        self._host_header = parts.netloc
+        self._prefix = parts.path.rstrip("/")
+        self._pool: Pool | None = None
 
     async def start(self) -> None:
         s = self._settings
-        connector = aiohttp.TCPConnector(
-            limit=s.upstream_max_connections, ttl_dns_cache=300, enable_cleanup_closed=False
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # relay bytes exactly as the model sent them
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type", "Accept"),
-            timeout=aiohttp.ClientTimeout(
-                total=s.total_timeout, sock_connect=s.connect_timeout, sock_read=s.idle_timeout
-            ),
-            read_bufsize=2**16,
-        )
+        self._pool = Pool(self._host, self._port, s.upstream_max_connections,
+                          connect_timeout=s.connect_timeout, read_timeout=s.read_timeout,
+                          idle_timeout=s.idle_timeout, total_timeout=s.total_timeout,
+                          tls=self._tls)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     async def send(
         self, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes
-    ) -> aiohttp.ClientResponse:
-        """Send the request; return the response once its headers have arrived.
+    ) -> UpstreamResponse:
+        """Send the request; return the response once its head has arrived. The caller
+        must ``finish`` it."""
+        assert self._pool is not None, "Upstream.start() was not awaited"
+        if not path_qs.startswith("/"):  # absolute-form or "*": not for a reverse proxy
+            raise UpstreamUnavailable("the request target must be a path", status=400,
+                                      code="bad_request_target")
+        return await self._pool.request(method, self.head(method, path_qs, headers, body), body)
 
-        The caller must ``finish`` it. aiohttp's ``sock_read`` timer (``idle_timeout``)
-        also covers the wait for the headers, so a separate timer for ``read_timeout`` is
-        armed only when the two differ: one fewer timer per request by default.
-        """
-        assert self._session is not None, "Upstream.start() was not awaited"
-        pending = self._session.request(
-            method, self.base_url + path_qs, headers=headers, data=body or None,
-            allow_redirects=False, compress=False,
-        )
-        try:
-            if self._header_timer is None:
-                return await pending
-            async with asyncio.timeout(self._header_timer):
-                return await pending
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise UpstreamTimeout("upstream did not answer in time") from None
-        except aiohttp.InvalidURL:
-            raise UpstreamUnavailable("request target is not a valid URL", status=400,
-                                      code="bad_request_target") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamUnavailable(f"upstream unavailable: {type(exc).__name__}") from None
+    def head(self, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes) -> bytes:
+        """The request line and header block, encoded once. Header names and values come
+        from a parsed request or from the sidecar, so they hold no CR or LF."""
+        lines = [f"{method} {self._prefix}{path_qs} HTTP/1.1", f"Host: {self._host_header}"]
+        lines.extend([f"{name}: {value}" for name, value in headers.items()])
+        if body or method not in _NO_BODY_METHODS:
+            lines.append(f"Content-Length: {len(body)}")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("latin-1")
 
 
-def finish(response: aiohttp.ClientResponse, failed: bool) -> None:
+def finish(response: UpstreamResponse, failed: bool) -> None:
     """Return the connection to the pool, or drop it after a failure or a cancel (its
     state is unknown, so it must never be reused)."""
-    if failed:
-        response.close()
-    else:
-        response.release()
-
-
-async def read_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """Body chunks as they arrive; idle and total timeouts become ``UpstreamTimeout``."""
-    try:
-        async for chunk in response.content.iter_any():
-            yield chunk
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamTimeout("upstream went idle mid-body") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamUnavailable(f"upstream broke off: {type(exc).__name__}") from None
-
-
-async def read_body(response: aiohttp.ClientResponse) -> bytes:
-    try:
-        return await response.read()
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamTimeout("upstream went idle mid-body") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamUnavailable(f"upstream broke off: {type(exc).__name__}") from None
+    response.release(failed)

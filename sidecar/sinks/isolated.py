@@ -42,13 +42,18 @@ FRAME_HEADER: Final = struct.Struct("!I")
 FRAME_MAX: Final = 64 * 1024**2  # a batch is at most ~1 MiB; anything near this is corruption
 READY_TIMEOUT_S: Final = 30.0  # the child imports its sink (kafka-python) before answering
 CLOSE_GRACE_S: Final = 10.0
+EXIT_WAIT_S: Final = 1.0
 
 # Messages, parent → child: ("init", log_level, factory), ("write", records), ("close",).
 # Child → parent: ("ok",) or ("error", reason).
 
 
 def write_frame(fd: int, message: object) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    write_raw(fd, pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def write_raw(fd: int, data: bytes) -> None:
+    """One frame of already pickled ``data``."""
     view = memoryview(FRAME_HEADER.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view):]
@@ -147,6 +152,12 @@ class ProcessSink:
 
     def _start(self) -> subprocess.Popen[bytes]:
         try:
+            init = pickle.dumps(("init", self._log_level, self._factory))
+        except Exception as exc:  # a lambda, a socket...: a programming error, said clearly
+            self._healthy = False
+            raise SinkError(f"{self.name} worker process: cannot send it the sink "
+                            f"({type(exc).__name__})") from None
+        try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "sidecar.sinks.worker"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
@@ -154,10 +165,9 @@ class ProcessSink:
             )
         except OSError as exc:
             raise SinkError(f"{self.name} worker process: cannot start ({exc.strerror})") from None
-        self._proc = proc
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            write_frame(proc.stdin.fileno(), ("init", self._log_level, self._factory))
+            write_raw(proc.stdin.fileno(), init)
             reply = read_frame(proc.stdout.fileno(), time.monotonic() + READY_TIMEOUT_S)
         except (OSError, EOFError, TimeoutError, ValueError, pickle.UnpicklingError):
             reply = ("error", f"did not start ({self._exit_status(proc)})")
@@ -165,6 +175,7 @@ class ProcessSink:
             self._healthy = False
             self._stop(proc, grace_s=0.0)
             raise SinkError(f"{self.name} worker process: {reply[1]}")
+        self._proc = proc
         log.info("sink worker process started", extra={"fields": {
             "sink": self.name, "pid": proc.pid}})
         return proc
@@ -185,7 +196,10 @@ class ProcessSink:
 
     @staticmethod
     def _exit_status(proc: subprocess.Popen[bytes]) -> str:
-        code = proc.poll()
+        try:  # it closed its end of the pipe: it is exiting, give it a moment to be reaped
+            code: int | None = proc.wait(EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            code = None
         if code is None:
             return "still running"
         return f"signal {-code}" if code < 0 else f"status {code}"

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import os
+import resource
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ import sidecar.sinks.jsonl as jsonl_module
 from sidecar.events.cloudevents import to_record
 from sidecar.events.record import Record
 from sidecar.sinks.base import Sink, SinkError
+from sidecar.sinks.isolated import ProcessSink
 from sidecar.sinks.jsonl import JsonLinesSink
 from sidecar.sinks.memory import MemorySink
 
@@ -39,10 +42,26 @@ def values(batch: list[Record]) -> list[bytes]:
 
 
 def _read_jsonl(sink: Any) -> list[bytes]:
-    with open(sink.path, "rb") as fh:
+    return _read_lines(sink.path)
+
+
+def _read_lines(path: str) -> list[bytes]:
+    with open(path, "rb") as fh:
         data = fh.read()
     assert data == b"" or data.endswith(b"\n"), "the last line is torn"
     return data.splitlines()
+
+
+def _make_process_jsonl(directory: Path) -> ProcessSink:
+    # Named apart from the in-process file sink: names label metrics, and must be unique.
+    return ProcessSink(functools.partial(JsonLinesSink, str(directory / "events.jsonl")),
+                       name="jsonl-process", reply_timeout_s=10)
+
+
+def _read_process_jsonl(sink: Any) -> list[bytes]:
+    path = sink._factory.args[0]  # the path given to the child's sink
+    # The child (and so the file) starts on the first non-empty write: no file, no values.
+    return _read_lines(path) if os.path.exists(path) else []
 
 
 def _read_memory(sink: Any) -> list[bytes]:
@@ -67,6 +86,23 @@ def _jsonl_disk_full(sink: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _process_jsonl_file_too_large(sink: Any) -> Iterator[None]:
+    # The child's file-size limit (RLIMIT_FSIZE) lowered to the file's size: its next
+    # write gets EFBIG (Python ignores SIGXFSZ), which the file sink in the child turns
+    # into a SinkError that crosses back. The limit is lifted again on the way out.
+    if sink.pid is None:
+        sink._start()  # the child starts on the first write; the limit needs it now
+    limits = resource.prlimit(sink.pid, resource.RLIMIT_FSIZE)
+    size = os.path.getsize(sink._factory.args[0])
+    resource.prlimit(sink.pid, resource.RLIMIT_FSIZE, (size, limits[1]))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            resource.prlimit(sink.pid, resource.RLIMIT_FSIZE, limits)
+
+
+@contextlib.contextmanager
 def _memory_fails(sink: Any) -> Iterator[None]:
     sink.fail_next = 1  # consumed by the next write
     yield
@@ -85,6 +121,8 @@ SINK_CASES = [
     SinkCase("jsonl", lambda d: JsonLinesSink(str(d / "events.jsonl")), _read_jsonl,
              _jsonl_disk_full),
     SinkCase("memory", lambda d: MemorySink(), _read_memory, _memory_fails),
+    SinkCase("process-jsonl", _make_process_jsonl, _read_process_jsonl,
+             _process_jsonl_file_too_large),
 ]
 
 
