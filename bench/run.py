@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="Unrecorded seconds per target.")
     p.add_argument("--generator", choices=("wrk", "python"),
                    help="Load generator (default: wrk if installed, else python).")
+    p.add_argument("--durability", choices=("sync", "batch", "memory"),
+                   help="The sidecar's durability mode (default: its own default, sync).")
     p.add_argument("--quick", action="store_true", help="Smoke mode: 1 run of 2 s.")
     p.add_argument("--keep-workdir", action="store_true", help="Keep logs and events file.")
     args = p.parse_args(argv)
@@ -103,6 +105,8 @@ class Bench:
                    SIDECAR_ADMIN_LISTEN=f"127.0.0.1:{admin_port}",
                    SIDECAR_EVENTS_FILE=str(self.events_file), SIDECAR_LOG_LEVEL="warning",
                    SIDECAR_DRAIN_TIMEOUT="10s")  # keeps the final stop inside its bound
+        if self.args.durability:
+            env["SIDECAR_DURABILITY"] = self.args.durability
         exe = Path(py).with_name("inference-sidecar")
         cmd = [str(exe), "serve"] if exe.exists() else [py, "-m", "sidecar", "serve"]
         sidecar = self._service(SIDECAR, cmd, env)
@@ -252,7 +256,9 @@ def _measure(args: argparse.Namespace, bench: Bench, date: str, command: str) ->
              f"per run, {args.runs} run(s) per target interleaved, medians. Requests: POST "
              f"/v1/chat/completions, {len(chat_body(False))} B JSON body; sse sets "
              "\"stream\": true and gets 6 events. CPU: share of one core during the run. "
-             f"Sidecar on its default settings; its files in {bench.workdir.parent} "
+             "Sidecar on its default settings"
+             + (f" except durability: {args.durability}" if args.durability else "")
+             + f"; its files in {bench.workdir.parent} "
              f"({report.filesystem(bench.workdir)}). {bench.redone} run(s) redone because "
              "another job took CPU meanwhile.")
     section = report.markdown_section(

@@ -75,16 +75,21 @@ class UpstreamResponse:
         finally:
             self._waiter = None
 
+    def _serving(self) -> Connection | None:
+        """The connection, while it still carries this response (not reused since)."""
+        conn = self._conn
+        return conn if conn is not None and conn.response is self else None
+
     def _take(self) -> bytes:
         chunks, self._chunks, self._buffered = self._chunks, [], 0
-        conn = self._conn
+        conn = self._serving()
         if conn is not None and conn.paused:
             conn.resume()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def read(self) -> bytes:
         """The whole body (the caller checked it is small: no back-pressure here)."""
-        conn = self._conn
+        conn = self._serving()
         if conn is not None:
             conn.pausable = False
             if conn.paused:
@@ -227,6 +232,7 @@ class Connection(asyncio.Protocol):
 
     def resume(self) -> None:
         self.paused = False
+        self._last_byte = self.loop.time()  # the silence was ours, not the upstream's
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
@@ -250,6 +256,8 @@ class Connection(asyncio.Protocol):
             error = UpstreamUnavailable("upstream closed the connection")
         response._end(error)
         if reuse and error is None and not self.closed:
+            if self.paused:  # the read that crossed HIGH_WATER also held the body's end
+                self.resume()
             self.pool.put_back(self)
         elif not self.closed and self.transport is not None:
             self.transport.close()
@@ -268,6 +276,8 @@ class Connection(asyncio.Protocol):
         response = self.response
         if response is None or not response.status:
             return min(self._deadline, self._head_deadline)
+        if self.paused:  # waiting for our consumer: only the total timeout applies
+            return self._deadline
         return min(self._deadline, self._last_byte + self.pool.idle_timeout)
 
     def _arm(self) -> None:
@@ -341,7 +351,12 @@ class Pool:
                 return await self._connect(), False
             slot: asyncio.Future[None] = self.loop.create_future()
             self._slots.append(slot)
-            await slot
+            try:
+                await slot
+            except asyncio.CancelledError:
+                if slot.done() and not slot.cancelled():
+                    self._wake_one()  # woken, then cancelled: the wake-up is someone else's
+                raise
 
     async def _connect(self) -> Connection:
         conn = Connection(self)
@@ -358,6 +373,11 @@ class Pool:
             self.forget(conn)
             raise UpstreamUnavailable(
                 f"upstream unavailable: {exc.strerror or type(exc).__name__}") from None
+        except BaseException:  # cancelled: give the slot back
+            self.forget(conn)
+            if conn.transport is not None:
+                conn.transport.abort()
+            raise
         return conn
 
     def put_back(self, conn: Connection) -> None:
