@@ -68,11 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
+    from sidecar.privacy.context import build_privacy
     from sidecar.sinks.registry import preflight
 
     flags = {key: getattr(args, key) for key in SETTINGS_FIELDS}
     settings = load_settings(args.config, flags)
     preflight(settings)
+    build_privacy(settings)  # profiles and the identity key: refused here, not mid-start
     return settings
 
 

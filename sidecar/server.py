@@ -23,6 +23,7 @@ from sidecar.config import Settings
 from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
 from sidecar.pipeline.runner import Pipeline
+from sidecar.privacy.context import build_privacy
 from sidecar.proxy.handler import ProxyHandler
 from sidecar.proxy.protocol import ProxyServer
 from sidecar.proxy.upstream import Upstream
@@ -79,9 +80,11 @@ class Sidecar:
             durability_timeout=settings.durability_timeout,
         )
         self.upstream = Upstream(settings)
+        self.privacy = build_privacy(settings)
         self.handler = ProxyHandler(
             settings, self.upstream, self.queue, metrics,
             durability=self.pipeline.durability, refusal=self.refusal_reason,
+            privacy=self.privacy,
         )
         self.readiness = Readiness(settings, self.sink, self.refusal_reason,
                                    lambda: self.pipeline.disk_ok)

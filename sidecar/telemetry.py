@@ -18,7 +18,7 @@ NAMESPACE: Final = "inference_sidecar"
 
 EVENT_TYPE_INFERENCE: Final = "ai.inference.completed"
 EVENT_TYPE_ALERT: Final = "ai.detector.alert"
-EVENT_SCHEMA_VERSION: Final = "1.0"
+EVENT_SCHEMA_VERSION: Final = "1.1"
 EVENT_SOURCE_PREFIX: Final = "urn:inference-sidecar:"
 CLOUDEVENTS_CONTENT_TYPE: Final = b"application/cloudevents+json; charset=utf-8"
 

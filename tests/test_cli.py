@@ -547,3 +547,20 @@ def test_serve_with_events_file_on_a_stdout_pipe(tmp_path: Path) -> None:
     assert events[0]["id"] == data["inference_id"]
     assert data["status"] == 502
     assert data["path"] == "/v1/models/x/predict"
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_an_invalid_privacy_profile_exits_2_naming_file_key_and_reason(
+    tmp_path: Path, command: str
+) -> None:
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("name: mine\nsample_rate: 2\n")
+    env = child_env({"SIDECAR_PRIVACY_PROFILE": str(profile),
+                     "SIDECAR_WAL_DIR": str(tmp_path / "wal")})
+    result = run_cli(command, env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("inference-sidecar: config error: privacy_profile: ")
+    assert str(profile) in lines[0]
+    assert "Traceback" not in result.stderr

@@ -99,7 +99,7 @@ def load_settings(
 MIN_SEGMENT_BYTES = 64 * 1024  # room for the largest event, with margin
 _SECRET_FILES = (
     "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
-    "kafka_sasl_username_file", "kafka_sasl_password_file",
+    "kafka_sasl_username_file", "kafka_sasl_password_file", "client_id_key_file",
 )
 
 
@@ -124,6 +124,9 @@ def _cross_check(s: Settings) -> None:
         for key in ("kafka_sasl_username_file", "kafka_sasl_password_file"):
             if getattr(s, key) is None:
                 raise ConfigError(f"{key}: expected a file path, since SASL is configured")
+    if s.client_id_source is not None and s.client_id_key_file is None:
+        raise ConfigError("client_id_key_file: expected a key file, since client_id_source "
+                          f"is {s.client_id_source!r}")
     for key in _SECRET_FILES:
         path = getattr(s, key)
         if path is None:

@@ -127,3 +127,34 @@ def route_list(raw: Any) -> tuple[str, ...]:
 
 
 
+
+
+def route_map(raw: Any) -> tuple[tuple[str, str], ...]:
+    """Route template → value, from a YAML mapping or ``/a=x,/b/{id}=y``."""
+    expected = "a mapping of route templates to names, such as /v1/embeddings=metadata-only"
+    if isinstance(raw, str):
+        pairs = []
+        for item in (i.strip() for i in raw.split(",")):
+            if item:
+                route, sep, value = item.partition("=")
+                if not sep:
+                    raise ValueError(expected)
+                pairs.append((route.strip(), value.strip()))
+    elif isinstance(raw, dict):
+        pairs = [(str(k).strip(), v.strip() if isinstance(v, str) else v) for k, v in raw.items()]
+    else:
+        raise ValueError(expected)
+    if any(not r.startswith("/") or not isinstance(v, str) or not v for r, v in pairs):
+        raise ValueError(expected)
+    return tuple(pairs)
+
+
+def identity_source(raw: Any) -> str | None:
+    value = optional_text(raw)
+    if value is None:
+        return None
+    if value in ("api_key", "client_address") or (
+        value.startswith("header:") and value[7:].strip()
+    ):
+        return value
+    raise ValueError("header:<name>, api_key or client_address")

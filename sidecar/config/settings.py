@@ -115,6 +115,22 @@ class Settings:
         30.0, p.duration, "Time a batch may take to be acknowledged before it is retried."
     )
 
+    # Privacy (sidecar/privacy/): what events may say about the people behind requests.
+    privacy_profile: str = _setting(
+        "strict", p.text,
+        "Privacy profile: a shipped one (strict, standard, metadata-only) or a YAML file.",
+    )
+    privacy_profile_routes: tuple[tuple[str, str], ...] = _setting(
+        (), p.route_map, "Per-route profiles: route template = profile name or file."
+    )
+    client_id_source: str | None = _setting(
+        None, p.identity_source,
+        "Who the client is, pseudonymised: header:<name>, api_key or client_address.",
+    )
+    client_id_key_file: str | None = _setting(
+        None, p.optional_text, "File with the HMAC key for client ids (a mounted secret)."
+    )
+
     log_level: str = _setting("info", p.choice(*LOG_LEVELS), "Level of the sidecar's own logs.")
 
     @property

@@ -31,11 +31,12 @@ def envelope(event: InferenceEvent) -> dict[str, Any]:
     }
 
 
-def to_record(event: InferenceEvent, seq: int, key: str | None = None) -> Record:
-    """Encode ``event`` as a log/sink record keyed by client id, else model name."""
+def to_record(event: InferenceEvent, seq: int) -> Record:
+    """Encode ``event`` as a log/sink record keyed by the pseudonymous client id when
+    known, else the model name: a consumer group sees one client's events in order."""
     return Record(
         seq=seq,
-        key=(key or event.model_name).encode(),
+        key=(event.client_id or event.model_name).encode(),
         value=orjson.dumps(envelope(event)),
         headers=(
             ("content-type", CLOUDEVENTS_CONTENT_TYPE),

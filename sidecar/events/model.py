@@ -8,6 +8,7 @@ timeouts and client disconnects produce one too. Serialised with orjson as is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sidecar.telemetry import EVENT_SCHEMA_VERSION, EVENT_TYPE_INFERENCE
 
@@ -23,7 +24,7 @@ class InferenceEvent:
     method: str
     route: str  # a template from sidecar.proxy.routes: bounded cardinality
     path: str  # the path only: query strings are not recorded
-    client_address: str | None
+    client_address: str | None  # None when the privacy profile treats addresses as personal
     trace_id: str | None = None
     request_id: str | None = None
     status: int = 0
@@ -37,5 +38,7 @@ class InferenceEvent:
     response_bytes: int = 0
     stream: bool = False
     chunks: int = 0
+    client_id: str | None = None  # pseudonymous (keyed HMAC), never the raw identity
+    privacy: dict[str, Any] | None = None  # the governing profile: sidecar/privacy/context.py
     event_type: str = EVENT_TYPE_INFERENCE
     schema_version: str = EVENT_SCHEMA_VERSION

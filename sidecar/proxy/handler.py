@@ -31,6 +31,7 @@ from sidecar.events.queue import EventQueue
 from sidecar.ids import new_inference_id
 from sidecar.logs import get_logger
 from sidecar.pipeline.writer import Durability
+from sidecar.privacy.context import PrivacyContext
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.filters import read_request_body
 from sidecar.proxy.relay import Relay, error_body
@@ -88,8 +89,10 @@ class ProxyHandler:
         metrics: Metrics,
         durability: Durability,
         refusal: Callable[[], str | None],
+        privacy: PrivacyContext | None = None,
     ) -> None:
         self._settings = settings
+        self._privacy = privacy
         self._identity = settings.identity
         self._upstream = upstream
         self._queue = queue
@@ -109,7 +112,7 @@ class ProxyHandler:
     def _new_event(self, request: web.BaseRequest) -> InferenceEvent:
         headers = request.headers
         path = request.path
-        return InferenceEvent(
+        event = InferenceEvent(
             inference_id=new_inference_id(),
             timestamp=utc_timestamp(),
             method=request.method,
@@ -123,6 +126,9 @@ class ProxyHandler:
             policy_version=self._identity["policy_version"],
             evidence_bundle_id=self._identity["evidence_bundle_id"],
         )
+        if self._privacy is not None:
+            self._privacy.apply(event, headers)
+        return event
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         exchange = Exchange(self, self._new_event(request), time.perf_counter())
@@ -170,7 +176,7 @@ class ProxyHandler:
         event.request_bytes = len(body)
         # The sidecar serves plain HTTP only (TLS ends before it, or at the mesh):
         # x-forwarded-proto is always http.
-        headers = request_headers(request.headers, event.inference_id, event.client_address)
+        headers = request_headers(request.headers, event.inference_id, request.remote)
         upstream = await self._upstream.send(request.method, request.raw_path, headers, body)
         failed = True
         try:

@@ -29,7 +29,7 @@ def test_the_value_is_a_cloudevents_envelope_around_the_event() -> None:
         "time": "2025-01-01T00:00:00.000Z",
         "subject": "/v1/{name}/predict",
         "datacontenttype": "application/json",
-        "dataschema": EVENT_SOURCE_PREFIX + "schema:ai.inference.completed:1.0",
+        "dataschema": EVENT_SOURCE_PREFIX + "schema:ai.inference.completed:1.1",
         "data": dataclasses.asdict(event),
     }
     assert set(doc["data"]) == EVENT_FIELDS
@@ -55,8 +55,9 @@ def test_seq_key_and_headers() -> None:
     assert all(isinstance(k, str) and isinstance(v, bytes) for k, v in record.headers)
 
 
-def test_an_explicit_key_wins() -> None:
-    assert to_record(make_event(1), 1, key="client-7").key == b"client-7"
+def test_the_client_pseudonym_is_the_key_when_known() -> None:
+    assert to_record(make_event(1, client_id="ab12cd34:0f"), 1).key == b"ab12cd34:0f"
+    assert to_record(make_event(1), 1).key == make_event(1).model_name.encode()
 
 
 def test_the_value_is_one_compact_utf8_line() -> None:

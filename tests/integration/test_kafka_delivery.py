@@ -97,7 +97,34 @@ async def test_n_requests_give_exactly_n_cloudevents_on_the_topic(
         assert headers["model_version"] == b"1.2.3"
         assert headers["policy_version"] == b"pol-9"
         assert headers["evidence_bundle_id"] == b"eb-42"
-        assert record.key == b"test-model"  # no client id yet: keyed by model name
+        assert record.key == b"test-model"  # no client identity configured: the model name
+    await sc.sidecar.stop()
+
+
+async def test_records_are_keyed_by_the_client_pseudonym(
+    make_sidecar: Any, broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "client-id.key"
+    key_file.write_bytes(b"k" * 32)
+    sc = await kafka_sidecar(make_sidecar, broker, client_id_source="header:x-client-id",
+                             client_id_key_file=str(key_file))
+    async with aiohttp.ClientSession() as s:
+        for client in ("tenant-a", "tenant-b", "tenant-a", ""):
+            headers = {"x-client-id": client} if client else {}
+            async with s.post(sc.url + "/v1/chat/completions", json=CHAT,
+                              headers=headers) as r:
+                assert r.status == 200
+    records = await asyncio.to_thread(
+        lambda: consume_all(broker.bootstrap, TOPIC, 30.0, min_records=4))
+    # Partitions are read one after another: restore the sending order (UUIDv7 ids).
+    records.sort(key=lambda r: json.loads(r.value)["id"])
+    keys = [r.key for r in records]
+    ids = [json.loads(r.value)["data"]["client_id"] for r in records]
+    assert keys[:3] == [i.encode() for i in ids[:3]]
+    assert keys[0] == keys[2] != keys[1] and keys[3] == b"test-model"
+    assert all(b"tenant" not in r.value and b"tenant" not in r.key for r in records)
+    # One client's events share a key, so they share a partition: its order is kept.
+    assert {r.partition for r in records if r.key == keys[0]} == {records[0].partition}
     await sc.sidecar.stop()
 
 
