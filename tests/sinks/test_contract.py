@@ -91,7 +91,7 @@ def _process_jsonl_file_too_large(sink: Any) -> Iterator[None]:
     # write gets EFBIG (Python ignores SIGXFSZ), which the file sink in the child turns
     # into a SinkError that crosses back. The limit is lifted again on the way out.
     if sink.pid is None:
-        sink._start()  # the child starts on the first write; the limit needs it now
+        sink._child._start()  # the child starts on the first write; the limit needs it now
     limits = resource.prlimit(sink.pid, resource.RLIMIT_FSIZE)
     size = os.path.getsize(sink._factory.args[0])
     resource.prlimit(sink.pid, resource.RLIMIT_FSIZE, (size, limits[1]))
