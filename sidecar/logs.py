@@ -44,6 +44,8 @@ def configure_logging(level: str) -> None:
     # DEBUG: keep its warnings and errors only, whatever our own level.
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # presidio narrates every recognizer it loads at INFO (masking worker start-up).
+    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
 
 
 def get_logger(component: str) -> logging.Logger:

@@ -23,7 +23,7 @@ from sidecar.config import Settings
 from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
 from sidecar.pipeline.runner import Pipeline
-from sidecar.privacy.context import build_privacy
+from sidecar.privacy.context import build_privacy, masking_worker
 from sidecar.proxy.handler import ProxyHandler
 from sidecar.proxy.protocol import ProxyServer
 from sidecar.proxy.upstream import Upstream
@@ -74,26 +74,31 @@ class Sidecar:
             first_seq=self.log.next_seq,
             on_accept=self.log.note_accepted,
         )
+        self.privacy = build_privacy(settings)
         self.pipeline = Pipeline(
             self.queue, self.log, self.sink, metrics,
             mode=settings.durability, interval=settings.durability_interval,
             durability_timeout=settings.durability_timeout,
+            masking=masking_worker(self.privacy, settings.log_level),
         )
         self.upstream = Upstream(settings)
-        self.privacy = build_privacy(settings)
         self.handler = ProxyHandler(
             settings, self.upstream, self.queue, metrics,
             durability=self.pipeline.durability, refusal=self.refusal_reason,
             privacy=self.privacy,
         )
         self.readiness = Readiness(settings, self.sink, self.refusal_reason,
-                                   lambda: self.pipeline.disk_ok)
+                                   lambda: self.pipeline.disk_ok, self._privacy_problem)
         self.loop_lag = LoopLagMonitor(metrics.loop_lag, metrics.loop_lag_max)
         self._proxy_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self.proxy_port = 0
         self.admin_port = 0
         self._started = self._stopped = False
+
+    def _privacy_problem(self) -> str | None:
+        stage = self.pipeline.privacy
+        return None if stage is None else stage.problem
 
     def _count_drop(self, reason: str, n: int) -> None:
         self.metrics.events_dropped.labels(reason).inc(n)

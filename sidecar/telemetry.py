@@ -104,6 +104,11 @@ class Metrics:
             f"{n}_delivery_lag_seconds", "Age of the oldest undelivered event.",
             registry=registry,
         )
+        self.privacy_failures = Counter(
+            f"{n}_privacy_failures_total",
+            "Events whose payload was dropped because masking failed (fail closed), by stage.",
+            ["stage"], registry=registry,
+        )
         self.overloaded = Counter(
             f"{n}_requests_refused_total", "Requests refused before the upstream, by reason.",
             ["reason"], registry=registry,

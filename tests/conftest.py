@@ -44,6 +44,10 @@ IDENTITY = {
     "SIDECAR_POLICY_VERSION": "pol-9",
     "SIDECAR_EVIDENCE_BUNDLE_ID": "eb-42",
 }
+# The sidecars the fixtures start record metadata only, unless a test asks for a profile:
+# under the default (strict) each one would start a masking worker process, about a second
+# of CPU for presidio, hundreds of times over. tests/privacy runs the default profile.
+TEST_DEFAULTS = {"SIDECAR_PRIVACY_PROFILE": "metadata-only"}
 
 
 @dataclass
@@ -181,7 +185,7 @@ async def make_sidecar(
         the real JSON-lines sink writes there; with ``real_sink`` the sink comes from the
         settings (Kafka when ``kafka_bootstrap`` is given)."""
         environ = {
-            **IDENTITY,
+            **IDENTITY, **TEST_DEFAULTS,
             "SIDECAR_UPSTREAM_URL": upstream.url,
             "SIDECAR_LISTEN": "127.0.0.1:0",
             "SIDECAR_ADMIN_LISTEN": "127.0.0.1:0",
@@ -238,7 +242,7 @@ async def spawn_sidecar(
     async def spawn(**settings: str) -> SidecarProcess:
         port, admin = free_port(), free_port()
         env = {
-            **os.environ, **IDENTITY,
+            **os.environ, **IDENTITY, **TEST_DEFAULTS,
             "SIDECAR_UPSTREAM_URL": upstream.url,
             "SIDECAR_EVENTS_FILE": str(tmp_path / "events.jsonl"),
             "SIDECAR_WAL_DIR": str(tmp_path / "wal"),

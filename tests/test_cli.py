@@ -37,6 +37,8 @@ def child_env(extra: dict[str, str] | None = None, identity: bool = True) -> dic
     env.pop("PYTHONWARNINGS", None)
     if identity:
         env.update(IDENTITY_ENV)
+    # No masking worker (a second of presidio start-up) unless a test asks for a profile.
+    env["SIDECAR_PRIVACY_PROFILE"] = "metadata-only"
     env.update(extra or {})
     return env
 

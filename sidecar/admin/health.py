@@ -36,6 +36,7 @@ class Readiness:
         sink: Sink,
         refusal: Callable[[], str | None],
         disk_ok: Callable[[], bool],
+        privacy_problem: Callable[[], str | None] = lambda: None,
     ) -> None:
         parts = urlsplit(settings.upstream_url)
         self._host = parts.hostname or "127.0.0.1"
@@ -47,6 +48,8 @@ class Readiness:
         self._sink = sink
         self._refusal = refusal
         self._disk_ok = disk_ok
+        self._privacy_problem = privacy_problem
+        self._privacy_started = False
         self._block = settings.when_full == "block"
         self.upstream_ok = False
         self.upstream_reason = "not probed yet"
@@ -66,6 +69,12 @@ class Readiness:
             reasons.append(f"refusing requests: {refusal} (when_full: block)")
         if self._block and not self._disk_ok():
             reasons.append("event log: disk writes failing (when_full: block)")
+        if not self._privacy_started:  # once up, a failing worker only degrades
+            problem = self._privacy_problem()
+            if problem is None:
+                self._privacy_started = True
+            else:
+                reasons.append(f"privacy: {problem}")
         return reasons
 
     def degraded(self) -> list[str]:
@@ -75,6 +84,9 @@ class Readiness:
             problems.append(f"sink {self._sink.name}: delivery failing, events kept in the log")
         if not self._block and not self._disk_ok():
             problems.append("event log: disk writes failing")
+        problem = self._privacy_problem()
+        if self._privacy_started and problem is not None:
+            problems.append(f"privacy: {problem}")
         return problems
 
     async def probe_once(self) -> None:

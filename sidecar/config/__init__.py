@@ -100,6 +100,7 @@ MIN_SEGMENT_BYTES = 64 * 1024  # room for the largest event, with margin
 _SECRET_FILES = (
     "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
     "kafka_sasl_username_file", "kafka_sasl_password_file", "client_id_key_file",
+    "privacy_hash_key_file",
 )
 
 

@@ -130,6 +130,10 @@ class Settings:
     client_id_key_file: str | None = _setting(
         None, p.optional_text, "File with the HMAC key for client ids (a mounted secret)."
     )
+    privacy_hash_key_file: str | None = _setting(
+        None, p.optional_text,
+        "File with the key of the profiles' hash operator; unset: a random key per start.",
+    )
 
     log_level: str = _setting("info", p.choice(*LOG_LEVELS), "Level of the sidecar's own logs.")
 

@@ -13,8 +13,15 @@ from typing import Any
 from sidecar.telemetry import EVENT_SCHEMA_VERSION, EVENT_TYPE_INFERENCE
 
 
+class _Transient:
+    # Not a dataclass field, so orjson never serialises it: the raw capture a privacy
+    # profile allows (sidecar/privacy/context.py), dropped once the privacy stage masked it.
+    __slots__ = ("capture",)
+    capture: Any  # a sidecar.privacy.context.Capture; unset when there is none
+
+
 @dataclass(slots=True)
-class InferenceEvent:
+class InferenceEvent(_Transient):
     inference_id: str
     timestamp: str  # RFC 3339, UTC, when the request arrived
     model_name: str
@@ -39,6 +46,8 @@ class InferenceEvent:
     stream: bool = False
     chunks: int = 0
     client_id: str | None = None  # pseudonymous (keyed HMAC), never the raw identity
-    privacy: dict[str, Any] | None = None  # the governing profile: sidecar/privacy/context.py
+    privacy: dict[str, Any] | None = None  # the governing profile and what it let through
+    payload: dict[str, Any] | None = None  # masked request/response/query, when sampled
+    headers: dict[str, dict[str, str]] | None = None  # allow-listed, masked header values
     event_type: str = EVENT_TYPE_INFERENCE
     schema_version: str = EVENT_SCHEMA_VERSION

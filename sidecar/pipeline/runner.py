@@ -1,6 +1,9 @@
 """``Pipeline``: the event path after the request path, read top to bottom.
 
     EventQueue (bounded, in memory)
+        │  PrivacyStage: mask what the profile records            (worker process)
+        ▼     (only when a privacy profile records anything; else straight on)
+    Handoff (bounded, two batches)
         │  LogWriter: encode as CloudEvents, append, fsync        (writer thread)
         ▼
     EventLog (WriteAheadLog on disk, or MemoryLog)
@@ -24,9 +27,12 @@ from sidecar.durability.base import EventLog
 from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
 from sidecar.pipeline.delivery import Delivery
-from sidecar.pipeline.writer import Durability, LogWriter
+from sidecar.pipeline.privacy import Handoff, PrivacyStage
+from sidecar.pipeline.writer import BATCH_MAX as WRITER_BATCH_MAX
+from sidecar.pipeline.writer import BatchSource, Durability, LogWriter
 from sidecar.sinks.base import Sink
 from sidecar.telemetry import Metrics
+from sidecar.workers.child import Child
 
 log = get_logger("pipeline")
 
@@ -41,6 +47,7 @@ class Pipeline:
         mode: str = "sync",
         interval: float = 0.05,
         durability_timeout: float = 5.0,
+        masking: Child | None = None,
     ) -> None:
         self.queue = queue
         self.log = event_log
@@ -49,8 +56,16 @@ class Pipeline:
         self.disk_ok = True
         self._metrics = metrics
         self.delivery = Delivery(event_log, sink, metrics)
+        self.privacy: PrivacyStage | None = None
+        source: BatchSource = queue
+        if masking is not None:
+            handoff = Handoff(2 * WRITER_BATCH_MAX)
+            self.privacy = PrivacyStage(
+                queue, handoff, masking,
+                on_failure=lambda stage, n: metrics.privacy_failures.labels(stage).inc(n))
+            source = handoff
         self.writer = LogWriter(
-            queue, event_log, mode, interval,
+            source, event_log, mode, interval,
             on_appended=self.delivery.notify, on_disk_error=self._disk_error,
             on_drop=lambda reason, n: metrics.events_dropped.labels(reason).inc(n),
             durability_timeout=durability_timeout,
@@ -70,6 +85,8 @@ class Pipeline:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.privacy is not None:
+            self._tasks["privacy"] = loop.create_task(self.privacy.run(), name="privacy")
         self._tasks["writer"] = loop.create_task(self.writer.run(), name="log-writer")
         self._tasks["delivery"] = loop.create_task(self.delivery.run(), name="delivery")
         if self.mode == "batch":
@@ -84,9 +101,11 @@ class Pipeline:
         deadline = time.monotonic() + drain_s
         self.queue.close()
         self.writer.give_up_at = deadline  # a full log under `block` must not hang shutdown
-        writer = self._tasks.get("writer")
-        if writer is not None:
-            await writer  # the queue is bounded and the disk local: this finishes
+        # The queue is bounded, the masking calls and the disk bounded in time: these finish.
+        for name in ("privacy", "writer"):
+            task = self._tasks.get(name)
+            if task is not None:
+                await task
         for name in ("sync", "watchdog"):
             task = self._tasks.get(name)
             if task is not None:
@@ -94,6 +113,8 @@ class Pipeline:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self.writer.shutdown()
+        if self.privacy is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.privacy.shutdown)
         delivery = self._tasks.get("delivery")
         drained = await self.delivery.stop(delivery, max(0.0, deadline - time.monotonic()))
         stats = self.log.stats()

@@ -22,11 +22,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 from sidecar.durability.base import EventLog, LogFull
 from sidecar.events.cloudevents import to_record
 from sidecar.events.model import InferenceEvent
-from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
 
 log = get_logger("writer")
@@ -86,10 +86,21 @@ class Durability:
             self.expire(loop.time())
 
 
+class BatchSource(Protocol):
+    """Where the writer takes events from: the EventQueue, or the privacy stage's Handoff."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def get_batch(self, max_items: int) -> list[tuple[int, InferenceEvent]]: ...
+
+    def take(self, max_items: int) -> list[tuple[int, InferenceEvent]]: ...
+
+
 class LogWriter:
     def __init__(
         self,
-        queue: EventQueue,
+        queue: BatchSource,
         event_log: EventLog,
         mode: str,
         interval: float,

@@ -31,7 +31,7 @@ from sidecar.events.queue import EventQueue
 from sidecar.ids import new_inference_id
 from sidecar.logs import get_logger
 from sidecar.pipeline.writer import Durability
-from sidecar.privacy.context import PrivacyContext
+from sidecar.privacy.context import Capture, PrivacyContext
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.filters import read_request_body
 from sidecar.proxy.relay import Relay, error_body
@@ -174,6 +174,9 @@ class ProxyHandler:
         event = exchange.event
         body = await read_request_body(request, self._max_body)
         event.request_bytes = len(body)
+        capture: Capture | None = getattr(event, "capture", None)
+        if capture is not None:
+            capture.request(body, request.headers.get("content-type"), request.query_string)
         # The sidecar serves plain HTTP only (TLS ends before it, or at the mesh):
         # x-forwarded-proto is always http.
         headers = request_headers(request.headers, event.inference_id, request.remote)

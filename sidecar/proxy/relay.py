@@ -16,6 +16,7 @@ from aiohttp import web
 
 from sidecar.config import Settings
 from sidecar.errors import SidecarError
+from sidecar.privacy.context import Capture
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.pool import UpstreamResponse
 from sidecar.proxy.stamp import Stamp
@@ -66,6 +67,9 @@ class Relay:
             stamped = self._stamp.body(body, headers.get("content-type"), iid)
             if stamped is not None:
                 body = stamped
+        capture: Capture | None = getattr(event, "capture", None)
+        if capture is not None:  # references only: masked later, in the privacy stage
+            capture.response(list(upstream.headers.items()), body)
         response = web.Response(
             status=upstream.status, reason=upstream.reason, body=body, headers=headers
         )
@@ -91,6 +95,11 @@ class Relay:
         self._stamp.headers(response.headers, event.inference_id)
         event.stream = True
         event.status = upstream.status
+        copy = None  # a bounded copy of the stream, when the privacy profile samples it
+        capture: Capture | None = getattr(event, "capture", None)
+        if capture is not None:
+            capture.response(list(upstream.headers.items()), None)
+            copy = capture.stream_if_sampled(event.inference_id, upstream.status)
         await response.prepare(request)
         sent = 0
         chunks = 0
@@ -101,6 +110,8 @@ class Relay:
                     event.ttfb_ms = (time.perf_counter() - exchange.started) * 1000.0
                 chunks += 1
                 sent += len(chunk)
+                if copy is not None:
+                    copy.feed(chunk)
                 if length is not None and sent >= length:
                     chunk, held = chunk[:-1], chunk[-1:]
                 await response.write(chunk)

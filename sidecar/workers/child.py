@@ -102,6 +102,13 @@ class Child:
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
 
+    def start(self) -> None:
+        """Start the child now rather than on the first call (``WorkerError`` if it
+        cannot start)."""
+        with self._lock:
+            if self.proc is None:
+                self._start()
+
     def call(self, message: Any, timeout_s: float) -> Any:
         """The service's answer to ``message``. ``WorkerError`` with the reason when the
         service refused it (the child stays) or the child failed (it is replaced)."""

@@ -1,5 +1,7 @@
 """The privacy settings applied on the request path (``sidecar/privacy/context.py``):
-profile identity on every event, the pseudonymous client id, the client address.
+profile identity on every event, the pseudonymous client id, the client address; and the
+payload capture they set up, masked by the pipeline's privacy stage in its worker process
+(``tests/pipeline/test_privacy_stage.py`` covers that stage on its own).
 
 Real sidecars in front of the real test upstream; events read back from the sink and
 validated against the event schema.
@@ -45,12 +47,14 @@ async def post(url: str, headers: dict[str, str] | None = None,
 async def test_strict_default_records_its_profile_and_no_client_address(
     make_sidecar: Any,
 ) -> None:
-    sc = await make_sidecar()
+    assert settings_with().privacy_profile == "strict"  # the default, when nothing is set
+    sc = await make_sidecar(privacy_profile="strict")
     await post(sc.url)
     (event,) = await sc.validated_events(1)
     strict = load_profile("strict")
-    assert event["privacy"] == {"profile": "strict", "profile_digest": strict.digest,
-                                "retention_class": strict.retention_class}
+    assert {k: event["privacy"][k] for k in ("profile", "profile_digest", "retention_class")
+            } == {"profile": "strict", "profile_digest": strict.digest,
+                  "retention_class": strict.retention_class}
     assert event["client_address"] is None  # strict redacts IP addresses
     assert event["client_id"] is None  # no identity source configured
 
@@ -64,7 +68,8 @@ async def test_a_profile_that_keeps_addresses_records_them(make_sidecar: Any) ->
 
 
 async def test_per_route_profiles(make_sidecar: Any) -> None:
-    sc = await make_sidecar(privacy_profile_routes="/v1/embeddings=metadata-only")
+    sc = await make_sidecar(privacy_profile="strict",
+                            privacy_profile_routes="/v1/embeddings=metadata-only")
     assert await post(sc.url) == 200
     assert await post(sc.url, path="/v1/embeddings") == 404  # the test upstream has none
     events = await sc.validated_events(2)

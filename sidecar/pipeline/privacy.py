@@ -1,0 +1,185 @@
+"""The privacy stage: EventQueue → mask (worker process) → ``Handoff`` → LogWriter.
+
+Events whose privacy profile records anything carry a ``Capture`` (raw references, see
+``sidecar/privacy/context.py``). Here, batch by batch and in order, they are turned into
+``Captured`` inputs (bodies only for events the sampling decision keeps), sent to the
+masking worker (``sidecar/privacy/service.py``, in a child process: presidio costs far
+too much CPU for the sidecar's GIL), and the masked ``privacy``/``payload``/``headers``
+replace the raw capture. Nothing unmasked ever reaches the write-ahead log: the raw
+capture is not a serialised field, and it is dropped here whatever happens.
+
+Fail closed: if the worker is down, hangs or refuses, the batch's events go on without
+payload or header values, with ``privacy.failure`` saying why, and
+``privacy_failures_total`` counts them. The event itself is never held back or lost.
+
+``Handoff`` is the bounded buffer between this stage and the log writer (2 batches):
+when the writer is slow, this stage waits, the EventQueue fills, and its ``when_full``
+policy applies, as it would without this stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sidecar.errors import OUTCOME_REJECTED
+from sidecar.events.model import InferenceEvent
+from sidecar.events.queue import EventQueue
+from sidecar.logs import get_logger
+from sidecar.privacy.context import Capture, decision
+from sidecar.privacy.masker import Captured
+from sidecar.privacy.service import Item
+from sidecar.workers.child import Child, WorkerError
+
+log = get_logger("privacy")
+
+BATCH_MAX = 256
+CALL_TIMEOUT_S = 10.0  # per call, plus PER_EVENT_S per event in it
+PER_EVENT_S = 0.05
+
+Batch = list[tuple[int, InferenceEvent]]
+
+
+class Handoff:
+    """Batches from the privacy stage to the writer; the reading side is EventQueue's."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: deque[tuple[int, InferenceEvent]] = deque()
+        self._closed = False
+        self._readable: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @staticmethod
+    def _wake(future: asyncio.Future[None] | None) -> None:
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def put_batch(self, batch: Batch) -> None:
+        while len(self._items) >= self.capacity:
+            self._writable = asyncio.get_running_loop().create_future()
+            await self._writable
+        self._items.extend(batch)
+        self._wake(self._readable)
+
+    async def get_batch(self, max_items: int) -> Batch:
+        while not self._items:
+            if self._closed:
+                return []
+            self._readable = asyncio.get_running_loop().create_future()
+            await self._readable
+        return self.take(max_items)
+
+    def take(self, max_items: int) -> Batch:
+        items = self._items
+        taken = [items.popleft() for _ in range(min(max_items, len(items)))]
+        self._wake(self._writable)
+        return taken
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake(self._readable)
+
+
+def _captured(event: InferenceEvent, capture: Capture) -> Item:
+    capture.finish_stream()
+    profile = capture.profile
+    chosen = decision(profile, event.inference_id, event.status,
+                      event.outcome == OUTCOME_REJECTED)
+    keep = chosen.captured  # bodies and query only when the event keeps its payload
+    return profile.digest, Captured(
+        inference_id=event.inference_id, status=event.status,
+        flags=frozenset({"rejection"}) if event.outcome == OUTCOME_REJECTED else frozenset(),
+        request_body=capture.request_body if keep else None,
+        request_content_type=capture.request_type,
+        response_body=capture.response_body if keep else None,
+        response_content_type=capture.response_type,
+        query=capture.query if keep else None,
+        request_headers=capture.request_headers,
+        response_headers=capture.response_headers,
+    ), chosen
+
+
+class PrivacyStage:
+    def __init__(self, source: EventQueue, sink: Handoff, child: Child,
+                 on_failure: Callable[[str, int], None]) -> None:
+        self.source = source
+        self.out = sink
+        self._child = child
+        self._on_failure = on_failure
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-mask")
+        self.problem: str | None = "masking worker starting"  # None when masking works
+
+    def _warm(self) -> None:
+        try:
+            self._child.start()
+            self.problem = None
+        except WorkerError as exc:
+            self.problem = f"masking worker failing ({exc}); events go without payload"
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Start the worker (about a second of imports and analyzer set-up) before the first
+        # event needs it; readiness waits for it.
+        loop.run_in_executor(self._executor, self._warm)
+        try:
+            while True:
+                batch = await self.source.get_batch(BATCH_MAX)
+                if not batch:
+                    return
+                if any(getattr(event, "capture", None) is not None for _, event in batch):
+                    await loop.run_in_executor(self._executor, self._mask, batch)
+                await self.out.put_batch(batch)
+        finally:
+            self.out.close()
+
+    def _mask(self, batch: Batch) -> None:
+        """Stage thread: build the inputs, one call to the worker, apply the results. The
+        raw capture leaves every event, whatever happens."""
+        events: list[InferenceEvent] = []
+        items: list[Item] = []
+        for _, event in batch:
+            capture = getattr(event, "capture", None)
+            if capture is None:
+                continue
+            del event.capture
+            events.append(event)
+            items.append(_captured(event, capture))
+        try:
+            records, failures = self._child.call(
+                items, CALL_TIMEOUT_S + PER_EVENT_S * len(items))
+        except WorkerError as exc:
+            self.problem = f"masking worker failing ({exc}); events go without payload"
+            log.error("masking failed; events go on without payload", extra={"fields": {
+                "reason": str(exc), "events": len(events)}})
+            self._on_failure("worker_unavailable", len(events))
+            for event, (_, _, chosen) in zip(events, items, strict=True):
+                assert event.privacy is not None
+                event.privacy = {**event.privacy, "capture_reason": chosen.reason,
+                                 "failure": "worker_unavailable"}
+            return
+        self.problem = None
+        for stage, count in failures.items():
+            self._on_failure(stage, count)
+        for event, record in zip(events, records, strict=True):
+            self._apply(event, record)
+
+    @staticmethod
+    def _apply(event: InferenceEvent, record: dict[str, Any]) -> None:
+        event.privacy = record["privacy"]
+        event.payload = record["payload"]
+        event.headers = record["headers"]
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._child.close()
