@@ -57,9 +57,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Load generator (default: wrk if installed, else python).")
     p.add_argument("--durability", choices=("sync", "batch", "memory"),
                    help="The sidecar's durability mode (default: its own default, sync).")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="A sidecar setting for this run (repeatable), e.g. "
+                        "privacy_profile=metadata-only.")
     p.add_argument("--quick", action="store_true", help="Smoke mode: 1 run of 2 s.")
     p.add_argument("--keep-workdir", action="store_true", help="Keep logs and events file.")
     args = p.parse_args(argv)
+    if any("=" not in item for item in args.set):
+        p.error("--set takes KEY=VALUE")
     if args.quick:
         args.runs, args.duration, args.warmup = 1, 2.0, 0.5
     if args.runs < 1 or args.duration <= 0 or args.connections < 1:
@@ -107,6 +112,9 @@ class Bench:
                    SIDECAR_DRAIN_TIMEOUT="10s")  # keeps the final stop inside its bound
         if self.args.durability:
             env["SIDECAR_DURABILITY"] = self.args.durability
+        for item in self.args.set:
+            key, _, value = item.partition("=")
+            env[f"SIDECAR_{key.strip().upper()}"] = value.strip()
         exe = Path(py).with_name("inference-sidecar")
         cmd = [str(exe), "serve"] if exe.exists() else [py, "-m", "sidecar", "serve"]
         sidecar = self._service(SIDECAR, cmd, env)
@@ -258,6 +266,7 @@ def _measure(args: argparse.Namespace, bench: Bench, date: str, command: str) ->
              "\"stream\": true and gets 6 events. CPU: share of one core during the run. "
              "Sidecar on its default settings"
              + (f" except durability: {args.durability}" if args.durability else "")
+             + "".join(f"; {item}" for item in args.set)
              + f"; its files in {bench.workdir.parent} "
              f"({report.filesystem(bench.workdir)}). {bench.redone} run(s) redone because "
              "another job took CPU meanwhile.")
