@@ -31,6 +31,7 @@ from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
 from sidecar.privacy.context import Capture, decision
 from sidecar.privacy.masker import Captured
+from sidecar.privacy.sampling import Decision
 from sidecar.privacy.service import Item
 from sidecar.workers.child import Child, WorkerError
 
@@ -138,7 +139,12 @@ class PrivacyStage:
                 if not batch:
                     return
                 if any(getattr(event, "capture", None) is not None for _, event in batch):
-                    await loop.run_in_executor(self._executor, self._mask, batch)
+                    try:
+                        await loop.run_in_executor(self._executor, self._mask, batch)
+                    except Exception:  # never lose the batch: it goes on, unmasked parts out
+                        log.error("masking stage failed; batch goes without payload",
+                                  exc_info=True)
+                        self._strip(batch)
                 await self.out.put_batch(batch)
         finally:
             self.out.close()
@@ -153,8 +159,14 @@ class PrivacyStage:
             if capture is None:
                 continue
             del event.capture
-            events.append(event)
-            items.append(_captured(event, capture))
+            try:
+                items.append(_captured(event, capture))
+                events.append(event)
+            except Exception:  # a bug of ours: this event goes without payload, not the rest
+                log.error("capture unusable; event goes without payload", exc_info=True)
+                self._fail([event], "capture_error")
+        if not items:
+            return
         try:
             records, failures = self._child.call(
                 items, CALL_TIMEOUT_S + PER_EVENT_S * len(items))
@@ -162,17 +174,35 @@ class PrivacyStage:
             self.problem = f"masking worker failing ({exc}); events go without payload"
             log.error("masking failed; events go on without payload", extra={"fields": {
                 "reason": str(exc), "events": len(events)}})
-            self._on_failure("worker_unavailable", len(events))
-            for event, (_, _, chosen) in zip(events, items, strict=True):
-                assert event.privacy is not None
-                event.privacy = {**event.privacy, "capture_reason": chosen.reason,
-                                 "failure": "worker_unavailable"}
+            self._fail(events, "worker_unavailable", [chosen for _, _, chosen in items])
             return
         self.problem = None
         for stage, count in failures.items():
             self._on_failure(stage, count)
         for event, record in zip(events, records, strict=True):
             self._apply(event, record)
+
+    def _strip(self, batch: Batch) -> None:
+        events = []
+        for _, event in batch:
+            if getattr(event, "capture", None) is not None:
+                del event.capture
+                events.append(event)
+            elif event.payload is None and event.headers is None and event.privacy and \
+                    event.privacy.get("failure") == "not_masked":
+                events.append(event)
+        self._fail(events, "stage_error")
+
+    def _fail(self, events: list[InferenceEvent], failure: str,
+              decisions: list[Decision] | None = None) -> None:
+        """Fail closed: no payload or header values, the failure on the event, counted."""
+        self._on_failure(failure, len(events))
+        for i, event in enumerate(events):
+            privacy = dict(event.privacy or {})
+            privacy["failure"] = failure
+            if decisions is not None:
+                privacy["capture_reason"] = decisions[i].reason
+            event.privacy, event.payload, event.headers = privacy, None, None
 
     @staticmethod
     def _apply(event: InferenceEvent, record: dict[str, Any]) -> None:

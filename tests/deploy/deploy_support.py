@@ -141,6 +141,11 @@ CUSTOM_PROFILE = {
 }
 DETECTORS = {"detectors": "detectors:\n  - name: latency-drift\n    kind: adwin\n"}
 SERVICE_MONITOR = {"serviceMonitor": {"enabled": True}}
+CLIENT_IDENTITY = {
+    "sidecar": {"clientIdSource": "header:x-client-id"},
+    "clientIdKey": {"secretName": "scorer-client-id-key"},
+}
+HASH_KEY = {"privacyHashKey": {"secretName": "scorer-privacy-hash-key", "keyFile": "hash.key"}}
 
 SCENARIOS = {
     "defaults": {},
@@ -148,6 +153,8 @@ SCENARIOS = {
     "custom-profile": CUSTOM_PROFILE,
     "detectors": DETECTORS,
     "service-monitor": SERVICE_MONITOR,
+    "client-identity": CLIENT_IDENTITY,
+    "hash-key": HASH_KEY,
     "example": None,  # the example values file, as the README installs it
 }
 

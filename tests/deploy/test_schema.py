@@ -28,6 +28,25 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "bad duration": ({"sidecar": {"drainTimeout": "soon"}}, "/sidecar/drainTimeout"),
     "bad client id source": ({"sidecar": {"clientIdSource": "cookie"}},
                              "/sidecar/clientIdSource"),
+    "header source without a name": ({"sidecar": {"clientIdSource": "header:"}},
+                                     "/sidecar/clientIdSource"),
+    "client id source without a key secret": (
+        {"sidecar": {"clientIdSource": "header:x-client-id"}}, "/clientIdKey"),
+    "client id key as a value": (
+        {"sidecar": {"clientIdSource": "api_key"},
+         "clientIdKey": {"secretName": "k", "key": "hmac-key-material"}}, "/clientIdKey"),
+    "client id key file outside its directory": (
+        {"clientIdKey": {"secretName": "k", "keyFile": ".."}}, "/clientIdKey/keyFile"),
+    "hash key as a value": ({"privacyHashKey": {"value": "hmac-key-material"}},
+                            "/privacyHashKey"),
+    "hash key with an empty file name": ({"privacyHashKey": {"secretName": "k", "keyFile": ""}},
+                                         "/privacyHashKey/keyFile"),
+    "client id around the chart": (
+        {"sidecar": {"extraConfig": {"client_id_source": "api_key"}}},
+        "invalid propertyName 'client_id_source'"),
+    "hash key path around the chart": (
+        {"sidecar": {"extraConfig": {"privacy_hash_key_file": "/tmp/k"}}},
+        "invalid propertyName 'privacy_hash_key_file'"),
     "privileged sidecar": ({"sidecar": {"securityContext": {"privileged": True}}},
                            "/sidecar/securityContext/privileged"),
     "writable sidecar root": (

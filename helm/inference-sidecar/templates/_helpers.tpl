@@ -60,6 +60,7 @@ detectors: /etc/inference-sidecar/detectors
 kafkaTls: /etc/inference-sidecar/kafka-tls
 kafkaSasl: /etc/inference-sidecar/kafka-sasl
 clientIdKey: /etc/inference-sidecar/client-id
+privacyHashKey: /etc/inference-sidecar/privacy-hash-key
 data: /var/lib/inference-sidecar
 {{- end -}}
 
@@ -105,9 +106,13 @@ data: /var/lib/inference-sidecar
 {{- end -}}
 {{- $_ := set $config "privacy_profile_routes" $routes -}}
 {{- end -}}
+{{- /* Pseudonymous client id and the hash operator's key: paths of mounted secret files. */ -}}
 {{- with $s.clientIdSource -}}
 {{- $_ := set $config "client_id_source" . -}}
 {{- $_ := set $config "client_id_key_file" (printf "%s/%s" $paths.clientIdKey $v.clientIdKey.keyFile) -}}
+{{- end -}}
+{{- if or $v.privacyHashKey.secretName $v.privacyHashKey.volume -}}
+{{- $_ := set $config "privacy_hash_key_file" (printf "%s/%s" $paths.privacyHashKey $v.privacyHashKey.keyFile) -}}
 {{- end -}}
 {{- with $v.kafka.bootstrap -}}
 {{- $k := $v.kafka -}}
