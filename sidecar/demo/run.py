@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -43,7 +44,12 @@ SAMPLES: list[tuple[str, str, dict[str, str], bytes]] = [
     ("POST", "/v2/models/scorer/infer", {"Content-Type": "application/json"},
      b'{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[0.1,0.5,0.9]}]}'),
     ("POST", "/text", {"Content-Type": "text/plain"}, b"plain text in, plain text out"),
-    ("GET", "/error/503", {}, b""),
+    # An error is always captured under the strict profile: its event shows the masking
+    # (the e-mail address and phone number become <EMAIL_ADDRESS> and <PHONE_NUMBER>) and
+    # the client's pseudonym (never "tenant-42" itself).
+    ("POST", "/error/503", {"Content-Type": "application/json", "x-client-id": "tenant-42"},
+     b'{"messages":[{"role":"user","content":"I am Jane, write to jane.roe@example.org '
+     b'or call (415) 555-0199"}]}'),
     ("POST", "/v1/chat/completions", {"Content-Type": "application/json"},
      b'{"messages":[{"content":"' + b"x" * (2 * 1024**2) + b'"}]}'),
 ]
@@ -66,6 +72,8 @@ async def _demo(
         "SIDECAR_WAL_DIR": wal_dir,
         "SIDECAR_MAX_BODY_BYTES": "1MiB",
         "SIDECAR_STAMP_BODY": "true",
+        "SIDECAR_CLIENT_ID_SOURCE": "header:x-client-id",
+        "SIDECAR_CLIENT_ID_KEY_FILE": _demo_key(os.path.dirname(wal_dir)),
     }
     if bootstrap is not None:
         environ["SIDECAR_KAFKA_BOOTSTRAP"] = bootstrap
@@ -99,6 +107,14 @@ async def _demo(
     finally:
         await sidecar.stop()
         await upstream_runner.cleanup()
+
+
+def _demo_key(directory: str) -> str:
+    """A throw-away HMAC key for client pseudonyms (a mounted secret in production)."""
+    path = os.path.join(directory, "client-id.key")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+        fh.write(secrets.token_hex(32).encode())
+    return path
 
 
 def _start_broker() -> EmbeddedBroker | None:
@@ -137,8 +153,9 @@ def run_demo(n_requests: int, events_file: str, keep_running: bool) -> int:
         os.remove(events_file)  # show this run's events only
     broker = _start_broker()
     try:
-        with tempfile.TemporaryDirectory(prefix="sidecar-wal-") as wal_dir:
+        with tempfile.TemporaryDirectory(prefix="sidecar-demo-") as work:
             bootstrap = broker.bootstrap if broker else None
+            wal_dir = os.path.join(work, "wal")
             run_async(lambda: _demo(n_requests, events_file, keep_running, bootstrap, wal_dir))
             if broker is not None:
                 values = _read_topic(broker.bootstrap, "inference.events", n_requests)
