@@ -8,6 +8,9 @@ too much CPU for the sidecar's GIL), and the masked ``privacy``/``payload``/``he
 replace the raw capture. Nothing unmasked ever reaches the write-ahead log: the raw
 capture is not a serialised field, and it is dropped here whatever happens.
 
+Most events are not sampled and record only allow-listed headers, which repeat: their
+masked result is remembered (``sidecar/privacy/memo.py``) and reused without a call.
+
 Fail closed: if the worker is down, hangs or refuses, the batch's events go on without
 payload or header values, with ``privacy.failure`` saying why, and
 ``privacy_failures_total`` counts them. The event itself is never held back or lost.
@@ -30,7 +33,8 @@ from sidecar.events.model import InferenceEvent
 from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
 from sidecar.privacy.context import Capture, decision
-from sidecar.privacy.masker import Captured
+from sidecar.privacy.masker import Captured, recorded_headers
+from sidecar.privacy.memo import HeaderMemo
 from sidecar.privacy.sampling import Decision
 from sidecar.privacy.service import Item
 from sidecar.workers.child import Child, WorkerError
@@ -120,6 +124,7 @@ class PrivacyStage:
         self._on_failure = on_failure
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-mask")
         self.problem: str | None = "masking worker starting"  # None when masking works
+        self._memo = HeaderMemo()
 
     def _warm(self) -> None:
         try:
@@ -154,13 +159,27 @@ class PrivacyStage:
         raw capture leaves every event, whatever happens."""
         events: list[InferenceEvent] = []
         items: list[Item] = []
+        keys: list[bytes | None] = []
+        memo = self._memo
         for _, event in batch:
             capture = getattr(event, "capture", None)
             if capture is None:
                 continue
             del event.capture
             try:
-                items.append(_captured(event, capture))
+                item = _captured(event, capture)
+                key = None
+                if not item[2].captured:  # headers only: maybe answered before
+                    profile, captured = capture.profile, item[1]
+                    key = memo.key(item[0], item[2].reason,
+                                   recorded_headers(profile, captured.request_headers),
+                                   recorded_headers(profile, captured.response_headers))
+                    record = memo.get(key)
+                    if record is not None:
+                        self._apply(event, record)
+                        continue
+                items.append(item)
+                keys.append(key)
                 events.append(event)
             except Exception:  # a bug of ours: this event goes without payload, not the rest
                 log.error("capture unusable; event goes without payload", exc_info=True)
@@ -179,8 +198,10 @@ class PrivacyStage:
         self.problem = None
         for stage, count in failures.items():
             self._on_failure(stage, count)
-        for event, record in zip(events, records, strict=True):
+        for event, record, key in zip(events, records, keys, strict=True):
             self._apply(event, record)
+            if key is not None and record["privacy"]["failure"] is None:
+                memo.put(key, record)
 
     def _strip(self, batch: Batch) -> None:
         events = []

@@ -179,17 +179,8 @@ class Masker:
                 for text, found, limit in zip(texts.items, findings, texts.limits, strict=True)]
 
     def _headers(self, headers: Headers | None, texts: Texts) -> dict[str, Slot]:
-        allow = self.profile.headers_allow
-        if headers is None or not allow:
-            return {}
-        pairs = headers.items() if isinstance(headers, Mapping) else headers
-        values: dict[str, list[str]] = {}
-        for name, value in pairs:
-            lowered = name.lower()
-            if lowered in allow and not header_denied(lowered):
-                values.setdefault(lowered, []).append(value)
-        return {name: texts.add(", ".join(v)[:_HEADER_MAX + MARGIN], limit=_HEADER_MAX)
-                for name, v in sorted(values.items())}
+        return {name: texts.add(value[:_HEADER_MAX + MARGIN], limit=_HEADER_MAX)
+                for name, value in recorded_headers(self.profile, headers)}
 
     def _sections(self, captured: Captured, omitted: dict[str, str]) -> dict[str, Any]:
         p = self.profile
@@ -238,6 +229,22 @@ class Masker:
         if not selector.rule.text:
             return MISSING, "text_not_captured"
         return body.decode("utf-8", "replace"), None
+
+
+def recorded_headers(profile: PrivacyProfile, headers: Headers | None
+                     ) -> tuple[tuple[str, str], ...]:
+    """The headers ``profile`` records, before masking: allow-listed, never a denied one
+    (credentials), names lower-cased, repeated ones joined, sorted by name."""
+    allow = profile.headers_allow
+    if headers is None or not allow:
+        return ()
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    values: dict[str, list[str]] = {}
+    for name, value in pairs:
+        lowered = name.lower()
+        if lowered in allow and not header_denied(lowered):
+            values.setdefault(lowered, []).append(value)
+    return tuple((name, ", ".join(v)) for name, v in sorted(values.items()))
 
 
 def _raw_size(captured: Captured, section: str) -> int:

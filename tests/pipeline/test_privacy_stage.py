@@ -14,7 +14,7 @@ from factories import make_event
 from sidecar.events.model import InferenceEvent
 from sidecar.events.queue import EventQueue
 from sidecar.pipeline.privacy import Handoff, PrivacyStage
-from sidecar.privacy.context import Capture
+from sidecar.privacy.context import Capture, decision
 from sidecar.privacy.profile import load_profile
 from sidecar.workers.child import WorkerError
 
@@ -130,3 +130,49 @@ async def test_the_handoff_is_bounded_and_ordered() -> None:
     assert [seq for seq, _ in await handoff.get_batch(10)] == [2, 3, 4]
     handoff.close()
     assert await handoff.get_batch(10) == []
+
+
+async def test_repeated_header_only_events_are_answered_from_the_memo() -> None:
+    # Unsampled events (the common case) whose recorded headers were masked before skip
+    # the worker; sampled ones, and new header values, still go to it.
+    def unsampled(n: int, agent: str) -> InferenceEvent:
+        event = captured_event(n)
+        event.capture.request_headers = [("user-agent", agent), ("authorization", f"k{n}")]
+        return event
+
+    first = [unsampled(n, "ua-1") for n in range(30)]
+    second = [unsampled(100 + n, "ua-1") for n in range(40)] + [unsampled(999, "ua-new")]
+    worker = StandIn()
+    out = await run_stage_twice(first, second, worker)
+    assert len(worker.calls) == 2
+    assert len(worker.calls[0]) == len(first)  # nothing remembered yet
+    went = {c.inference_id for _, c, _ in worker.calls[1]}
+    sampled = {e.inference_id for e in second
+               if decision(STRICT, e.inference_id, 200, False).captured}
+    assert went == sampled | {"inf-000999"}  # the repeats were answered from the memo
+    assert len(sampled) < len(second) - 1  # (the ids give a mix; else the test says nothing)
+    assert all(e.headers == {"request": {"user-agent": "ua"}} for e in out)
+    assert all(getattr(e, "capture", None) is None for e in out)
+
+
+async def run_stage_twice(first: list[InferenceEvent], second: list[InferenceEvent],
+                          worker: StandIn) -> list[InferenceEvent]:
+    """Two batches through one stage (the memo lives in the stage); the second's events."""
+    queue = EventQueue(1000)
+    handoff = Handoff(1000)
+    stage = PrivacyStage(queue, handoff, worker,  # type: ignore[arg-type]
+                         on_failure=lambda stage, n: None)
+    task = asyncio.create_task(stage.run())
+    for event in first:
+        queue.put(event)
+    for _ in range(200):
+        if len(handoff) == len(first):
+            break
+        await asyncio.sleep(0.01)
+    for event in second:
+        queue.put(event)
+    queue.close()
+    await asyncio.wait_for(task, 10)
+    out = [event for _, event in handoff.take(1000)][len(first):]
+    stage.shutdown()
+    return out
