@@ -46,6 +46,7 @@ CALL_TIMEOUT_S = 10.0  # per call, plus PER_EVENT_S per event in it
 PER_EVENT_S = 0.05
 
 Batch = list[tuple[int, InferenceEvent]]
+Work = tuple[list[InferenceEvent], list[Item], list[bytes | None]]
 
 
 class Handoff:
@@ -143,20 +144,21 @@ class PrivacyStage:
                 batch = await self.source.get_batch(BATCH_MAX)
                 if not batch:
                     return
-                if any(getattr(event, "capture", None) is not None for _, event in batch):
-                    try:
-                        await loop.run_in_executor(self._executor, self._mask, batch)
-                    except Exception:  # never lose the batch: it goes on, unmasked parts out
-                        log.error("masking stage failed; batch goes without payload",
-                                  exc_info=True)
-                        self._strip(batch)
+                try:
+                    work = self._prepare(batch)  # on the loop: cheap, and no thread hop
+                    if work[0]:
+                        await loop.run_in_executor(self._executor, self._mask, work)
+                except Exception:  # never lose the batch: it goes on, unmasked parts out
+                    log.error("masking stage failed; batch goes without payload",
+                              exc_info=True)
+                    self._strip(batch)
                 await self.out.put_batch(batch)
         finally:
             self.out.close()
 
-    def _mask(self, batch: Batch) -> None:
-        """Stage thread: build the inputs, one call to the worker, apply the results. The
-        raw capture leaves every event, whatever happens."""
+    def _prepare(self, batch: Batch) -> Work:
+        """Take the raw capture off every event; answer header-only events the memo knows
+        (most of them); return the rest, with the worker's inputs, for ``_mask``."""
         events: list[InferenceEvent] = []
         items: list[Item] = []
         keys: list[bytes | None] = []
@@ -184,8 +186,11 @@ class PrivacyStage:
             except Exception:  # a bug of ours: this event goes without payload, not the rest
                 log.error("capture unusable; event goes without payload", exc_info=True)
                 self._fail([event], "capture_error")
-        if not items:
-            return
+        return events, items, keys
+
+    def _mask(self, work: Work) -> None:
+        """Stage thread: one call to the worker for ``work``, then apply the results."""
+        events, items, keys = work
         try:
             records, failures = self._child.call(
                 items, CALL_TIMEOUT_S + PER_EVENT_S * len(items))
@@ -201,16 +206,17 @@ class PrivacyStage:
         for event, record, key in zip(events, records, keys, strict=True):
             self._apply(event, record)
             if key is not None and record["privacy"]["failure"] is None:
-                memo.put(key, record)
+                self._memo.put(key, record)
 
     def _strip(self, batch: Batch) -> None:
+        """After an unexpected error: every event of the batch not masked yet goes without
+        payload (its capture is gone already, or removed here)."""
         events = []
         for _, event in batch:
             if getattr(event, "capture", None) is not None:
                 del event.capture
                 events.append(event)
-            elif event.payload is None and event.headers is None and event.privacy and \
-                    event.privacy.get("failure") == "not_masked":
+            elif event.privacy and event.privacy.get("failure") == "not_masked":
                 events.append(event)
         self._fail(events, "stage_error")
 
