@@ -25,11 +25,12 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from sidecar.config import ConfigError, Settings
 from sidecar.events.model import InferenceEvent
-from sidecar.privacy.identity import MIN_KEY_BYTES, ClientIdentity, IdentityError
+from sidecar.privacy.identity import ClientIdentity, IdentityError, read_key
 from sidecar.privacy.profile import PrivacyProfile, ProfileError, ProfileSelector
 from sidecar.privacy.sampling import Decision, decide
 from sidecar.privacy.service import MaskingService
@@ -159,15 +160,9 @@ def _hash_key(settings: Settings) -> bytes:
     if path is None:
         return os.urandom(32)
     try:
-        with open(path, "rb") as fh:
-            key = fh.read().strip()
-    except OSError as exc:
-        raise ConfigError(f"privacy_hash_key_file: cannot read {path} "
-                          f"({exc.strerror or type(exc).__name__})") from None
-    if len(key) < MIN_KEY_BYTES:
-        raise ConfigError(f"privacy_hash_key_file: expected at least {MIN_KEY_BYTES} bytes "
-                          f"of key in {path}, found {len(key)}")
-    return key
+        return read_key(Path(path))
+    except IdentityError as exc:
+        raise ConfigError(f"privacy_hash_key_file: {exc}") from None
 
 
 def masking_worker(privacy: PrivacyContext, log_level: str) -> Child | None:

@@ -36,14 +36,15 @@ class IdentityError(ValueError):
     """The identity source or key file cannot be used (raised at start-up only)."""
 
 
-def _read_key(path: Path) -> bytes:
+def read_key(path: Path) -> bytes:
+    """A secret key from a file (whitespace around it ignored), at least MIN_KEY_BYTES."""
     try:
         key = path.read_bytes().strip()
     except OSError as exc:
-        raise IdentityError(f"identity key file {path}: cannot be read "
+        raise IdentityError(f"key file {path}: cannot be read "
                             f"({exc.strerror or type(exc).__name__})") from None
     if len(key) < MIN_KEY_BYTES:
-        raise IdentityError(f"identity key file {path}: expected at least {MIN_KEY_BYTES} "
+        raise IdentityError(f"key file {path}: expected at least {MIN_KEY_BYTES} "
                             f"bytes of key, found {len(key)}")
     return key
 
@@ -82,7 +83,7 @@ class ClientIdentity:
         self._length = length
         self._clock = clock
         self._lock = threading.Lock()
-        key = _read_key(self._path)
+        key = read_key(self._path)
         self._current = (key, key_version(key))  # swapped whole: readers never mix two keys
         self._stamp = _stamp(self._path)
         self._checked = clock()
@@ -135,7 +136,7 @@ class ClientIdentity:
                 return
             self._stamp = stamp  # judged once per change of the file, logged once
             try:
-                key = _read_key(self._path)
+                key = read_key(self._path)
             except IdentityError as exc:
                 log.warning("privacy: identity key not rotated, keeping the current key",
                             extra={"fields": {"reason": str(exc)}})
