@@ -15,8 +15,9 @@ events, fresh ones for every run (no event is seen twice); only the analyzer dif
 
 - presidio default: presidio's default registry and context enhancer, one ``analyze``
   call per string (offline: no-op NLP engine, bundled suffix list for e-mail validation);
-- tuned, no cache: only the profile's recognizers, anchored windows, overlapping pattern
-  scan, no context enhancement, one call per event;
+- tuned, no cache: only the profile's recognizers, run by ``prefilter.Scanner`` (no
+  presidio engine): one anchor pass per family cuts exact windows, each recognizer scans
+  its family's joined windows once, overlapping pattern scan, no context enhancement;
 - tuned: the same plus the findings cache, which here only helps with the system prompt
   (every header value and user message is unique; real traffic repeats user agents and
   addresses, so the headers-only figure is a floor).

@@ -17,11 +17,15 @@ No network, no model download, ever:
 
 Two configurations, compared by ``bench/privacy.py``:
 
-- ``tuned=True`` (what the sidecar runs): only the recognizers the profiles name; digit-,
-  ``@``- and phone-anchored recognizers run on windows around their anchors only; no
-  context-word enhancement (it needs spaCy lemmas, which the no-op engine does not make);
-  patterns compiled at build time; all strings of one event analysed in one call, joined by
-  a separator no pattern crosses; texts without any anchor skip those recognizers.
+- ``tuned=True`` (what the sidecar runs): only the recognizers the profiles name, run by
+  ``prefilter.Scanner`` instead of presidio's engine: one cheap pass per family of
+  recognizers (digits, ``@``, IP characters, key-like runs) cuts the candidate windows,
+  each recognizer scans only its family's windows (exactly: see ``prefilter.py``), and
+  the results are filtered and de-duplicated as the engine would; no context-word
+  enhancement (it needs spaCy lemmas, which the no-op engine does not make); patterns
+  compiled at build time; all strings of one event analysed in one pass, joined by a
+  separator no pattern crosses; texts without any anchor skip those recognizers. NER
+  recognizers (with a spaCy model) still run through the engine.
 - ``tuned=False``: presidio's default registry and context enhancer, one ``analyze`` call
   per string, plus (for equal coverage) the recognizers the profile needs that presidio's
   English registry lacks. Still offline: the e-mail recognizer is swapped for ours.
@@ -51,6 +55,7 @@ from sidecar.privacy import recognizers as ours
 from sidecar.privacy import windowing
 from sidecar.privacy.cache import DigestCache
 from sidecar.privacy.entities import CUSTOM_ENTITIES, NER_ENTITIES, PRESIDIO_PATTERN_ENTITIES
+from sidecar.privacy.prefilter import Cut, Radius, Scanner, Token, Whole, max_width, no_space
 from sidecar.privacy.profile import PrivacyProfile
 
 log = logging.getLogger("inference_sidecar.privacy")
@@ -60,9 +65,11 @@ SEPARATOR = "\n\x00\n"  # NUL is in none of the recognizers' character classes; 
 _WARM_UP = ("warm-up a@example.com +1 212 555 0143 10.0.0.1 fe80::1 4111 1111 1111 1111 "
             "Bearer abcdefghijklmnop sk-abcdefghijklmnopqrstuvwx")
 # Not anchored on digits: a match may contain none (IPv6 "::", omocodic fiscal codes, MACs).
-_ANCHORS = {"PHONE_NUMBER": windowing.PHONE_DIGITS, "IP_ADDRESS": windowing.IP_CHARS,
-            "IT_FISCAL_CODE": windowing.ALNUM_16, "EMAIL_ADDRESS": windowing.AT_SIGN}
-_UNANCHORED = frozenset({"MAC_ADDRESS", "URL"})
+_ANCHORS = {"IP_ADDRESS": ("ip", windowing.IP_CHARS),
+            "IT_FISCAL_CODE": ("alnum16", windowing.ALNUM_16),
+            "EMAIL_ADDRESS": ("at", windowing.AT_SIGN), "API_KEY": ("keyrun", windowing.KEY_RUN)}
+_UNANCHORED = frozenset({"MAC_ADDRESS", "URL", "AWS_ACCESS_KEY_ID", "JWT", "BEARER_TOKEN"})
+_MARGIN = 8  # characters of look-around context each side of a radius window
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +99,14 @@ class Analyzer:
     """Detects entities in batches of strings. Thread-safe after construction (warm)."""
 
     def __init__(self, engine: AnalyzerEngine, entities: frozenset[str],
-                 inactive: frozenset[str], tuned: bool, cache_size: int = 8192) -> None:
-        self.engine = engine
+                 inactive: frozenset[str], tuned: bool, cache_size: int = 8192,
+                 scanner: Scanner | None = None, ner: frozenset[str] = frozenset()) -> None:
+        self.engine = engine  # tuned: holds the NER recognizer only (when a model is used)
         self.entities = entities  # detectable: requested and available
         self.inactive = inactive  # requested, never detected: no spaCy model, or too weak
         self.tuned = tuned
+        self.scanner = scanner if tuned else None
+        self._ner = ner  # tuned: entities left to the engine (its spaCy recognizer)
         self.cache: DigestCache[list[Finding]] | None = \
             DigestCache(cache_size) if tuned and cache_size > 0 else None
 
@@ -140,8 +150,17 @@ class Analyzer:
         return _split(found, texts, starts)
 
     def _findings(self, text: str, entities: list[str], threshold: float) -> list[Finding]:
-        results = self.engine.analyze(text=text, language=LANGUAGE, entities=entities,
-                                      score_threshold=threshold)
+        if self.scanner is None:
+            results = self.engine.analyze(text=text, language=LANGUAGE, entities=entities,
+                                          score_threshold=threshold)
+        else:
+            results = [r for r in self.scanner.scan(text, entities) if r.score >= threshold]
+            ner = [e for e in entities if e in self._ner]
+            if ner:
+                results += self.engine.analyze(text=text, language=LANGUAGE, entities=ner,
+                                               score_threshold=threshold)
+            if results:  # as the engine: threshold first, then presidio's de-duplication
+                results = EntityRecognizer.remove_duplicates(results)
         return [Finding(r.entity_type, r.start, r.end, r.score) for r in results]
 
 
@@ -166,7 +185,8 @@ def ner_model_available(model: str) -> bool:
 
 
 def _pattern_recognizer(entity: str, tuned: bool, threshold: float) -> EntityRecognizer | None:
-    """The recognizer for ``entity``; None when (tuned) it can never reach ``threshold``."""
+    """The recognizer for ``entity``; None when (tuned) it can never reach ``threshold``.
+    Tuned: the bare recognizer, which ``_cut`` then places in the scanner."""
     recognizer: EntityRecognizer
     if entity == "EMAIL_ADDRESS":
         recognizer = ours.OfflineEmailRecognizer()
@@ -179,8 +199,27 @@ def _pattern_recognizer(entity: str, tuned: bool, threshold: float) -> EntityRec
         return recognizer
     if not _prune(recognizer, threshold):
         return None
-    anchor = None if entity in _UNANCHORED else _ANCHORS.get(entity, windowing.DIGITS)
-    return windowing.Windowed(recognizer, anchor)
+    return recognizer
+
+
+def _cut(entity: str, recognizer: EntityRecognizer, cuts: dict[str, Cut]) -> Cut:
+    """Where the tuned scanner runs ``recognizer`` (see ``prefilter.py``): the tokens
+    holding its anchor when its patterns cannot match white space; else windows around
+    its anchor wide enough for its longest match; the whole text when it has no anchor."""
+    cut: Cut
+    if entity in _UNANCHORED:
+        cut = Whole()
+    elif entity == "PHONE_NUMBER":
+        cut = Radius(windowing.PHONE_DIGITS, windowing.PHONE_RADIUS + _MARGIN, "phone")
+    else:
+        name, anchor = _ANCHORS.get(entity, ("digit", windowing.DIGITS))
+        if name != "digit" and no_space(recognizer):
+            cut = Token(anchor, name)
+        else:
+            width = max_width(recognizer)
+            radius = windowing.RADIUS if width > windowing.RADIUS else width
+            cut = Radius(anchor, -(-(radius + _MARGIN) // 16) * 16, name)  # shared buckets
+    return cuts.setdefault(cut.key, cut)
 
 
 def _prune(recognizer: EntityRecognizer, threshold: float) -> bool:
@@ -231,6 +270,8 @@ def build_analyzer(profiles: PrivacyProfile | Iterable[PrivacyProfile], *,
                     extra={"fields": {"entities": sorted(inactive),
                                       "ner_model": models[0] if models else None}})
     nlp = _nlp_engine(model)
+    scanner = Scanner() if tuned else None
+    cuts: dict[str, Cut] = {}
     if tuned:
         registry = RecognizerRegistry(supported_languages=[LANGUAGE])
         enhancer: ContextAwareEnhancer | None = _NoContext()
@@ -246,6 +287,8 @@ def build_analyzer(profiles: PrivacyProfile | Iterable[PrivacyProfile], *,
             recognizer = _pattern_recognizer(entity, tuned, _floor(chosen, entity))
             if recognizer is None:
                 too_weak.add(entity)
+            elif scanner is not None:
+                scanner.add(recognizer, _cut(entity, recognizer, cuts))
             else:
                 registry.add_recognizer(recognizer)
     if too_weak:
@@ -254,15 +297,17 @@ def build_analyzer(profiles: PrivacyProfile | Iterable[PrivacyProfile], *,
         inactive = inactive | too_weak
     for recognizer in ours.custom_recognizers():
         if set(recognizer.supported_entities) & requested:
-            anchor = windowing.KEY_RUN if "API_KEY" in recognizer.supported_entities else None
-            registry.add_recognizer(windowing.Windowed(recognizer, anchor) if tuned
-                                    else recognizer)
+            if scanner is not None:
+                scanner.add(recognizer, _cut(recognizer.supported_entities[0], recognizer, cuts))
+            else:
+                registry.add_recognizer(recognizer)
     if model is not None and requested & NER_ENTITIES:
         registry.add_nlp_recognizer(nlp_engine=nlp)
     engine = AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=[LANGUAGE],
                             context_aware_enhancer=enhancer)
     detectable = (requested & (frozenset(PRESIDIO_PATTERN_ENTITIES) | CUSTOM_ENTITIES)
                   | (requested & NER_ENTITIES if model is not None else frozenset())) - too_weak
-    analyzer = Analyzer(engine, frozenset(detectable), inactive, tuned, cache_size)
+    ner = requested & NER_ENTITIES if model is not None and tuned else frozenset()
+    analyzer = Analyzer(engine, frozenset(detectable), inactive, tuned, cache_size, scanner, ner)
     analyzer.analyze([_WARM_UP], detectable, 0.0)  # compile every pattern now, not per request
     return analyzer

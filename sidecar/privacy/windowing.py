@@ -1,11 +1,8 @@
-"""Where recognizers run, and how their patterns are scanned: the tuned analyzer's fast path.
+"""How the tuned analyzer scans a pattern recognizer, and the anchors of its families.
 
-``Windowed`` runs a recognizer only on windows around the characters its matches must
-contain (an ``@`` for e-mail, a digit for national ids and cards, digit runs for phone
-numbers). A match is at most ``radius`` long, so it lies inside the window around any of
-its anchor characters, and a window's edge only ever looks like a word boundary:
-windowing can add a false positive at an edge, never lose a match. On prose with a few
-numbers most of the text is skipped; on text without anchors the recognizer does not run.
+The anchors are characters every match of a family of recognizers must contain (an ``@``
+for e-mail, a digit for national ids and cards, digit runs for phone numbers); where the
+windows around them are cut, and why that is exact, is ``prefilter.py``'s business.
 
 ``Lean`` replaces presidio's per-pattern loop for plain pattern recognizers. Same rules
 (score, ``validate_result`` lifts to 1.0 or drops, ``invalidate_result`` drops, then
@@ -21,52 +18,30 @@ presidio's de-duplication), two differences:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import regex  # type: ignore[import-untyped]  # presidio's regex engine
 from presidio_analyzer import EntityRecognizer, PatternRecognizer, RecognizerResult
-from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import IbanRecognizer
 
 _TIMEOUT_S = 5.0  # a pathological input costs one pattern this long, then is skipped
 
 
-class Anchor:
-    """Where a family of recognizers can match: windows of ``radius`` around each run of
-    anchor characters, merged when they touch. Remembers the last text it cut, since
-    several recognizers share one anchor and see the same text in turn."""
-
-    def __init__(self, pattern: str, radius: int) -> None:
-        self._pattern = re.compile(pattern)
-        self.radius = radius
-        self._last: tuple[str, list[tuple[int, int]]] = ("", [])
-
-    def windows(self, text: str) -> list[tuple[int, int]]:
-        last_text, last_windows = self._last
-        if last_text is text:
-            return last_windows
-        spans: list[tuple[int, int]] = []
-        for match in self._pattern.finditer(text):
-            start, end = max(0, match.start() - self.radius), match.end() + self.radius
-            if spans and start <= spans[-1][1]:
-                spans[-1] = (spans[-1][0], max(spans[-1][1], end))
-            else:
-                spans.append((start, end))
-        self._last = (text, spans)  # one assignment: safe to share across threads
-        return spans
-
-
-DIGITS = Anchor(r"[0-9]+", radius=64)
-AT_SIGN = Anchor(r"@", radius=256)
-PHONE_DIGITS = Anchor(r"(?:[0-9][ \t().\-/]{0,3}){6,}[0-9]", radius=16)
-ALNUM_16 = Anchor(r"[A-Za-z0-9]{16,}", radius=0)  # Italian fiscal codes: 16 letters/digits
+# Anchors: characters every match of a family contains (see ``prefilter``).
+DIGITS = r"[0-9]+"
+AT_SIGN = r"@"
+PHONE_DIGITS = r"(?:[0-9][ \t().\-/]{0,3}){6,}[0-9]"
+PHONE_RADIUS = 16  # "+1 (" before the run, an extension after it
+# Runs are searched from their first character only (the look-behind): one pass, not one
+# attempt per character of every word.
+ALNUM_16 = r"(?<![A-Za-z0-9])[A-Za-z0-9]{16,}"  # Italian fiscal codes: 16 letters/digits
 # IPv4 has a dotted digit pair; IPv6 (even "::" or "fe80::") two colons around hex.
-IP_CHARS = Anchor(r"[0-9]\.[0-9]|[0-9A-Fa-f]*:[0-9A-Fa-f]*:", radius=48)
-KEY_RUN = Anchor(r"[A-Za-z0-9_+/=.-]{20,}", radius=8)  # API keys: long runs of key chars
+IP_CHARS = r"[0-9]\.[0-9]|:[0-9A-Fa-f]*:"
+KEY_RUN = r"(?<![A-Za-z0-9_+/=.-])[A-Za-z0-9_+/=.-]{20,}"  # API keys: long key-char runs
+RADIUS = 64  # window radius for a digit-anchored recognizer of unbounded match length
 
 
-def _plain(recognizer: EntityRecognizer) -> bool:
+def plain(recognizer: EntityRecognizer) -> bool:
     """A pattern recognizer whose ``analyze`` is presidio's own (``Lean`` replicates it)."""
     return isinstance(recognizer, PatternRecognizer) and \
         not isinstance(recognizer, IbanRecognizer) and \
@@ -115,43 +90,3 @@ class Lean:
             return results
         deduplicated: list[RecognizerResult] = EntityRecognizer.remove_duplicates(results)
         return deduplicated
-
-
-class Windowed(EntityRecognizer):
-    """Runs ``inner`` on its anchor's windows only (the whole text when ``anchor`` is
-    None), with ``scan`` when it is a plain pattern recognizer; shifts results back."""
-
-    def __init__(self, inner: EntityRecognizer, anchor: Anchor | None) -> None:
-        self.inner = inner
-        self.anchor = anchor
-        self.label = f"Windowed{type(inner).__name__}"
-        self._lean = Lean(inner) if isinstance(inner, PatternRecognizer) and _plain(inner) \
-            else None
-        super().__init__(supported_entities=list(inner.supported_entities), name=self.label,
-                         supported_language=inner.supported_language,
-                         context=list(inner.context or []))
-
-    def load(self) -> None:
-        """Nothing to load: ``inner`` was loaded when it was built."""
-
-    def analyze(self, text: str, entities: list[str],
-                nlp_artifacts: NlpArtifacts | None = None) -> list[RecognizerResult]:
-        results: list[RecognizerResult] = []
-        windows = [(0, len(text))] if self.anchor is None else self.anchor.windows(text)
-        for start, end in windows:
-            window = text[start:end]
-            if self._lean is not None:
-                found = self._lean.scan(window)
-            else:
-                found = self.inner.analyze(window, entities, nlp_artifacts)  # type: ignore[arg-type]
-            results.extend(self._shifted(f, start) for f in found)
-        return results
-
-    def _shifted(self, found: RecognizerResult, offset: int) -> RecognizerResult:
-        # The engine keeps only results whose recognizer id is one it ran: claim them.
-        metadata: dict[str, Any] = dict(found.recognition_metadata or {})
-        metadata[RecognizerResult.RECOGNIZER_IDENTIFIER_KEY] = self.id
-        metadata[RecognizerResult.RECOGNIZER_NAME_KEY] = self.label
-        return RecognizerResult(entity_type=found.entity_type, start=found.start + offset,
-                                end=found.end + offset, score=found.score,
-                                recognition_metadata=metadata)
