@@ -139,7 +139,9 @@ CUSTOM_PROFILE = {
                                          "/v1/chat/completions": "team.yaml"}},
     "privacyProfiles": {"custom": {"team.yaml": PROFILE_TEXT}},
 }
-DETECTORS = {"detectors": "detectors:\n  - name: latency-drift\n    kind: adwin\n"}
+DETECTORS = {"detectors": (
+    "version: 1\ndetectors:\n  - name: latency-drift\n    type: adwin\n"
+    "    feature: latency_ms\n")}
 SERVICE_MONITOR = {"serviceMonitor": {"enabled": True}}
 CLIENT_IDENTITY = {
     "sidecar": {"clientIdSource": "header:x-client-id"},

@@ -1,0 +1,73 @@
+"""Benchmark: per-event cost of each default detector and of the whole default set.
+
+    .venv/bin/python bench/detectors.py            # 5 runs x 20,000 events
+    .venv/bin/python bench/detectors.py --quick    # 3 runs x 5,000 events
+
+Events are benign traffic from tests/detectors/scenarios.py (built before timing). Each
+detector is built fresh per run and warmed on 3,000 events first (windows full, so the
+tests run at their steady-state rate). Prints a markdown table of the median per-event
+cost (min-max over runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "detectors"))
+
+from scenarios import traffic
+
+from detectors.config import load_config
+from detectors.registry import DetectorSet
+
+WARM = 3_000
+
+
+def per_event_us(make: object, events: list[dict[str, object]]) -> float:
+    target = make()  # type: ignore[operator]
+    for event in events[:WARM]:
+        target.update(event)
+    timed = events[WARM:]
+    gc.disable()
+    start = time.perf_counter()
+    for event in timed:
+        target.update(event)
+    elapsed = time.perf_counter() - start
+    gc.enable()
+    return elapsed / len(timed) * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    runs, n = (3, 5_000) if args.quick else (args.runs, args.events)
+    config = load_config()
+    events = list(traffic(WARM + n, seed=1))
+    rows: list[tuple[str, str, list[float]]] = []
+    for spec in config.specs:
+        costs = [per_event_us(lambda s=spec: DetectorSet([s]), events) for _ in range(runs)]
+        rows.append((spec.name, spec.type, costs))
+    whole = [
+        per_event_us(lambda: DetectorSet(config.specs, config.digest), events)
+        for _ in range(runs)
+    ]
+    rows.append(("**default set**", f"{len(config.specs)} detectors", whole))
+    print(f"{runs} runs x {n:,} events, after {WARM:,} warm-up events; µs per event\n")
+    print("| detector | type | median µs/event | min-max |")
+    print("|---|---|---:|---:|")
+    for name, kind, costs in rows:
+        print(f"| {name} | {kind} | {statistics.median(costs):.2f} | "
+              f"{min(costs):.2f}-{max(costs):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detectors.config import DetectorConfigError, load_config, parse_config
+
+
+def test_default_file_loads_and_digest_ignores_formatting() -> None:
+    config = load_config()
+    assert {s.type for s in config.specs} >= {"adwin", "page_hinkley", "kswin", "chi_square"}
+    text = "# c\ndetectors:\n  - {type: adwin, name: a, feature: latency_ms, params: {}}\n"
+    same = "detectors:\n- name: a\n  type: adwin\n  feature: latency_ms\n  params: {clock: 4}\n"
+    assert parse_config(text, "x").digest == parse_config(same, "y").digest
+    assert parse_config(text, "x").digest != load_config().digest
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("detectors: {}", "detectors"),
+        ("detectors:\n  - {name: a, type: nope, feature: x}", "detectors[0].type"),
+        ("detectors:\n  - {name: a, type: adwin}", "detectors[0].feature"),
+        ("detectors:\n  - {name: a, type: adwin, feature: 'a..b'}", "detectors[0].feature"),
+        ("detectors:\n  - {name: a, type: adwin, feature: x, mode: enforce}", "detectors[0].mode"),
+        ("detectors:\n  - {name: a, type: adwin, feature: x, params: {clock: 1.5}}",
+         "detectors[0].params.clock"),
+        ("detectors:\n  - {name: a, type: chi_square, feature: x, params: {nope: 1}}",
+         "detectors[0].params.nope"),
+        ("detectors:\n  - {name: a, type: chi_square, feature: x, transform: log1p}",
+         "detectors[0].transform"),
+        ("detectors:\n  - {name: a, type: 'null'}\n  - {name: a, type: 'null'}",
+         "detectors[1].name"),
+        ("detectors: [\n", "(file)"),
+    ],
+)
+def test_invalid_files_name_file_key_and_reason(text: str, key: str, tmp_path: Path) -> None:
+    path = tmp_path / "detectors.yaml"
+    path.write_text(text)
+    with pytest.raises(DetectorConfigError) as caught:
+        load_config(path)
+    assert caught.value.source == str(path)
+    assert caught.value.key == key
+    assert caught.value.reason
