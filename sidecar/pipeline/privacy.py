@@ -97,13 +97,15 @@ class Handoff:
         self._wake(self._readable)
 
 
-def _captured(event: InferenceEvent, capture: Capture) -> Item:
+def _decide(event: InferenceEvent, capture: Capture) -> Decision:
+    return decision(capture.profile, event.inference_id, event.status,
+                    event.outcome == OUTCOME_REJECTED)
+
+
+def _captured(event: InferenceEvent, capture: Capture, chosen: Decision) -> Item:
     capture.finish_stream()
-    profile = capture.profile
-    chosen = decision(profile, event.inference_id, event.status,
-                      event.outcome == OUTCOME_REJECTED)
     keep = chosen.captured  # bodies and query only when the event keeps its payload
-    return profile.digest, Captured(
+    return capture.profile.digest, Captured(
         inference_id=event.inference_id, status=event.status,
         flags=frozenset({"rejection"}) if event.outcome == OUTCOME_REJECTED else frozenset(),
         request_body=capture.request_body if keep else None,
@@ -169,18 +171,18 @@ class PrivacyStage:
                 continue
             del event.capture
             try:
-                item = _captured(event, capture)
+                chosen = _decide(event, capture)
                 key = None
-                if not item[2].captured:  # headers only: maybe answered before
-                    profile, captured = capture.profile, item[1]
-                    key = memo.key(item[0], item[2].reason,
-                                   recorded_headers(profile, captured.request_headers),
-                                   recorded_headers(profile, captured.response_headers))
+                if not chosen.captured:  # headers only: maybe answered before
+                    profile = capture.profile
+                    key = memo.key(profile.digest, chosen.reason,
+                                   recorded_headers(profile, capture.request_headers),
+                                   recorded_headers(profile, capture.response_headers))
                     record = memo.get(key)
                     if record is not None:
                         self._apply(event, record)
                         continue
-                items.append(item)
+                items.append(_captured(event, capture, chosen))
                 keys.append(key)
                 events.append(event)
             except Exception:  # a bug of ours: this event goes without payload, not the rest
