@@ -5,7 +5,8 @@ A type is registered once with what config validation needs: its kind, its param
 dataclass (field names, types and defaults; ``__post_init__`` checks ranges), whether it
 reads a numeric or a categorical feature, and whether it may run in ``enforce`` mode
 (only detectors that can decide before the request is forwarded: rate, signatures,
-policy — none of the drift detectors).
+policy — none of the drift detectors), and whether the alert's severity is the
+detector's own (a signature rule's) rather than the configured one.
 
 ``DetectorSet.update`` never raises: a detector that throws is counted in ``errors`` and
 skipped for that event (the pipeline must not stop for one bad detector or event).
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from detectors.abuse import ErrorProbing, ErrorProbingParams, RateBurst, RateBurstParams
 from detectors.base import Alert, Detector, NullDetector
 from detectors.categorical import ChiSquareDrift, ChiSquareParams
 from detectors.drift import (
@@ -28,6 +30,10 @@ from detectors.drift import (
     PageHinkleyDrift,
     PageHinkleyParams,
 )
+from detectors.duplicates import Extraction, ExtractionParams, NearDuplicate, NearDuplicateParams
+from detectors.injection import Signatures, SignaturesParams
+from detectors.policy import Policy, PolicyParams
+from detectors.tokens import TokenUsage, TokenUsageParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,8 @@ class DetectorType:
     params: type[Any]
     feature: str = "none"  # "numeric", "categorical" or "none"
     enforceable: bool = False
+    # The alert's severity comes from the detector (a signature rule's), not the config.
+    own_severity: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,17 @@ register(DetectorType("adwin", "drift", ADWINDrift, ADWINParams, "numeric"))
 register(DetectorType("page_hinkley", "drift", PageHinkleyDrift, PageHinkleyParams, "numeric"))
 register(DetectorType("kswin", "drift", KSWINDrift, KSWINParams, "numeric"))
 register(DetectorType("chi_square", "drift", ChiSquareDrift, ChiSquareParams, "categorical"))
+register(DetectorType("rate_burst", "abuse", RateBurst, RateBurstParams, enforceable=True))
+register(DetectorType("near_duplicate", "abuse", NearDuplicate, NearDuplicateParams))
+register(DetectorType("extraction", "abuse", Extraction, ExtractionParams))
+register(DetectorType("token_usage", "abuse", TokenUsage, TokenUsageParams))
+register(DetectorType("error_probing", "abuse", ErrorProbing, ErrorProbingParams))
+register(
+    DetectorType(
+        "signatures", "abuse", Signatures, SignaturesParams, enforceable=True, own_severity=True
+    )
+)
+register(DetectorType("policy", "policy", Policy, PolicyParams, enforceable=True))
 
 
 def build(spec: DetectorSpec) -> Detector:
@@ -138,14 +157,17 @@ class DetectorSet:
         return alerts
 
     def _stamp(self, alert: Alert, spec: DetectorSpec, event: Mapping[str, Any]) -> Alert:
-        client_id = alert.client_id or _text(event.get("client_id"))
+        client_id = alert.client_id
+        if client_id is None and alert.details.get("scope") != "global":
+            client_id = _text(event.get("client_id"))  # global alerts blame no one
         inference_id = alert.inference_id or _text(event.get("inference_id"))
+        detector_type = TYPES[spec.type]
         return dataclasses.replace(
             alert,
             detector=spec.name,
             detector_type=spec.type,
-            kind=TYPES[spec.type].kind,
-            severity=spec.severity,
+            kind=detector_type.kind,
+            severity=alert.severity if detector_type.own_severity else spec.severity,
             mode=spec.mode,
             config_digest=self.digest or None,
             client_id=client_id,

@@ -9,6 +9,7 @@ import pkgutil
 from typing import Any
 
 import pytest
+from attacks import ATTACKS, with_attack
 from scenarios import DRIFTS, at, traffic
 
 import detectors
@@ -19,10 +20,15 @@ FEATURES = {"numeric": "latency_ms", "categorical": "route", "none": None}
 TRANSFORM = {"numeric": "log1p"}
 
 
+# Types that say nothing without settings (an empty policy allows everything).
+PARAMS: dict[str, dict[str, Any]] = {"policy": {"routes": ["/v1/chat/completions"]}}
+
+
 def spec_for(type_name: str) -> DetectorSpec:
     kind = TYPES[type_name].feature
     return DetectorSpec(
-        type_name, type_name, feature=FEATURES[kind], transform=TRANSFORM.get(kind, "none")
+        type_name, type_name, feature=FEATURES[kind], transform=TRANSFORM.get(kind, "none"),
+        params=PARAMS.get(type_name, {}),
     )
 
 
@@ -40,6 +46,9 @@ def replay(detector: Any, events: list[dict[str, Any]]) -> list[tuple[int, str, 
 EVENTS = list(traffic(6_000, 3, at(DRIFTS["latency_x2"], 3_000)))
 for e in EVENTS[3_000:]:
     e["route"] = "/v1/embeddings"
+# ...and every attack of attacks.py, so every abuse detector has something to say too.
+for _name in sorted(ATTACKS):
+    EVENTS += with_attack(_name, 1_500, 1, 300, attack_events=250)
 
 TYPE_NAMES = sorted(TYPES)
 
@@ -113,5 +122,5 @@ def test_every_detector_module_has_a_running_doctest() -> None:
         module = importlib.import_module(f"detectors.{info.name}")
         result = doctest.testmod(module)
         assert result.failed == 0, info.name
-        if info.name in ("drift", "categorical", "base", "registry", "features"):
+        if info.name != "config":  # config's doctest reads the default file: it has one too
             assert result.attempted > 0, f"detectors.{info.name} has no doctest"
