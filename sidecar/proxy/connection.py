@@ -1,0 +1,291 @@
+"""One keep-alive connection to the model server (``Connection``, an asyncio protocol fed
+by llhttp via ``httptools``) and the response it carries (``UpstreamResponse``).
+
+``pool.py`` holds the pool of them and the design notes: timeouts on one lazily re-armed
+timer per exchange, back-pressure past ``HIGH_WATER`` unread bytes, 1xx skipped, HEAD
+ended at its head, a body delimited by the connection's close ended at the close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+from multidict import CIMultiDict
+
+from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from sidecar.proxy.pool import Pool
+
+HIGH_WATER: Final = 2**16
+
+
+class UpstreamResponse:
+    """The model server's answer: head fields at once, the body as it arrives."""
+
+    __slots__ = ("_buffered", "_chunks", "_conn", "_error", "_head", "_waiter", "complete",
+                 "content_length", "headers", "method", "reason", "status")
+
+    def __init__(self, method: str, head: asyncio.Future[UpstreamResponse]) -> None:
+        self.method = method
+        self.status = 0
+        self.reason: str | None = None
+        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.content_length: int | None = None
+        self.complete = False
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._conn: Connection | None = None
+        self._head = head  # done when the head is in, or failed before that
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _end(self, error: Exception | None = None) -> None:
+        self.complete = True
+        self._error = error
+        self._wake()
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _serving(self) -> Connection | None:
+        """The connection, while it still carries this response (not reused since)."""
+        conn = self._conn
+        return conn if conn is not None and conn.response is self else None
+
+    def _take(self) -> bytes:
+        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        conn = self._serving()
+        if conn is not None and conn.paused:
+            conn.resume()
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def read(self) -> bytes:
+        """The whole body (the caller checked it is small: no back-pressure here)."""
+        conn = self._serving()
+        if conn is not None:
+            conn.pausable = False
+            if conn.paused:
+                conn.resume()
+        while not self.complete:
+            await self._wait()
+        if self._error is not None:
+            raise self._error
+        return self._take() if self._chunks else b""
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive: whatever came since the last wake-up, joined."""
+        while True:
+            if self._chunks:
+                yield self._take()
+            elif self.complete:
+                if self._error is not None:
+                    raise self._error
+                return
+            else:
+                await self._wait()
+
+    def release(self, failed: bool) -> None:
+        """Done with it: after a failure, or before the body was read to its end, the
+        connection's state is unknown and it is closed, never reused."""
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.response is self and (failed or not self.complete):
+            conn.abort()
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection; httptools calls the ``on_*`` methods from ``feed_data``."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: UpstreamResponse | None = None
+        self.closed = False
+        self.received = False  # any byte of the current response yet
+        self.paused = False
+        self.pausable = True
+        self.idle_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = self._head_deadline = 0.0
+        self._last_byte = 0.0
+        self._interim = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self.response is None:  # bytes nobody asked for: the stream is out of step
+            self.abort()
+            return
+        self.received = True
+        self._last_byte = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamUnavailable(f"upstream sent a malformed response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        response = self.response
+        if response is None:
+            return
+        if response.status and response.content_length is None and not self._chunked():
+            self._done(None)  # a body delimited by the close
+        else:
+            self._fail(UpstreamUnavailable("upstream closed the connection"))
+
+    # -- httptools callbacks -----------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        assert self.response is not None
+        self.response.reason = (self.response.reason or "") + status.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.response is not None
+        self.response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        response = self.response
+        assert response is not None
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # interim (100 Continue, 103 Early Hints): skip it
+            self._interim = True
+            response.headers, response.reason = CIMultiDict(), None
+            return
+        response.status = status
+        length = response.headers.get("content-length")
+        if length is not None and length.isdigit():
+            response.content_length = int(length)
+        self._arm()  # from now on: idle and total
+        if not response._head.done():
+            response._head.set_result(response)
+        if response.method == "HEAD":
+            self._done(None, reuse=False)
+
+    def on_body(self, body: bytes) -> None:
+        response = self.response
+        if response is None:
+            return
+        response._chunks.append(body)
+        response._buffered += len(body)
+        if response._buffered > HIGH_WATER and self.pausable and not self.paused:
+            self.paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        response._wake()
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self._done(None, reuse=self.parser.should_keep_alive())
+
+    # -- the exchange ------------------------------------------------------------------
+
+    def send(self, head: bytes, body: bytes, response: UpstreamResponse) -> None:
+        assert self.transport is not None
+        self.response = response
+        response._conn = self
+        self.received = self.paused = self._interim = False
+        self.pausable = True
+        now = self.loop.time()
+        self._deadline = now + self.pool.total_timeout
+        self._head_deadline = now + self.pool.read_timeout
+        self._last_byte = now
+        self._arm()
+        if body:
+            self.transport.writelines((head, body))
+        else:
+            self.transport.write(head)
+
+    def resume(self) -> None:
+        self.paused = False
+        self._last_byte = self.loop.time()  # the silence was ours, not the upstream's
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self._cancel_timer()
+        self.response = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _chunked(self) -> bool:
+        response = self.response
+        return response is not None and "chunked" in response.headers.get(
+            "transfer-encoding", "").lower()
+
+    def _done(self, error: Exception | None, reuse: bool = False) -> None:
+        response, self.response = self.response, None
+        self._cancel_timer()
+        if response is None:
+            return
+        if error is None and not response.status:
+            error = UpstreamUnavailable("upstream closed the connection")
+        response._end(error)
+        if reuse and error is None and not self.closed:
+            if self.paused:  # the read that crossed HIGH_WATER also held the body's end
+                self.resume()
+            self.pool.put_back(self)
+        elif not self.closed and self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, error: Exception) -> None:
+        response = self.response
+        self._done(error)
+        if response is not None and not response._head.done():
+            response._head.set_exception(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- timeouts: one timer, re-armed only when it fires early ------------------------
+
+    def _next_deadline(self) -> float:
+        response = self.response
+        if response is None or not response.status:
+            return min(self._deadline, self._head_deadline)
+        if self.paused:  # waiting for our consumer: only the total timeout applies
+            return self._deadline
+        return min(self._deadline, self._last_byte + self.pool.idle_timeout)
+
+    def _arm(self) -> None:
+        """Have the timer fire by the next deadline (a later one only re-arms it)."""
+        deadline = self._next_deadline()
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.response is None:
+            return
+        if self.loop.time() < self._next_deadline():
+            self._arm()  # bytes came meanwhile: not idle
+            return
+        phase = "answer in time" if not self.response.status else "send more in time"
+        self._fail(UpstreamTimeout(f"upstream did not {phase}"))
