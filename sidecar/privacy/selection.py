@@ -48,6 +48,11 @@ def _insert(tree: Tree, parts: tuple[Any, ...]) -> Tree | _All:
 
 
 def _tree(paths: Iterable[Any], document: Any) -> Tree | _All | None:
+    if isinstance(document, str):
+        # python-jsonpath parses a str argument as JSON text (a body that is the JSON
+        # string "[" raised, one that is the string '{"a": 1}' would be searched): a
+        # string document has no parts, so only a path selecting the root matches it.
+        return ALL if any(str(path) == "$" for path in paths) else None
     tree: Tree | _All = {}
     for path in paths:
         for match in path.finditer(document):
