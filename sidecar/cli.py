@@ -75,7 +75,21 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config, flags)
     preflight(settings)
     build_privacy(settings)  # profiles and the identity key: refused here, not mid-start
+    check_detectors(settings)
     return settings
+
+
+def check_detectors(settings: Settings) -> None:
+    """A detectors file that does not validate is refused with its file, key and reason
+    (river is imported only when a file is configured)."""
+    if settings.detectors is None:
+        return
+    from detectors.config import DetectorConfigError, load_config
+
+    try:
+        load_config(settings.detectors)
+    except DetectorConfigError as exc:
+        raise ConfigError(f"detectors: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -566,3 +566,26 @@ def test_an_invalid_privacy_profile_exits_2_naming_file_key_and_reason(
     assert lines[0].startswith("inference-sidecar: config error: privacy_profile: ")
     assert str(profile) in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_an_invalid_detectors_file_exits_2_naming_file_key_and_reason(
+    tmp_path: Path, command: str
+) -> None:
+    bad = tmp_path / "detectors.yaml"
+    bad.write_text("version: 1\ndetectors:\n  - {name: d, type: adwin}\n")  # no feature
+    env = child_env({"SIDECAR_DETECTORS": str(bad), "SIDECAR_WAL_DIR": str(tmp_path / "wal")})
+    result = run_cli(command, env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = stderr_lines(result)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"inference-sidecar: config error: detectors: {bad}: ")
+    assert "detectors[0].feature" in lines[0]
+
+
+def test_a_valid_detectors_file_passes_check_config(tmp_path: Path) -> None:
+    good = tmp_path / "detectors.yaml"
+    good.write_text("version: 1\ndetectors:\n  - {name: d, type: adwin, feature: latency_ms}\n")
+    result = run_cli("check-config", env=child_env({"SIDECAR_DETECTORS": str(good)}),
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr

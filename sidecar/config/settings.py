@@ -135,6 +135,11 @@ class Settings:
         "File with the key of the profiles' hash operator; unset: a random key per start.",
     )
 
+    # Detectors (detectors/): validated at start-up; the pipeline does not run them yet.
+    detectors: str | None = _setting(
+        None, p.optional_text, "Detectors file (YAML); unset: the shipped default set.",
+    )
+
     log_level: str = _setting("info", p.choice(*LOG_LEVELS), "Level of the sidecar's own logs.")
 
     @property
