@@ -216,7 +216,10 @@ async def test_delivery_on_a_write_ahead_log_deletes_delivered_segments(
         appended += h.append(range(chunk * 5, chunk * 5 + 5))
     assert len(list(directory.glob("*.seg"))) > 2
     h.start()
-    await wait_until(lambda: wal.stats().records_pending == 0)
+    # The ack updates the counts under the log's lock and unlinks the trimmed segments
+    # right after, in the delivery thread: wait for both, not only the counts.
+    await wait_until(lambda: wal.stats().records_pending == 0
+                     and len(list(directory.glob("*.seg"))) == 1)
     assert h.sink.records == appended
     assert len(list(directory.glob("*.seg"))) == 1  # only the active segment is left
     assert wal.stats().bytes_used < 8 * 1024
