@@ -80,16 +80,10 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 
 def check_detectors(settings: Settings) -> None:
-    """A detectors file that does not validate is refused with its file, key and reason
-    (river is imported only when a file is configured)."""
-    if settings.detectors is None:
-        return
-    from detectors.config import DetectorConfigError, load_config
+    """A detectors file that does not validate is refused with its file, key and reason."""
+    from sidecar.detection.runtime import detectors_config
 
-    try:
-        load_config(settings.detectors)
-    except DetectorConfigError as exc:
-        raise ConfigError(f"detectors: {exc}") from None
+    detectors_config(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

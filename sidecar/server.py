@@ -20,8 +20,10 @@ from sidecar.admin.app import build_admin_app
 from sidecar.admin.health import Readiness
 from sidecar.admin.looplag import LoopLagMonitor
 from sidecar.config import Settings
+from sidecar.detection.runtime import Detection, detectors_config
 from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
+from sidecar.pipeline.detection import detection_worker
 from sidecar.pipeline.runner import Pipeline
 from sidecar.privacy.context import build_privacy, masking_worker
 from sidecar.proxy.handler import ProxyHandler
@@ -75,17 +77,23 @@ class Sidecar:
             on_accept=self.log.note_accepted,
         )
         self.privacy = build_privacy(settings)
+        config = detectors_config(settings)
+        self.detection = None if config is None else Detection(settings, config, metrics)
         self.pipeline = Pipeline(
             self.queue, self.log, self.sink, metrics,
             mode=settings.durability, interval=settings.durability_interval,
             durability_timeout=settings.durability_timeout,
             masking=masking_worker(self.privacy, settings.log_level),
+            detection=None if config is None else (
+                detection_worker(config, settings.log_level), config),
         )
+        if self.detection is not None:
+            self.detection.stage, self.detection.queue = self.pipeline.detection, self.queue
         self.upstream = Upstream(settings)
         self.handler = ProxyHandler(
             settings, self.upstream, self.queue, metrics,
             durability=self.pipeline.durability, refusal=self.refusal_reason,
-            privacy=self.privacy,
+            privacy=self.privacy, detection=self.detection,
         )
         self.readiness = Readiness(settings, self.sink, self.refusal_reason,
                                    lambda: self.pipeline.disk_ok, self._privacy_problem)
@@ -117,6 +125,8 @@ class Sidecar:
         s = self.settings
         await self.upstream.start()
         self.pipeline.start()
+        if self.detection is not None:
+            self.detection.start()
         self.readiness.start()
         self.loop_lag.start()
         server = ProxyServer(
@@ -160,6 +170,8 @@ class Sidecar:
         self.handler.shutting_down = True
         if self._proxy_runner is not None:
             await self._proxy_runner.cleanup()
+        if self.detection is not None:
+            await self.detection.stop()  # no reload (and no notice) once the queue closes
         drained = await self.pipeline.stop(drain_s=self.settings.drain_timeout)
         await self.upstream.close()
         await self.readiness.stop()
@@ -181,6 +193,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if sidecar.detection is not None:
+        loop.add_signal_handler(signal.SIGHUP, sidecar.detection.request_reload)
     try:
         await sidecar.start()
         # Everything built so far lives as long as the process: keep it out of the

@@ -7,10 +7,13 @@ Events: ``ai.<subject>.<verb>`` types with a schema version per type.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from sidecar.admin.request_stats import RequestStats
 
@@ -18,7 +21,11 @@ NAMESPACE: Final = "inference_sidecar"
 
 EVENT_TYPE_INFERENCE: Final = "ai.inference.completed"
 EVENT_TYPE_ALERT: Final = "ai.detector.alert"
-EVENT_SCHEMA_VERSION: Final = "1.1"
+EVENT_TYPE_POLICY_CHANGED: Final = "ai.detector.policy_changed"
+# Types under this prefix go to the alerts topic (kafka_alerts_topic), the rest to events.
+ALERTS_TYPE_PREFIX: Final = "ai.detector."
+EVENT_SCHEMA_VERSION: Final = "1.2"
+NOTICE_SCHEMA_VERSION: Final = "1.0"  # ai.detector.alert and ai.detector.policy_changed
 EVENT_SOURCE_PREFIX: Final = "urn:inference-sidecar:"
 CLOUDEVENTS_CONTENT_TYPE: Final = b"application/cloudevents+json; charset=utf-8"
 
@@ -38,6 +45,37 @@ LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     30.0, 60.0, 120.0, 300.0,
 )
+
+
+DRIFT_HOLD_S: Final = 600.0
+
+
+class DriftStatus(Collector):
+    """``<name>{detector, feature}``: 1 while a drift detector alerted within the last
+    ``DRIFT_HOLD_S`` seconds, else 0; one series per drift detector configured."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.features: dict[str, str] = {}  # detector -> feature, set on (re)load
+        self.last: dict[str, float] = {}  # detector -> monotonic time of its last alert
+
+    def configure(self, features: dict[str, str]) -> None:
+        self.features = dict(features)
+        self.last = {d: t for d, t in self.last.items() if d in features}
+
+    def alerted(self, detector: str) -> None:
+        self.last[detector] = time.monotonic()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            self.name, f"1 while the drift detector alerted within {DRIFT_HOLD_S:g} s, else 0.",
+            labels=["detector", "feature"])
+        now = time.monotonic()
+        for detector, feature in sorted(self.features.items()):
+            last = self.last.get(detector)
+            drifting = last is not None and now - last < DRIFT_HOLD_S
+            family.add_metric([detector, feature], 1.0 if drifting else 0.0)
+        yield family
 
 
 class LogStatsLike(Protocol):
@@ -109,6 +147,30 @@ class Metrics:
             "Events whose payload was dropped because masking failed (fail closed), by stage.",
             ["stage"], registry=registry,
         )
+        self.alerts = Counter(
+            f"{n}_alerts_total", "Detector alerts, by detector and severity.",
+            ["detector", "severity"], registry=registry,
+        )
+        self.detection_failures = Counter(
+            f"{n}_detection_failures_total",
+            "Events that went on without detection (worker_unavailable, stage_error).",
+            ["reason"], registry=registry,
+        )
+        self.detector_errors = Counter(
+            f"{n}_detector_errors_total", "Events a detector raised on (skipped for it).",
+            ["detector"], registry=registry,
+        )
+        self.detector_reloads = Counter(
+            f"{n}_detector_reloads_total",
+            "Detectors file reloads: applied, unchanged, or rejected (the old one stays).",
+            ["result"], registry=registry,
+        )
+        self.detectors_info = Gauge(
+            f"{n}_detectors_info", "The detectors configuration in force (value is always 1).",
+            ["digest", "source"], registry=registry,
+        )
+        self.drift = DriftStatus(f"{n}_drift_status")
+        registry.register(self.drift)
         self.overloaded = Counter(
             f"{n}_requests_refused_total", "Requests refused before the upstream, by reason.",
             ["reason"], registry=registry,

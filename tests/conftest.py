@@ -47,7 +47,9 @@ IDENTITY = {
 # The sidecars the fixtures start record metadata only, unless a test asks for a profile:
 # under the default (strict) each one would start a masking worker process, about a second
 # of CPU for presidio, hundreds of times over. tests/privacy runs the default profile.
-TEST_DEFAULTS = {"SIDECAR_PRIVACY_PROFILE": "metadata-only"}
+# Likewise detection (a worker process with river and scipy, about 1.4 s of CPU to start):
+# off unless a test asks for it; tests/detection runs the shipped default set.
+TEST_DEFAULTS = {"SIDECAR_PRIVACY_PROFILE": "metadata-only", "SIDECAR_DETECTORS": "off"}
 
 
 @dataclass

@@ -37,8 +37,9 @@ def child_env(extra: dict[str, str] | None = None, identity: bool = True) -> dic
     env.pop("PYTHONWARNINGS", None)
     if identity:
         env.update(IDENTITY_ENV)
-    # No masking worker (a second of presidio start-up) unless a test asks for a profile.
+    # No masking or detection worker (a second or more of start-up each) unless asked for.
     env["SIDECAR_PRIVACY_PROFILE"] = "metadata-only"
+    env["SIDECAR_DETECTORS"] = "off"
     env.update(extra or {})
     return env
 

@@ -135,9 +135,10 @@ class Settings:
         "File with the key of the profiles' hash operator; unset: a random key per start.",
     )
 
-    # Detectors (detectors/): validated at start-up; the pipeline does not run them yet.
+    # Detectors (detectors/, sidecar/detection/): reloaded on SIGHUP and when the file changes.
     detectors: str | None = _setting(
-        None, p.optional_text, "Detectors file (YAML); unset: the shipped default set.",
+        None, p.optional_text,
+        "Detectors file (YAML); unset: the shipped default set; off: no detection.",
     )
 
     log_level: str = _setting("info", p.choice(*LOG_LEVELS), "Level of the sidecar's own logs.")

@@ -13,30 +13,40 @@ from typing import Any
 import orjson
 
 from sidecar.events.model import InferenceEvent
+from sidecar.events.notices import NoticeEvent
 from sidecar.events.record import Record
 from sidecar.telemetry import CLOUDEVENTS_CONTENT_TYPE, EVENT_SOURCE_PREFIX
 
 
-def envelope(event: InferenceEvent) -> dict[str, Any]:
+def envelope(event: InferenceEvent | NoticeEvent) -> dict[str, Any]:
+    data: dict[str, Any] | InferenceEvent
+    if isinstance(event, NoticeEvent):
+        ident, subject, data = event.id, event.subject, event.data
+    else:
+        ident, subject, data = event.inference_id, event.route, event
     return {
         "specversion": "1.0",
-        "id": event.inference_id,
+        "id": ident,
         "source": EVENT_SOURCE_PREFIX + event.model_name,
         "type": event.event_type,
         "time": event.timestamp,
-        "subject": event.route,
+        "subject": subject,
         "datacontenttype": "application/json",
         "dataschema": f"{EVENT_SOURCE_PREFIX}schema:{event.event_type}:{event.schema_version}",
-        "data": event,
+        "data": data,
     }
 
 
-def to_record(event: InferenceEvent, seq: int) -> Record:
+def to_record(event: InferenceEvent | NoticeEvent, seq: int) -> Record:
     """Encode ``event`` as a log/sink record keyed by the pseudonymous client id when
     known, else the model name: a consumer group sees one client's events in order."""
+    if isinstance(event, NoticeEvent):
+        key = event.key
+    else:
+        key = event.client_id or event.model_name
     return Record(
         seq=seq,
-        key=(event.client_id or event.model_name).encode(),
+        key=key.encode(),
         value=orjson.dumps(envelope(event)),
         headers=(
             ("content-type", CLOUDEVENTS_CONTENT_TYPE),

@@ -10,14 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.events.notices import NoticeEvent
 from sidecar.telemetry import EVENT_SCHEMA_VERSION, EVENT_TYPE_INFERENCE
 
 
 class _Transient:
     # Not a dataclass field, so orjson never serialises it: the raw capture a privacy
     # profile allows (sidecar/privacy/context.py), dropped once the privacy stage masked it.
-    __slots__ = ("capture",)
+    __slots__ = ("capture", "observed")
     capture: Any  # a sidecar.privacy.context.Capture; unset when there is none
+    # What the detection stage reads (sidecar/detection/observed.py): raw references,
+    # dropped once the detectors' features were taken from them.
+    observed: Any
 
 
 @dataclass(slots=True)
@@ -49,5 +53,14 @@ class InferenceEvent(_Transient):
     privacy: dict[str, Any] | None = None  # the governing profile and what it let through
     payload: dict[str, Any] | None = None  # masked request/response/query, when sampled
     headers: dict[str, dict[str, str]] | None = None  # allow-listed, masked header values
+    # What the detectors know about the prompt (detectors/text.py: a length, a SimHash,
+    # matched rule ids, token counts; never text), and the alerts this inference raised.
+    # None: detection off for this event or it failed; [] / {}: it ran, nothing to say.
+    features: dict[str, Any] | None = None
+    detections: list[dict[str, Any]] | None = None
     event_type: str = EVENT_TYPE_INFERENCE
     schema_version: str = EVENT_SCHEMA_VERSION
+
+
+# What travels the pipeline: inferences, and the notices (alerts, policy changes) about them.
+AnyEvent = InferenceEvent | NoticeEvent

@@ -18,7 +18,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from sidecar.events.model import InferenceEvent
+from sidecar.events.model import AnyEvent
 
 POLICIES = ("block", "drop_oldest", "drop_newest")
 
@@ -40,7 +40,7 @@ class EventQueue:
         self.when_full = when_full
         self.dropped = 0
         self._next_seq = first_seq
-        self._items: deque[tuple[int, InferenceEvent]] = deque()
+        self._items: deque[tuple[int, AnyEvent]] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._on_drop = on_drop
@@ -58,7 +58,7 @@ class EventQueue:
         """False when a ``block`` queue is full: admission control refuses new requests."""
         return self.when_full != "block" or len(self._items) < self.capacity
 
-    def put(self, event: InferenceEvent) -> int:
+    def put(self, event: AnyEvent) -> int:
         """Enqueue without blocking; return the event's sequence number, 0 if dropped."""
         if len(self._items) >= self.capacity and self.when_full != "block":
             self.dropped += 1
@@ -77,7 +77,7 @@ class EventQueue:
             waiter.set_result(None)
         return seq
 
-    async def get_batch(self, max_items: int) -> list[tuple[int, InferenceEvent]]:
+    async def get_batch(self, max_items: int) -> list[tuple[int, AnyEvent]]:
         """Wait for at least one event (or close); return up to ``max_items`` in order.
 
         An empty list means the queue is closed and drained.
@@ -92,7 +92,7 @@ class EventQueue:
                 self._waiter = None
         return self.take(max_items)
 
-    def take(self, max_items: int) -> list[tuple[int, InferenceEvent]]:
+    def take(self, max_items: int) -> list[tuple[int, AnyEvent]]:
         """Up to ``max_items`` events, without waiting."""
         items = self._items
         return [items.popleft() for _ in range(min(max_items, len(items)))]

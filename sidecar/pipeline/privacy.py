@@ -15,23 +15,20 @@ Fail closed: if the worker is down, hangs or refuses, the batch's events go on w
 payload or header values, with ``privacy.failure`` saying why, and
 ``privacy_failures_total`` counts them. The event itself is never held back or lost.
 
-``Handoff`` is the bounded buffer between this stage and the log writer (2 batches):
-when the writer is slow, this stage waits, the EventQueue fills, and its ``when_full``
-policy applies, as it would without this stage.
+Its output is a ``Handoff`` (``sidecar/pipeline/handoff.py``) to the log writer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sidecar.errors import OUTCOME_REJECTED
 from sidecar.events.model import InferenceEvent
-from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
+from sidecar.pipeline.handoff import Batch, BatchSource, Handoff
 from sidecar.privacy.context import Capture, decision
 from sidecar.privacy.masker import Captured, recorded_headers
 from sidecar.privacy.memo import HeaderMemo
@@ -45,61 +42,20 @@ BATCH_MAX = 256
 CALL_TIMEOUT_S = 10.0  # per call, plus PER_EVENT_S per event in it
 PER_EVENT_S = 0.05
 
-Batch = list[tuple[int, InferenceEvent]]
 Work = tuple[list[InferenceEvent], list[Item], list[bytes | None]]
 
 
-class Handoff:
-    """Batches from the privacy stage to the writer; the reading side is EventQueue's."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: deque[tuple[int, InferenceEvent]] = deque()
-        self._closed = False
-        self._readable: asyncio.Future[None] | None = None
-        self._writable: asyncio.Future[None] | None = None
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @staticmethod
-    def _wake(future: asyncio.Future[None] | None) -> None:
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    async def put_batch(self, batch: Batch) -> None:
-        while len(self._items) >= self.capacity:
-            self._writable = asyncio.get_running_loop().create_future()
-            await self._writable
-        self._items.extend(batch)
-        self._wake(self._readable)
-
-    async def get_batch(self, max_items: int) -> Batch:
-        while not self._items:
-            if self._closed:
-                return []
-            self._readable = asyncio.get_running_loop().create_future()
-            await self._readable
-        return self.take(max_items)
-
-    def take(self, max_items: int) -> Batch:
-        items = self._items
-        taken = [items.popleft() for _ in range(min(max_items, len(items)))]
-        self._wake(self._writable)
-        return taken
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake(self._readable)
+def _flags(event: InferenceEvent) -> frozenset[str]:
+    """The always-capture rules this event triggers besides errors: a rejection by the
+    sidecar, an alert of a detector (the detection stage ran before this one)."""
+    flags = {"rejection"} if event.outcome == OUTCOME_REJECTED else set()
+    if event.detections:
+        flags.add("alert")
+    return frozenset(flags)
 
 
 def _decide(event: InferenceEvent, capture: Capture) -> Decision:
-    return decision(capture.profile, event.inference_id, event.status,
-                    event.outcome == OUTCOME_REJECTED)
+    return decision(capture.profile, event.inference_id, event.status, _flags(event))
 
 
 def _captured(event: InferenceEvent, capture: Capture, chosen: Decision) -> Item:
@@ -107,7 +63,7 @@ def _captured(event: InferenceEvent, capture: Capture, chosen: Decision) -> Item
     keep = chosen.captured  # bodies and query only when the event keeps its payload
     return capture.profile.digest, Captured(
         inference_id=event.inference_id, status=event.status,
-        flags=frozenset({"rejection"}) if event.outcome == OUTCOME_REJECTED else frozenset(),
+        flags=_flags(event),
         request_body=capture.request_body if keep else None,
         request_content_type=capture.request_type,
         response_body=capture.response_body if keep else None,
@@ -119,7 +75,7 @@ def _captured(event: InferenceEvent, capture: Capture, chosen: Decision) -> Item
 
 
 class PrivacyStage:
-    def __init__(self, source: EventQueue, sink: Handoff, child: Child,
+    def __init__(self, source: BatchSource, sink: Handoff, child: Child,
                  on_failure: Callable[[str, int], None]) -> None:
         self.source = source
         self.out = sink
@@ -167,7 +123,7 @@ class PrivacyStage:
         memo = self._memo
         for _, event in batch:
             capture = getattr(event, "capture", None)
-            if capture is None:
+            if capture is None or not isinstance(event, InferenceEvent):
                 continue
             del event.capture
             try:
@@ -215,6 +171,8 @@ class PrivacyStage:
         payload (its capture is gone already, or removed here)."""
         events = []
         for _, event in batch:
+            if not isinstance(event, InferenceEvent):
+                continue
             if getattr(event, "capture", None) is not None:
                 del event.capture
                 events.append(event)

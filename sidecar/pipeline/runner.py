@@ -1,6 +1,9 @@
 """``Pipeline``: the event path after the request path, read top to bottom.
 
     EventQueue (bounded, in memory)
+        │  DetectionStage: features, monitor-mode detectors       (worker process)
+        ▼     (unless detectors are off); alerts go back on the queue as notices
+    Handoff (bounded, two batches)
         │  PrivacyStage: mask what the profile records            (worker process)
         ▼     (only when a privacy profile records anything; else straight on)
     Handoff (bounded, two batches)
@@ -22,17 +25,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import TYPE_CHECKING
 
 from sidecar.durability.base import EventLog
 from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
 from sidecar.pipeline.delivery import Delivery
-from sidecar.pipeline.privacy import Handoff, PrivacyStage
+from sidecar.pipeline.detection import DetectionStage
+from sidecar.pipeline.handoff import BatchSource, Handoff
+from sidecar.pipeline.privacy import PrivacyStage
 from sidecar.pipeline.writer import BATCH_MAX as WRITER_BATCH_MAX
-from sidecar.pipeline.writer import BatchSource, Durability, LogWriter
+from sidecar.pipeline.writer import Durability, LogWriter
 from sidecar.sinks.base import Sink
 from sidecar.telemetry import Metrics
 from sidecar.workers.child import Child
+
+if TYPE_CHECKING:
+    from detectors.config import DetectorsConfig
 
 log = get_logger("pipeline")
 
@@ -48,6 +57,7 @@ class Pipeline:
         interval: float = 0.05,
         durability_timeout: float = 5.0,
         masking: Child | None = None,
+        detection: tuple[Child, DetectorsConfig] | None = None,
     ) -> None:
         self.queue = queue
         self.log = event_log
@@ -57,11 +67,16 @@ class Pipeline:
         self._metrics = metrics
         self.delivery = Delivery(event_log, sink, metrics)
         self.privacy: PrivacyStage | None = None
+        self.detection: DetectionStage | None = None
         source: BatchSource = queue
+        if detection is not None:
+            handoff = Handoff(2 * WRITER_BATCH_MAX)
+            self.detection = DetectionStage(queue, handoff, detection[0], metrics, detection[1])
+            source = handoff
         if masking is not None:
             handoff = Handoff(2 * WRITER_BATCH_MAX)
             self.privacy = PrivacyStage(
-                queue, handoff, masking,
+                source, handoff, masking,
                 on_failure=lambda stage, n: metrics.privacy_failures.labels(stage).inc(n))
             source = handoff
         self.writer = LogWriter(
@@ -85,6 +100,8 @@ class Pipeline:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.detection is not None:
+            self._tasks["detection"] = loop.create_task(self.detection.run(), name="detection")
         if self.privacy is not None:
             self._tasks["privacy"] = loop.create_task(self.privacy.run(), name="privacy")
         self._tasks["writer"] = loop.create_task(self.writer.run(), name="log-writer")
@@ -102,7 +119,7 @@ class Pipeline:
         self.queue.close()
         self.writer.give_up_at = deadline  # a full log under `block` must not hang shutdown
         # The queue is bounded, the masking calls and the disk bounded in time: these finish.
-        for name in ("privacy", "writer"):
+        for name in ("detection", "privacy", "writer"):
             task = self._tasks.get(name)
             if task is not None:
                 await task
@@ -113,8 +130,9 @@ class Pipeline:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self.writer.shutdown()
-        if self.privacy is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.privacy.shutdown)
+        for stage in (self.detection, self.privacy):
+            if stage is not None:
+                await asyncio.get_running_loop().run_in_executor(None, stage.shutdown)
         delivery = self._tasks.get("delivery")
         drained = await self.delivery.stop(delivery, max(0.0, deadline - time.monotonic()))
         stats = self.log.stats()

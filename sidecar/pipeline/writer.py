@@ -22,12 +22,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 from sidecar.durability.base import EventLog, LogFull
 from sidecar.events.cloudevents import to_record
-from sidecar.events.model import InferenceEvent
 from sidecar.logs import get_logger
+from sidecar.pipeline.handoff import Batch, BatchSource
 
 log = get_logger("writer")
 
@@ -86,17 +85,6 @@ class Durability:
             self.expire(loop.time())
 
 
-class BatchSource(Protocol):
-    """Where the writer takes events from: the EventQueue, or the privacy stage's Handoff."""
-
-    @property
-    def closed(self) -> bool: ...
-
-    async def get_batch(self, max_items: int) -> list[tuple[int, InferenceEvent]]: ...
-
-    def take(self, max_items: int) -> list[tuple[int, InferenceEvent]]: ...
-
-
 class LogWriter:
     def __init__(
         self,
@@ -123,7 +111,7 @@ class LogWriter:
         self._on_drop = on_drop
         self.give_up_at: float | None = None  # monotonic deadline, set at shutdown
 
-    def _append(self, batch: list[tuple[int, InferenceEvent]]) -> None:
+    def _append(self, batch: Batch) -> None:
         before = self.log.stats()
         self.log.append([to_record(event, seq) for seq, event in batch])
         self._dirty = True
@@ -142,7 +130,7 @@ class LogWriter:
             self._dirty = False
         self._last_sync = time.monotonic()
 
-    def _persist(self, batch: list[tuple[int, InferenceEvent]]) -> None:
+    def _persist(self, batch: Batch) -> None:
         """Writer thread: append (once), then fsync if due. One hand-off per batch; after a
         failed fsync the retry must not append the batch again."""
         if not self._appended:
@@ -165,7 +153,7 @@ class LogWriter:
             await self._write(loop, batch)
 
     async def _write(
-        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[int, InferenceEvent]]
+        self, loop: asyncio.AbstractEventLoop, batch: Batch
     ) -> None:
         self._appended = False
         gave_up = await self._retry(loop, functools.partial(self._persist, batch), len(batch))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,12 @@ def records_anything(profile: PrivacyProfile) -> bool:
     return profile.captures_payload or bool(profile.headers_allow)
 
 
-def decision(profile: PrivacyProfile, inference_id: str, status: int, rejected: bool) -> Decision:
-    return decide(inference_id, profile.sample_rate, status,
-                  ("rejection",) if rejected else (), rules=profile.always_capture,
-                  enabled=profile.captures_payload)
+def decision(profile: PrivacyProfile, inference_id: str, status: int,
+             flags: Collection[str] = ()) -> Decision:
+    """``flags``: ``rejection`` (the sidecar refused the request), ``alert`` (a detector
+    fired on it); see ``sampling.decide``."""
+    return decide(inference_id, profile.sample_rate, status, flags,
+                  rules=profile.always_capture, enabled=profile.captures_payload)
 
 
 class Capture:
@@ -91,7 +93,7 @@ class Capture:
 
     def stream_if_sampled(self, inference_id: str, status: int) -> StreamAssembler | None:
         """A bounded copy of the stream, when this event keeps its payload."""
-        if decision(self.profile, inference_id, status, False).captured:
+        if decision(self.profile, inference_id, status).captured:
             self.stream = StreamAssembler(self.profile.max_captured_bytes, self.response_type)
         return self.stream
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -39,6 +40,9 @@ from sidecar.proxy.routes import RouteTable
 from sidecar.proxy.stamp import Stamp
 from sidecar.proxy.upstream import Upstream, finish, request_headers
 from sidecar.telemetry import Metrics
+
+if TYPE_CHECKING:
+    from sidecar.detection.runtime import Detection
 
 log = get_logger("proxy")
 
@@ -90,9 +94,11 @@ class ProxyHandler:
         durability: Durability,
         refusal: Callable[[], str | None],
         privacy: PrivacyContext | None = None,
+        detection: Detection | None = None,
     ) -> None:
         self._settings = settings
         self._privacy = privacy
+        self._detection = detection
         self._identity = settings.identity
         self._upstream = upstream
         self._queue = queue
@@ -177,6 +183,8 @@ class ProxyHandler:
         capture: Capture | None = getattr(event, "capture", None)
         if capture is not None:
             capture.request(body, request.headers.get("content-type"), request.query_string)
+        if self._detection is not None:  # keeps references; the gate may refuse (429/403)
+            self._detection.observe(event, body, request.headers)
         # The sidecar serves plain HTTP only (TLS ends before it, or at the mesh):
         # x-forwarded-proto is always http.
         headers = request_headers(request.headers, event.inference_id, request.remote)

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from sidecar.config import Settings
+from sidecar.detection.observed import Observed
 from sidecar.errors import SidecarError
 from sidecar.privacy.context import Capture
 from sidecar.proxy.exchange import Exchange
@@ -70,6 +71,9 @@ class Relay:
         capture: Capture | None = getattr(event, "capture", None)
         if capture is not None:  # references only: masked later, in the privacy stage
             capture.response(list(upstream.headers.items()), body)
+        observed: Observed | None = getattr(event, "observed", None)
+        if observed is not None:  # the detectors read the upstream's token usage from it
+            observed.response_body = body
         response = web.Response(
             status=upstream.status, reason=upstream.reason, body=body, headers=headers
         )

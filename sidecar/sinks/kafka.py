@@ -51,6 +51,7 @@ from sidecar.sinks.kafka_config import (
     producer_config,
     read_credentials,
 )
+from sidecar.telemetry import ALERTS_TYPE_PREFIX
 
 __all__ = [
     "CLIENT_ID", "MAX_BLOCK_MS", "MAX_REQUEST_SIZE", "KafkaSettings", "KafkaSink",
@@ -216,11 +217,13 @@ class KafkaSink:
 
     def _deliver(self, producer: Producer, records: Sequence[Record]) -> None:
         """Send every record, then wait until each is acknowledged, or raise."""
-        topic = self.settings.topic
+        events_topic = self.settings.topic
+        alerts_topic = self.settings.alerts_topic or events_topic
         timeout = self.settings.delivery_timeout_s
         deadline = time.monotonic() + timeout
         futures = []
         for record in records:
+            topic = alerts_topic if _is_alert(record) else events_topic
             try:
                 futures.append(producer.send(
                     topic, value=record.value, key=record.key, headers=list(record.headers)
@@ -251,6 +254,18 @@ class KafkaSink:
         if failed:
             raise SinkError(f"kafka: {failed} of {len(futures)} records not acknowledged within "
                             f"{timeout:g} s: {first}")
+
+
+_ALERTS_PREFIX: Final = ALERTS_TYPE_PREFIX.encode()
+
+
+def _is_alert(record: Record) -> bool:
+    """Records of ``ai.detector.*`` types go to the alerts topic (by their ce_type header:
+    the log's record format needs no topic of its own)."""
+    for name, value in record.headers:
+        if name == "ce_type":
+            return value.startswith(_ALERTS_PREFIX)
+    return False
 
 
 class _MetadataTimeout(Exception):

@@ -76,6 +76,7 @@ class KafkaSettings:
 
     bootstrap: str
     topic: str
+    alerts_topic: str | None = None  # records of ai.detector.* types; None: to ``topic``
     security_protocol: str = "PLAINTEXT"
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
@@ -90,8 +91,10 @@ class KafkaSettings:
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
         bootstrap_addresses(self.bootstrap)
-        if not _TOPIC.match(self.topic):
-            raise ValueError(f"topic: expected 1-249 of [a-zA-Z0-9._-], got {self.topic!r}")
+        for name in ("topic", "alerts_topic"):
+            value = getattr(self, name)
+            if (value is not None or name == "topic") and not _TOPIC.match(value or ""):
+                raise ValueError(f"{name}: expected 1-249 of [a-zA-Z0-9._-], got {value!r}")
         protocol = self.security_protocol.upper()
         if protocol not in SECURITY_PROTOCOLS:
             raise ValueError(f"security_protocol: expected one of {SECURITY_PROTOCOLS}, "
@@ -154,6 +157,7 @@ class KafkaSettings:
 # KafkaSettings field -> the sidecar setting it comes from, for error messages.
 _SETTING_NAMES: Final = {
     "topic": "kafka_events_topic",
+    "alerts_topic": "kafka_alerts_topic",
     "delivery_timeout_s": "kafka_delivery_timeout",
     "request_timeout_s": "kafka_delivery_timeout",
 }
@@ -166,6 +170,7 @@ def kafka_settings_from(settings: Settings, topic: str | None = None) -> KafkaSe
         return KafkaSettings(
             bootstrap=settings.kafka_bootstrap,
             topic=topic or settings.kafka_events_topic,
+            alerts_topic=settings.kafka_alerts_topic,
             security_protocol=settings.kafka_security_protocol,
             ssl_cafile=settings.kafka_ssl_cafile,
             ssl_certfile=settings.kafka_ssl_certfile,

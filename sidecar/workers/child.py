@@ -118,6 +118,12 @@ class Child:
             raise WorkerError(str(reply[1]))
         return reply[1]
 
+    def replace_factory(self, factory: Callable[[], Any]) -> None:
+        """What a child started from now on runs (a hot reload: the running child got the
+        change in a call; a replacement must not start from the old one)."""
+        with self._lock:
+            self._factory = factory
+
     def close(self) -> None:
         with self._lock:
             proc = self.proc

@@ -29,7 +29,7 @@ def test_the_value_is_a_cloudevents_envelope_around_the_event() -> None:
         "time": "2025-01-01T00:00:00.000Z",
         "subject": "/v1/{name}/predict",
         "datacontenttype": "application/json",
-        "dataschema": EVENT_SOURCE_PREFIX + "schema:ai.inference.completed:1.1",
+        "dataschema": EVENT_SOURCE_PREFIX + "schema:ai.inference.completed:1.2",
         "data": dataclasses.asdict(event),
     }
     assert set(doc["data"]) == EVENT_FIELDS

@@ -148,7 +148,7 @@ async def test_repeated_header_only_events_are_answered_from_the_memo() -> None:
     assert len(worker.calls[0]) == len(first)  # nothing remembered yet
     went = {c.inference_id for _, c, _ in worker.calls[1]}
     sampled = {e.inference_id for e in second
-               if decision(STRICT, e.inference_id, 200, False).captured}
+               if decision(STRICT, e.inference_id, 200).captured}
     assert went == sampled | {"inf-000999"}  # the repeats were answered from the memo
     assert len(sampled) < len(second) - 1  # (the ids give a mix; else the test says nothing)
     assert all(e.headers == {"request": {"user-agent": "ua"}} for e in out)

@@ -81,7 +81,7 @@ def test_each_line_is_the_records_cloudevent(sink: JsonLinesSink, path: Path) ->
         assert obj["datacontenttype"] == "application/json"
         assert set(obj["data"]) == EVENT_FIELDS
         assert obj["data"] == dataclasses.asdict(event)
-        assert obj["data"]["schema_version"] == "1.1"
+        assert obj["data"]["schema_version"] == "1.2"
 
 
 def test_only_the_value_is_written_not_key_seq_or_headers(

@@ -1,0 +1,98 @@
+"""The enforce-mode gate: a request filter that runs the detectors configured with
+``mode: enforce`` before the request is forwarded, and rejects what they flag.
+
+Only types that can decide from the request alone are enforceable (``rate_burst``,
+``signatures``, ``policy``; the config loader refuses the others). Each check is O(1) per
+request apart from the signature scan, which is linear in the prompt and bounded by
+``detectors.text.MAX_SCAN``. Verdicts:
+
+- ``rate_burst`` → 429 ``rate_limited``. The detector alerts once per episode; the gate
+  keeps refusing the client while its rate stays over the line (the detector's
+  ``observe(event)``), and those later events list the detector with ``alert_id: null``.
+  Global bursts alert but refuse no one: they are not one client's doing.
+- ``signatures`` → 403 ``prompt_blocked``; ``policy`` → 403 ``outside_intended_use``.
+
+A rejected request still produces its event (outcome ``rejected``), with the alerts in
+``detections``; the detection stage sends them to the alerts topic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from detectors.config import DetectorsConfig
+from detectors.registry import DetectorSet, DetectorSpec
+from detectors.text import MAX_SCAN, normalise, signatures
+from sidecar.detection.extract import parse_request, request_params
+from sidecar.detection.observed import Observed, Plan
+from sidecar.errors import RequestRejected
+from sidecar.events.model import InferenceEvent
+from sidecar.events.notices import summary
+
+_VERDICTS: Final = {
+    "rate_burst": (429, "rate_limited", "too many requests from this client"),
+    "signatures": (403, "prompt_blocked", "the prompt matched a blocked signature"),
+    "policy": (403, "outside_intended_use", "the request is outside the intended use"),
+}
+
+
+class Gate:
+    def __init__(self, config: DetectorsConfig) -> None:
+        specs = [s for s in config.specs if s.mode == "enforce"]
+        self.set = DetectorSet(specs, config.digest)
+        self.plan = Plan.of(config)
+        types = {s.type for s in specs}
+        self._scan = "signatures" in types
+        self._params = self.plan.params if "policy" in types else ()
+        self._rates = [(s, d) for s, d in zip(self.set.specs, self.set.detectors, strict=True)
+                       if s.type == "rate_burst"]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.set.specs)
+
+    def check(self, event: InferenceEvent, observed: Observed) -> None:
+        """Run the enforce-mode detectors; raise ``RequestRejected`` to refuse the request."""
+        view: dict[str, Any] = {
+            "inference_id": event.inference_id, "timestamp": event.timestamp,
+            "client_id": event.client_id, "route": event.route, "method": event.method,
+            "headers": {"request": observed.headers},
+        }
+        if self._scan or self._params:
+            doc, text = parse_request(observed.request_body, observed.request_type)
+            features: dict[str, Any] = {}
+            if self._scan:
+                rules = signatures()
+                scanned = normalise(text[:MAX_SCAN])
+                features["signatures"] = [r.id for r in rules.rules if r.pattern.search(scanned)]
+            if self._params:
+                features["params"] = request_params(doc, self._params)
+            view["features"] = features
+        alerts = self.set.update(view)
+        blocking = [a for a in alerts if a.details.get("scope") != "global"]
+        flagged = {a.detector for a in blocking}
+        held = [spec for spec, det in self._rates if spec.name not in flagged and _over(det, view)]
+        detections = [summary(a) for a in alerts] + [_held(spec) for spec in held]
+        if detections:
+            observed.enforced = alerts
+            event.detections = detections
+        if not blocking and not held:
+            return
+        first = blocking[0].detector_type if blocking else "rate_burst"
+        status, code, message = _VERDICTS.get(first, (403, "blocked", "blocked by a detector"))
+        raise RequestRejected(message, status=status, code=code)
+
+
+def _over(detector: Any, view: dict[str, Any]) -> bool:
+    """The client is still over the detector's line (its statistic for this event)."""
+    observed = detector.observe(view)
+    if observed is None:
+        return False
+    statistic, threshold = observed
+    return statistic is not None and threshold is not None and statistic > threshold
+
+
+def _held(spec: DetectorSpec) -> dict[str, Any]:
+    """A refusal within an episode already alerted: no new alert, the detector named."""
+    return {"alert_id": None, "detector": spec.name, "detector_type": spec.type,
+            "kind": "abuse", "severity": spec.severity, "mode": "enforce"}

@@ -1,0 +1,94 @@
+"""``DetectionService``: the monitor-mode detectors, run in a worker process.
+
+The detection stage (``sidecar/pipeline/detection.py``) sends batches of events here,
+each as its JSON data plus raw references (request body, buffered response body). For
+each, the service computes the prompt features (``detectors.text``: a length, a SimHash,
+matched rule ids; token counts from the upstream's usage; declared request parameters),
+puts them on the event as the detectors read it, and runs the ``DetectorSet``. Only the
+features and the alerts go back: the text dies here. Enforce-mode detectors are not run
+here: the request path's gate runs them (``sidecar/detection/gate.py``).
+
+``("reload", config)`` swaps the set; detectors whose spec did not change keep their
+state (a reload that only adds a detector does not restart every drift window).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from detectors.config import DetectorsConfig
+from detectors.registry import DetectorSet
+from detectors.text import prompt_features
+from sidecar.detection.extract import parse_request, request_params, token_usage
+from sidecar.detection.observed import Plan
+
+# event JSON, request body, its content type, buffered response body, request headers
+Item = tuple[bytes, bytes | None, str | None, bytes | None, dict[str, str]]
+Result = tuple[dict[str, Any], list[dict[str, Any]]]  # features, alerts (Alert.to_dict)
+
+
+def monitor_set(config: DetectorsConfig, old: DetectorSet | None = None) -> DetectorSet:
+    """The monitor-mode detectors of ``config``; unchanged ones keep ``old``'s state."""
+    detectors = DetectorSet([s for s in config.specs if s.mode == "monitor"], config.digest)
+    if old is not None:
+        kept = {(s.name, s.digest): d for s, d in zip(old.specs, old.detectors, strict=True)}
+        for i, spec in enumerate(detectors.specs):
+            previous = kept.get((spec.name, spec.digest))
+            if previous is not None:
+                detectors.detectors[i] = previous
+    return detectors
+
+
+class DetectionService:
+    name = "detection"
+
+    def __init__(self, config: DetectorsConfig) -> None:
+        self._use(config, None)
+
+    def _use(self, config: DetectorsConfig, old: DetectorSet | None) -> None:
+        self.config = config
+        self.plan = Plan.of(config)
+        self.set = monitor_set(config, old)
+        self._errors = dict(self.set.errors)
+
+    def handle(self, message: tuple[Any, ...]) -> Any:
+        if message[0] == "reload":
+            self._use(message[1], self.set)
+            return self.config.digest
+        return self.batch(message[1])
+
+    def batch(self, items: list[Item]) -> tuple[list[Result], dict[str, int]]:
+        """Features and alerts per event, and detector errors since the last call."""
+        results = [self.one(*item) for item in items]
+        errors = {name: n - self._errors.get(name, 0) for name, n in self.set.errors.items()}
+        self._errors = dict(self.set.errors)
+        return results, {name: n for name, n in errors.items() if n}
+
+    def one(self, data: bytes, body: bytes | None, ctype: str | None,
+            response: bytes | None, headers: dict[str, str]) -> Result:
+        event = orjson.loads(data)
+        doc, text = parse_request(body, ctype)
+        features = prompt_features(text)
+        features.update(token_usage(response))
+        view = dict(event)
+        view["features"] = features
+        if self.plan.params:  # for the policy only: values such as "user" are not recorded
+            view["features"] = {**features, "params": request_params(doc, self.plan.params)}
+        view["headers"] = {"request": headers}
+        if self.plan.payload:  # raw, in this process only: drift on a response field
+            view["payload"] = {"request": doc, "response": _json(response)}
+        return features, [alert.to_dict() for alert in self.set.update(view)]
+
+    def close(self) -> None:
+        pass
+
+
+def _json(body: bytes | None) -> Any:
+    if not body or body[:1] not in (b"{", b"["):
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
