@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events-file", default="demo-events.jsonl", help="Where events go.")
     demo.add_argument("--keep-running", action="store_true",
                       help="Keep serving after the sample traffic (Ctrl-C to stop).")
+    from sidecar.tools import replay  # cheap: argparse only; the detectors load in run()
+
+    replay.add_parser(commands)
     return parser
 
 
@@ -88,6 +91,10 @@ def check_detectors(settings: Settings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "replay":
+        from sidecar.tools.replay import run
+
+        return run(args)
     if args.command == "demo":
         from sidecar.demo.run import run_demo
 

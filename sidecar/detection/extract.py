@@ -45,19 +45,36 @@ def parse_request(body: bytes | None, content_type: str | None) -> tuple[Any, st
 def prompt_text(doc: Any) -> str:
     if isinstance(doc, dict):
         parts: list[str] = []
-        system = doc.get("system")
-        if isinstance(system, str | list):
-            parts.extend(_texts(system))
+        if "system" in doc:
+            parts.extend(_content(doc["system"]))
         for key in _SHAPES:
             if key in doc:
                 value = doc[key]
                 if key == "messages" and isinstance(value, list):
-                    value = [m.get("content") for m in value if isinstance(m, dict)]
+                    for message in value:
+                        if isinstance(message, dict):
+                            parts.extend(_content(message.get("content")))
                 elif key == "inputs" and isinstance(value, list):
-                    value = [i.get("data") for i in value if isinstance(i, dict)]
-                parts.extend(_texts(value))
+                    for tensor in value:
+                        if isinstance(tensor, dict):
+                            parts.extend(_texts(tensor.get("data")))
+                else:
+                    parts.extend(_texts(value))
                 return "\n".join(parts)
     return "\n".join(_texts(doc))
+
+
+def _content(value: Any) -> Iterator[str]:
+    """A message's content: a string, or a list of parts of which only the text counts
+    (``{"type": "text", "text": ...}``; image URLs, type tags, cache hints do not)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for part in value:
+            if isinstance(part, str):
+                yield part
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                yield part["text"]
 
 
 def _texts(value: Any) -> Iterator[str]:

@@ -9,7 +9,8 @@ request apart from the signature scan, which is linear in the prompt and bounded
 - ``rate_burst`` → 429 ``rate_limited``. The detector alerts once per episode; the gate
   keeps refusing the client while its rate stays over the line (the detector's
   ``observe(event)``), and those later events list the detector with ``alert_id: null``.
-  Global bursts alert but refuse no one: they are not one client's doing.
+  Global bursts, and bursts of requests without a client id (``client_id_source`` unset
+  or the request lacks it: they share one bucket), alert but refuse no one.
 - ``signatures`` → 403 ``prompt_blocked``; ``policy`` → 403 ``outside_intended_use``.
 
 A rejected request still produces its event (outcome ``rejected``), with the alerts in
@@ -27,7 +28,7 @@ from sidecar.detection.extract import parse_request, request_params
 from sidecar.detection.observed import Observed, Plan
 from sidecar.errors import RequestRejected
 from sidecar.events.model import InferenceEvent
-from sidecar.events.notices import summary
+from sidecar.events.notices import numbered, summary
 
 _VERDICTS: Final = {
     "rate_burst": (429, "rate_limited", "too many requests from this client"),
@@ -37,9 +38,14 @@ _VERDICTS: Final = {
 
 
 class Gate:
-    def __init__(self, config: DetectorsConfig) -> None:
+    def __init__(self, config: DetectorsConfig, previous: Gate | None = None) -> None:
         specs = [s for s in config.specs if s.mode == "enforce"]
         self.set = DetectorSet(specs, config.digest)
+        if previous is not None:  # a reload must not release a client mid-burst
+            kept = {(s.name, s.digest): d
+                    for s, d in zip(previous.set.specs, previous.set.detectors, strict=True)}
+            for i, spec in enumerate(self.set.specs):
+                self.set.detectors[i] = kept.get((spec.name, spec.digest), self.set.detectors[i])
         self.plan = Plan.of(config)
         types = {s.type for s in specs}
         self._scan = "signatures" in types
@@ -69,10 +75,16 @@ class Gate:
                 features["params"] = request_params(doc, self._params)
             view["features"] = features
         alerts = self.set.update(view)
-        blocking = [a for a in alerts if a.details.get("scope") != "global"]
+        # A rate is one client's doing: global bursts, and requests without a client id
+        # (they share one bucket), alert but refuse no one.
+        identified = event.client_id is not None
+        blocking = [a for a in alerts if a.details.get("scope") != "global"
+                    and (identified or a.detector_type != "rate_burst")]
         flagged = {a.detector for a in blocking}
-        held = [spec for spec, det in self._rates if spec.name not in flagged and _over(det, view)]
-        detections = [summary(a) for a in alerts] + [_held(spec) for spec in held]
+        held = [spec for spec, det in self._rates
+                if identified and spec.name not in flagged and _over(det, view)]
+        detections = [summary(a, i) for a, i in zip(alerts, numbered(alerts), strict=True)]
+        detections += [_held(spec) for spec in held]
         if detections:
             observed.enforced = alerts
             event.detections = detections

@@ -40,10 +40,7 @@ def envelope(event: InferenceEvent | NoticeEvent) -> dict[str, Any]:
 def to_record(event: InferenceEvent | NoticeEvent, seq: int) -> Record:
     """Encode ``event`` as a log/sink record keyed by the pseudonymous client id when
     known, else the model name: a consumer group sees one client's events in order."""
-    if isinstance(event, NoticeEvent):
-        key = event.key
-    else:
-        key = event.client_id or event.model_name
+    key = event.key if isinstance(event, NoticeEvent) else event.client_id or event.model_name
     return Record(
         seq=seq,
         key=key.encode(),

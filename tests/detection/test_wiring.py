@@ -98,7 +98,8 @@ async def test_inferences_carry_features_and_their_alerts_follow_as_cloudevents(
     position = {e["id"]: i for i, e in enumerate(envelopes)}
     for alert in alerts:
         assert alert["data"]["detector"] == "prompt-signatures"
-        assert alert["id"] == f"{alert['data']['inference_id']}/prompt-signatures"
+        assert alert["id"] in (f"{alert['data']['inference_id']}/prompt-signatures",
+                               f"{alert['data']['inference_id']}/prompt-signatures.1")
         assert position[alert["id"]] > position[alert["data"]["inference_id"]]
     raw = (tmp_path / "events.jsonl").read_text()
     assert "IGNORE" not in raw and "ignore all previous" not in raw.lower()  # no prompt text
