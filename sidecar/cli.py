@@ -1,4 +1,5 @@
-"""``inference-sidecar`` command line: ``serve``, ``check-config``, ``demo``.
+"""``inference-sidecar`` command line: ``serve``, ``check-config``, ``demo``, and the
+detector tools ``replay`` (tuning on recorded events) and ``detect`` (a consumer group).
 
 Every setting in ``sidecar.config.Settings`` is also a flag of ``serve`` and
 ``check-config`` (``model_version`` → ``--model-version``). Configuration errors print
@@ -64,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events-file", default="demo-events.jsonl", help="Where events go.")
     demo.add_argument("--keep-running", action="store_true",
                       help="Keep serving after the sample traffic (Ctrl-C to stop).")
-    from sidecar.tools import replay  # cheap: argparse only; the detectors load in run()
+    # Cheap imports (argparse only): the detectors and kafka-python load in run().
+    from sidecar.tools import detect, replay
 
     replay.add_parser(commands)
+    detect.add_parser(commands)
     return parser
 
 
@@ -92,9 +95,13 @@ def check_detectors(settings: Settings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "replay":
-        from sidecar.tools.replay import run
+        from sidecar.tools import replay
 
-        return run(args)
+        return replay.run(args)
+    if args.command == "detect":
+        from sidecar.tools import detect
+
+        return detect.run(args)
     if args.command == "demo":
         from sidecar.demo.run import run_demo
 

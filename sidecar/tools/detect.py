@@ -8,17 +8,15 @@ see their member's partitions: with N members, about 1/N of the traffic each.
 
 - ``ai.inference.completed`` CloudEvents go to the detectors (their ``data``); other types
   are skipped; anything else is counted as malformed and skipped, never a crash.
-- Alerts (``notices.alert_event``) go out through the sidecar's own Kafka sink (idempotent,
+- Alerts (``notices.alert_events``) go out through the sidecar's own Kafka sink (idempotent,
   ``acks=all``, same TLS/SASL settings). Enforce-mode detectors run too: they only alert.
 - At-least-once: a batch's offsets are committed once all its alerts are acknowledged.
   A batch read again (after a crash, or a commit refused at a rebalance) raises the same
   alerts with the same ids (``<inference id>/<detector>``): consumers de-duplicate by id.
-- Detector state lives in this process's memory only. A partition that moves to another
+- Detector state lives in this process's memory only: a partition that moves to another
   member at a rebalance, or a restarted member, starts its clients from no state
-  (baselines re-learn; a burst straddling the move can go unseen). A new group reading
-  from the earliest offset rebuilds it from what the topic retains.
-- Stops on SIGTERM/SIGINT after the batch in hand, or per ``--max-events``/``--idle-exit``;
-  a summary line on stderr. Exit 1: Kafka failed (unreachable, alerts unacknowledged).
+  (baselines re-learn; a burst straddling the move can go unseen).
+- Stops on SIGTERM/SIGINT after the batch in hand, or per ``--max-events``/``--idle-exit``.
 """
 
 from __future__ import annotations
@@ -29,29 +27,23 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from detectors.config import DetectorConfigError, load_config
-from detectors.registry import DetectorSet
 from sidecar.events.cloudevents import to_record
-from sidecar.events.notices import alert_event
-from sidecar.events.record import Record
+from sidecar.events.notices import alert_events
 from sidecar.logs import configure_logging, get_logger
-from sidecar.sinks import kafka_config as kc
 from sidecar.sinks.base import SinkError
-from sidecar.sinks.kafka import KafkaSink, create_producer
 from sidecar.telemetry import EVENT_TYPE_INFERENCE
 
-with warnings.catch_warnings():  # same import-time filter as sidecar.sinks.kafka_config
-    warnings.filterwarnings("ignore", r"(read|open)_text is deprecated", DeprecationWarning)
-    from kafka import KafkaConsumer  # type: ignore[import-untyped]
-    from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
+if TYPE_CHECKING:  # the detectors (river, scipy) and kafka-python load in run(): the CLI
+    from detectors.registry import DetectorSet  # imports this module for every command
+    from sidecar.events.record import Record
+    from sidecar.sinks.kafka import KafkaSink
 
 log = get_logger("detect")
 
@@ -103,8 +95,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add("--log-level", default="info", choices=("debug", "info", "warning"))
     tls = parser.add_argument_group("TLS and SASL (secrets are files, never flags)")
     tls.add_argument("--security-protocol", default="PLAINTEXT",
-                     help=f"One of {', '.join(kc.SECURITY_PROTOCOLS)}.")
-    tls.add_argument("--sasl-mechanism", help=f"One of {', '.join(kc.SASL_MECHANISMS)}.")
+                     help="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    tls.add_argument("--sasl-mechanism", help="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
     for name in ("ssl-cafile", "ssl-certfile", "ssl-keyfile", "sasl-username-file",
                  "sasl-password-file"):
         tls.add_argument(f"--{name}", metavar="FILE")
@@ -130,26 +122,16 @@ class Stats:
                 f"alerts: {sum(self.alerts.values())}" + (f" ({by})" if by else ""))
 
 
-def _settings(args: argparse.Namespace) -> kc.KafkaSettings:
-    try:
-        return kc.KafkaSettings(
-            bootstrap=args.bootstrap, topic=args.events_topic, alerts_topic=args.alerts_topic,
-            delivery_timeout_s=args.delivery_timeout, **{name: getattr(args, name) for name in (
-                "security_protocol", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
-                "sasl_mechanism", "sasl_username_file", "sasl_password_file")})
-    except ValueError as exc:
-        name, _, reason = str(exc).partition(": ")
-        flag = {"topic": "events-topic", "request_timeout_s": "delivery-timeout",
-                "delivery_timeout_s": "delivery-timeout"}.get(name, name.replace("_", "-"))
-        raise SinkError(f"--{flag}: {reason}") from None
-
-
 def _consumer(args: argparse.Namespace, config: dict[str, Any]) -> Any:
     """A subscribed consumer, or ``SinkError`` (closing what a failed constructor leaks)."""
+    from kafka import KafkaConsumer  # type: ignore[import-untyped]
+
+    from sidecar.sinks.kafka_config import KafkaNetClient
+
     clients: list[Any] = []
 
     def client_factory(**kwargs: Any) -> Any:
-        clients.append(kc.KafkaNetClient(**kwargs))
+        clients.append(KafkaNetClient(**kwargs))
         return clients[-1]
 
     session_ms = int(args.session_timeout * 1000)
@@ -188,8 +170,9 @@ def _alerts(record: Any, detectors: DetectorSet, stats: Stats) -> list[tuple[str
                 "partition": record.partition, "offset": record.offset}})
         return []
     stats.events += 1
-    return [(alert.detector, to_record(alert_event(alert, data), 0))
-            for alert in detectors.update(data)]
+    alerts = detectors.update(data)
+    return [(alert.detector, to_record(notice, 0))
+            for alert, notice in zip(alerts, alert_events(alerts, data), strict=True)]
 
 
 def _deliver(sink: KafkaSink, records: list[Record], stop: threading.Event) -> bool:
@@ -211,6 +194,9 @@ def _deliver(sink: KafkaSink, records: list[Record], stop: threading.Event) -> b
 
 def _consume(consumer: Any, sink: KafkaSink, detectors: DetectorSet, args: argparse.Namespace,
              stop: threading.Event, stats: Stats) -> int:
+    from kafka.errors import KafkaError  # type: ignore[import-untyped]
+    from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
+
     last_new, generation = time.monotonic(), -1
     while not stop.is_set():
         limit = POLL_RECORDS if args.max_events is None else args.max_events - stats.records
@@ -237,8 +223,8 @@ def _consume(consumer: Any, sink: KafkaSink, detectors: DetectorSet, args: argpa
             return 1
         stats.alerts.update(name for name, _ in alerts)
         try:
-            pass
-        except kc.kafka_errors.KafkaError as exc:  # CommitFailedError: the group rebalanced
+            consumer.commit(offsets=offsets, timeout_ms=consumer.config["request_timeout_ms"])
+        except KafkaError as exc:  # CommitFailedError: the group rebalanced
             log.warning("offsets not committed: the batch will be read again", extra={
                 "fields": {"reason": str(exc)[:300]}})
         last_new = time.monotonic()
@@ -246,13 +232,28 @@ def _consume(consumer: Any, sink: KafkaSink, detectors: DetectorSet, args: argpa
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``detect`` with parsed options; the exit status."""
+    """Run ``detect``; exit status 0, 1 (Kafka failed: unreachable, alerts unacknowledged)
+    or 2 (configuration). A summary line on stderr at exit."""
+    from detectors.config import DetectorConfigError, load_config
+    from detectors.registry import DetectorSet
+    from sidecar.sinks import kafka_config as kc
+    from sidecar.sinks.kafka import KafkaSink, create_producer
+
     try:
         config = load_config(args.detectors)
-        settings = _settings(args)
+        settings = kc.KafkaSettings(
+            bootstrap=args.bootstrap, topic=args.events_topic, alerts_topic=args.alerts_topic,
+            delivery_timeout_s=args.delivery_timeout, **{name: getattr(args, name) for name in (
+                "security_protocol", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
+                "sasl_mechanism", "sasl_username_file", "sasl_password_file")})
         kc.check_files(settings)
-    except (DetectorConfigError, SinkError) as exc:
-        print(f"inference-sidecar: config error: {exc}", file=sys.stderr)
+    except (DetectorConfigError, SinkError, ValueError) as exc:
+        problem = str(exc)
+        if type(exc) is ValueError:  # from KafkaSettings, naming a field: name the flag
+            name, _, reason = problem.partition(": ")
+            flag = "events-topic" if name == "topic" else name.removesuffix("_s").replace("_", "-")
+            problem = f"--{flag}: {reason}"
+        print(f"inference-sidecar: config error: {problem}", file=sys.stderr)
         return 2
     configure_logging(args.log_level)
     detectors, stats = DetectorSet(config.specs, config.digest), Stats()
