@@ -9,6 +9,8 @@ no detector sees prompt text). Per-client state lives in a bounded LRU
 ``statistic`` and ``threshold`` are what was compared (each class says which); alerts
 come once per episode: a client that crossed the line alerts again only after its
 statistic fell back below half of it (hysteresis), so a burst is one alert, not 200.
+``observe`` (see ``detectors.base``) gives the same per-client statistic and threshold
+for the event's client after any event, alert or not: it only looks the client up.
 
 Enforceable (issue 5, item 5): ``rate_burst`` and ``signatures`` decide from what is
 known before the request is forwarded (client id, arrival time, the prompt's matched
@@ -23,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from detectors.base import Alert
+from detectors.base import Alert, Observation
 from detectors.clients import ClientTable, check, client_of, event_time, zeros4
 
 
@@ -128,6 +130,8 @@ class RateBurst(_Abuse):
     ...            for i in range(20)]
     >>> [(i, a.message) for i, e in enumerate(events) for a in det.update(e)]
     [(11, 'request burst from client c: 5.3 > 5 (decayed count over 2 s)')]
+    >>> [round(x, 2) for x in det.observe(events[-1])]  # the client's count and line, now
+    [12.96, 5.0]
     """
 
     type_name = "rate_burst"
@@ -166,6 +170,15 @@ class RateBurst(_Abuse):
                 windows, {"scope": "global", "baseline_count": self.all.long},
                 feature="request_rate"))
         return alerts
+
+    def observe(self, event: Mapping[str, Any]) -> Observation | None:
+        """The event's client's count and line (global alerts have their own, not shown)."""
+        if event_time(event) is None:
+            return None
+        state, p = self.clients.states.get(client_of(event)), self.params
+        if state is None:
+            return None, None
+        return state.short, float(max(p.min_count, p.factor * state.long * p.short_s / p.long_s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +220,8 @@ class ErrorProbing(_Abuse):
     >>> bad = [{"client_id": "b", "status": s} for s in (404, 200, 401, 403, 422)]
     >>> [(i, a.client_id) for i, e in enumerate(ok + bad) for a in det.update(e)]
     [(54, 'b')]
+    >>> [round(x, 2) for x in det.observe(bad[-1])], det.observe({"client_id": "b"})
+    ([3.77, 3.0], None)
     """
 
     type_name = "error_probing"
@@ -244,3 +259,11 @@ class ErrorProbing(_Abuse):
             {"half_life": p.half_life, "global_span": p.global_span},
             {"client_error_rate": client_rate, "global_error_rate": self.rate},
             feature="status")]
+
+    def observe(self, event: Mapping[str, Any]) -> Observation | None:
+        """The event's client's error count and ``min_errors`` (the rate condition, also
+        required for an alert, is not shown)."""
+        if _is_error(event) is None:
+            return None
+        state = self.clients.states.get(client_of(event))
+        return (None, None) if state is None else (state[0], float(self.params.min_errors))

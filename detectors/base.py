@@ -4,6 +4,14 @@ A detector sees one inference at a time, as the plain ``data`` dict of an
 ``ai.inference.completed`` event, and returns the alerts that event raises (usually
 none). Detectors are pure and synchronous: no I/O, no clock, no ``sidecar`` import, so
 the same detector runs in the pipeline, in ``replay`` and in a consumer group (issue 5).
+
+Optional, for ``replay``'s report: ``observe(event) -> Observation | None``, called right
+after ``update(event)`` with the same event, says what the detector now makes of it: the
+statistic its alerts carry and the threshold it is compared with (each detector's
+docstring says which), or ``None`` when it skipped the event (nothing it reads was
+there). Either part of the pair is ``None`` while there is nothing to compare yet
+(warm-up, windows filling). It only reads state (a detector that observes nothing new
+between two calls returns the same pair), so ``update`` stays as cheap as without it.
 """
 
 from __future__ import annotations
@@ -84,6 +92,10 @@ class ParamError(ValueError):
         self.reason = reason
 
 
+Observation = tuple[float | None, float | None]
+"""(statistic, threshold) after an event; see the module docstring."""
+
+
 class Detector(Protocol):
     name: str
 
@@ -96,11 +108,19 @@ class Detector(Protocol):
         ...
 
 
+class Observable(Protocol):
+    """A detector that can say where it stands after each event (the replay report)."""
+
+    def observe(self, event: Mapping[str, Any]) -> Observation | None:
+        """After ``update(event)``: (statistic, threshold), or ``None`` if it skipped it."""
+        ...
+
+
 class NullDetector:
     """Never alerts. The baseline every detector contract test starts from.
 
-    >>> NullDetector().update({"latency_ms": 12.0})
-    []
+    >>> NullDetector().update({"latency_ms": 12.0}), NullDetector().observe({})
+    ([], None)
     """
 
     name = "null"
@@ -113,3 +133,6 @@ class NullDetector:
 
     def reset(self) -> None:
         pass
+
+    def observe(self, event: Mapping[str, Any]) -> Observation | None:
+        return None  # reads nothing: skips every event

@@ -15,7 +15,9 @@ Memory is bounded: the two windows, and at most ``max_categories`` distinct valu
 (later newcomers share one ``(other)`` bucket).
 
 The statistic is the chi-square value; the threshold is its critical value at ``alpha``
-for the table's degrees of freedom.
+for the table's degrees of freedom. ``observe`` (see ``detectors.base``) computes the
+same test on the current windows after any event, not only every ``check_every``:
+``(None, None)`` until the reference window is full.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from scipy import special  # type: ignore[import-untyped]
 
-from detectors.base import Alert, ParamError
+from detectors.base import Alert, Observation, ParamError
 from detectors.features import Feature
 
 OTHER = "(other)"
@@ -67,6 +70,8 @@ class ChiSquareDrift:
     >>> events = [{"route": rng.choice(mix[i >= 1000])} for i in range(1500)]
     >>> [(i, a.feature) for i, e in enumerate(events) for a in det.update(e)]
     [(1149, 'route')]
+    >>> det.observe(events[-1]), det.observe({})  # windows refilling; no route: skipped
+    ((None, None), None)
     """
 
     kind: ClassVar[str] = "drift"
@@ -125,7 +130,19 @@ class ChiSquareDrift:
             return []
         return self._test()
 
-    def _test(self) -> list[Alert]:
+    def observe(self, event: Mapping[str, Any]) -> Observation | None:
+        """After ``update(event)``: (chi-square, critical value) of the current windows."""
+        if self.feature.category(event) is None:
+            return None
+        if len(self._reference) < self.params.reference_size:
+            return None, None
+        found = self._chi2()
+        if found is None:
+            return None, None
+        return found[0], _critical(found[1], self.params.alpha)
+
+    def _chi2(self) -> tuple[float, int] | None:
+        """The chi-square value and degrees of freedom, ``None`` with fewer than 2 columns."""
         p = self.params
         ref_total, rec_total = len(self._reference), len(self._recent)
         total = ref_total + rec_total
@@ -142,17 +159,25 @@ class ChiSquareDrift:
         if pooled_ref + pooled_rec:
             columns.append((pooled_ref, pooled_rec))
         if len(columns) < 2:
-            return []
+            return None
         chi2 = 0.0
         for ref, rec in columns:
             both = ref + rec
             e_ref, e_rec = both * ref_total / total, both * rec_total / total
             chi2 += (ref - e_ref) ** 2 / e_ref + (rec - e_rec) ** 2 / e_rec
-        dof = len(columns) - 1
+        return chi2, len(columns) - 1
+
+    def _test(self) -> list[Alert]:
+        p = self.params
+        found = self._chi2()
+        if found is None:
+            return []
+        chi2, dof = found
+        ref_total, rec_total = len(self._reference), len(self._recent)
         p_value = float(special.chdtrc(dof, chi2))
         if p_value > p.alpha:
             return []
-        critical = float(special.chdtri(dof, p.alpha))
+        critical = _critical(dof, p.alpha)
         shares = {
             name: [
                 round(self._reference_counts[i] / ref_total, 4),
@@ -175,3 +200,10 @@ class ChiSquareDrift:
                 windows={"reference": ref_total, "recent": rec_total, "check_every": p.check_every},
             )
         ]
+
+
+@lru_cache(maxsize=256)
+def _critical(dof: int, alpha: float) -> float:
+    """The chi-square value a table with ``dof`` degrees of freedom exceeds with
+    probability ``alpha``."""
+    return float(special.chdtri(dof, alpha))

@@ -88,6 +88,21 @@ def parse_config(text: str, source: str) -> DetectorsConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise DetectorConfigError(source, "(file)", f"not valid YAML: {exc}") from exc
+    return config_from_dict(data, source)
+
+
+def config_from_dict(data: Any, source: str) -> DetectorsConfig:
+    """Validate a detectors file already parsed (``{"detectors": [...]}``), as
+    ``parse_config`` does; ``replay --sweep`` validates each variant this way.
+
+    >>> entry = {"name": "x", "type": "rate_burst", "params": {"factor": 3}}
+    >>> config_from_dict({"detectors": [entry]}, "sweep").specs[0].params["factor"]
+    3
+    >>> config_from_dict({"detectors": [{**entry, "params": {"factor": -1}}]}, "sweep")
+    Traceback (most recent call last):
+      ...
+    detectors.config.DetectorConfigError: sweep: detectors[0].params.factor: must be > 0
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):

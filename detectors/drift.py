@@ -26,6 +26,16 @@ The statistic each alert reports: ADWIN, the absolute change of the window mean 
 the cut (threshold: ``delta``, the cut's confidence); Page-Hinkley, the cumulative sum in
 standard deviations (threshold: ``threshold``); KSWIN, the test's p-value (threshold:
 ``alpha``, alert when below).
+
+``observe`` (the replay report's curve, see ``detectors.base``) gives the same quantity
+where one exists between alerts: Page-Hinkley's cumulative sum in the configured
+direction against ``threshold``; KSWIN's last p-value against ``alpha``. ADWIN's
+statistic exists only at a cut, so ``observe`` runs ADWIN's test at one cut, the
+boundary of the shadow window: the change of the window mean a cut there would make
+(the alert's statistic) against the change that ADWIN's bound at ``delta`` allows for
+that cut (river's formula). ADWIN tests every cut and alerts on the first that crosses,
+usually one nearer the change, so an alert can come before this curve meets its line.
+Each is ``None`` while there is nothing to compare: warm-up, window filling, no shadow.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from typing import Any, ClassVar
 
 from river import drift
 
-from detectors.base import Alert, ParamError
+from detectors.base import Alert, Observation, ParamError
 from detectors.features import TRANSFORMS, Feature
 
 _Found = tuple[str, float, float, dict[str, int], dict[str, Any]]
@@ -74,6 +84,16 @@ class _NumericDrift:
 
     def _observe(self, x: float) -> _Found | None:
         raise NotImplementedError
+
+    def _statistic(self) -> Observation:
+        raise NotImplementedError
+
+    def observe(self, event: Mapping[str, Any]) -> Observation | None:
+        """After ``update(event)``: (statistic, threshold); ``None`` if it had no number."""
+        x = self.feature.number(event)
+        if x is None or not math.isfinite(self._apply(x)):
+            return None
+        return self._statistic()
 
     def update(self, event: Mapping[str, Any]) -> list[Alert]:
         x = self.feature.number(event)
@@ -128,6 +148,11 @@ class ADWINDrift(_NumericDrift):
     >>> events = [{"latency_ms": rng.gauss(100 if i < 500 else 130, 10)} for i in range(1000)]
     >>> [(i, a.feature) for i, e in enumerate(events) for a in det.update(e)]
     [(511, 'latency_ms')]
+    >>> det, seen = ADWINDrift("latency_ms", max_window=400), []
+    >>> for e in events[:500]:
+    ...     _ = det.update(e); seen.append(det.observe(e))
+    >>> seen[100], all(s < t for s, t in seen[200:] if s is not None)  # no shadow yet; no drift
+    ((None, None), True)
     """
 
     type_name = "adwin"
@@ -173,6 +198,25 @@ class ADWINDrift(_NumericDrift):
             self._main_n -= self.params.max_window // 2
         return None
 
+    def _statistic(self) -> Observation:
+        main, shadow, least = self._main, self._shadow, self.params.min_window_length
+        if shadow is None:
+            return None, None
+        width, recent = main.width, shadow.width  # the shadow holds main's latest events
+        older = width - recent
+        if recent < least or older < least:
+            return None, None
+        change = abs(shadow.total / recent - main.total / width)
+        # ADWIN's cut bound (Bifet & Gavalda's, as river computes it): variance-aware
+        # Hoeffding at delta / log(width), sub-windows counted from min_window_length. It
+        # bounds the difference of the two parts' means; a cut changes the window mean by
+        # that difference x older / width.
+        log_term = math.log(2.0 * math.log(width) / self.params.delta)
+        m = 1.0 / (older - least + 1) + 1.0 / (recent - least + 1)
+        variance = main.variance / width  # river's ``variance`` is the sum of squares
+        epsilon = math.sqrt(2.0 * m * variance * log_term) + 2.0 / 3.0 * log_term * m
+        return float(change), float(epsilon * older / width)
+
 
 @dataclass(frozen=True, slots=True)
 class PageHinkleyParams:
@@ -210,6 +254,8 @@ class PageHinkleyDrift(_NumericDrift):
     >>> [(i, a.details["direction"]) for i, s in enumerate(sizes)
     ...  for a in det.update({"response_bytes": s})]
     [(616, 'down')]
+    >>> det.observe({"response_bytes": 100.0}), det.observe({})  # re-learning; no number
+    ((None, 15.0), None)
     """
 
     type_name = "page_hinkley"
@@ -268,6 +314,16 @@ class PageHinkleyDrift(_NumericDrift):
         self.reset()  # re-learn location and scale after the change
         return f"mean shifted {direction}", max(up, down), self.params.threshold, windows, details
 
+    def _statistic(self) -> Observation:
+        ph, threshold = self._ph, self.params.threshold
+        if ph is None or not ph._x_mean.n:
+            return None, threshold  # learning location and scale
+        up = float(ph._sum_increase - ph._min_increase)
+        down = float(ph._max_decrease - ph._sum_decrease)
+        direction = self.params.direction
+        return (up if direction == "up" else down if direction == "down" else max(up, down),
+                threshold)
+
 
 @dataclass(frozen=True, slots=True)
 class KSWINParams:
@@ -294,6 +350,8 @@ class KSWINDrift(_NumericDrift):
     ...           for i in range(800)]
     >>> [(i, a.statistic < a.threshold) for i, e in enumerate(events) for a in det.update(e)]
     [(437, True)]
+    >>> statistic, threshold = det.observe(events[-1]); statistic > threshold  # no change since
+    True
     """
 
     type_name = "kswin"
@@ -324,3 +382,8 @@ class KSWINDrift(_NumericDrift):
         details = {"transform": self.transform}
         message = f"distribution changed (KS p={p_value:.2g})"
         return message, p_value, self.params.alpha, windows, details
+
+    def _statistic(self) -> Observation:
+        if len(self._ks.window) < self.params.window_size:
+            return None, self.params.alpha
+        return float(self._ks.p_value), self.params.alpha  # the last test's

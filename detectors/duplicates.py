@@ -15,6 +15,9 @@ SimHashes over the two windows by linear counting on a 1,024-bit bitmap (accurat
 few % up to ~1,500 distinct; a Python int, ~140 bytes). Systematic enumeration
 (a template with a counter) counts as diverse: distinct hashes. A client repeating one
 prompt is ``NearDuplicate``'s, not this one's.
+
+``observe`` (see ``detectors.base``) gives each one's statistic for the event (its
+prompt's near-duplicate count; its client's request count) and threshold, alert or not.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from detectors.abuse import _Abuse
-from detectors.base import Alert
+from detectors.base import Alert, Observation
 from detectors.clients import ClientTable, check, client_of, event_time, features
 
 
@@ -68,6 +71,8 @@ class NearDuplicate(_Abuse):
     ...                                              "prompt_chars": 50}})
     >>> [(i, a.statistic) for i, e in enumerate(events) for a in det.update(e)]
     [(63, 5.0)]
+    >>> det.observe(events[-1]), det.observe(events[0]), det.observe({})
+    ((10.0, 5.0), (1.0, 5.0), None)
     """
 
     type_name = "near_duplicate"
@@ -128,6 +133,21 @@ class NearDuplicate(_Abuse):
             {"scope": "global", "clients": len(clients), "variants": len(near)},
             feature="prompt_simhash")]
 
+    def observe(self, event: Mapping[str, Any]) -> Observation | None:
+        """After ``update(event)``: how many of the window are near this prompt (it
+        included, if it is still in the window), and ``min_count``."""
+        h = _simhash(event, self.params.min_chars)
+        if h is None:
+            return None
+        total, seen, limit = 0, set(), self.params.max_distance
+        for key in self._keys(h):  # the same count as ``update``'s
+            for other, count in self.index.get(key, {}).items():
+                if other not in seen:
+                    seen.add(other)
+                    if (other ^ h).bit_count() <= limit:
+                        total += count
+        return float(total), float(self.params.min_count)
+
     def _forget(self, h: int, keys: tuple[int, ...]) -> None:
         for key in keys:
             bucket = self.index[key]
@@ -184,6 +204,8 @@ class Extraction(_Abuse):
     ...           for i in range(30)]
     >>> [(i, a.statistic) for i, e in enumerate(events) for a in det.update(e)]
     [(19, 20.0)]
+    >>> det.observe(events[-1])  # the count goes on (the share of distinct is not shown)
+    (30.0, 20.0)
     """
 
     type_name = "extraction"
@@ -228,3 +250,14 @@ class Extraction(_Abuse):
             float(p.min_requests), client, {"window_s": int(p.window_s)},
             {"distinct_share": share, "min_distinct": p.min_distinct},
             feature="prompt_simhash")]
+
+    def observe(self, event: Mapping[str, Any]) -> Observation | None:
+        """After ``update(event)``: the client's sliding-window count, ``min_requests``."""
+        t, p = event_time(event), self.params
+        if t is None or _simhash(event, 0) is None:
+            return None
+        s = self.clients.states.get(client_of(event))
+        if s is None or s.start is None:
+            return None, float(p.min_requests)
+        overlap = max(0.0, 1.0 - (t - s.start) / p.window_s)
+        return s.n + s.prev_n * overlap, float(p.min_requests)

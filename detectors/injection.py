@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from detectors.abuse import _Abuse
-from detectors.base import SEVERITIES, Alert
+from detectors.base import SEVERITIES, Alert, Observation
 from detectors.clients import check, features
 from detectors.text import signatures
 
@@ -31,6 +31,12 @@ class Signatures(_Abuse):
     >>> [(a.severity, a.feature, a.details["category"])
     ...  for a in det.update({"features": {"signatures": ["JB-001", "nope", 3]}})]
     [('critical', 'JB-001', 'jailbreak'), ('warning', 'nope', 'unknown')]
+
+    ``observe`` (see ``detectors.base``): the number of matched rules it alerts on, and
+    1; ``None`` for an event without ``features.signatures`` (no prompt features).
+
+    >>> det.observe({"features": {"signatures": ["JB-001", "nope"]}}), det.observe({})
+    ((2.0, 1.0), None)
     """
 
     type_name = "signatures"
@@ -66,3 +72,16 @@ class Signatures(_Abuse):
                          "description": rule.description if rule else ""},
                 severity=severity, feature=rule_id))
         return alerts
+
+    def observe(self, event: Mapping[str, Any]) -> Observation | None:
+        """After ``update(event)``: how many matched rules it alerts on, and 1."""
+        matched = features(event).get("signatures")
+        if not isinstance(matched, list):
+            return None
+        count = 0
+        for rule_id in matched[:32]:  # the same filter as ``update``'s
+            if not isinstance(rule_id, str) or rule_id in self.ignore:
+                continue
+            rule = self.rules.get(rule_id)
+            count += SEVERITIES.index(rule.severity if rule else "warning") >= self.floor
+        return float(count), 1.0

@@ -22,7 +22,8 @@ an empty policy allows everything (the default file ships it off, with an exampl
 Request parameters come from the captured payload when the profile captured it, else
 from ``features.params`` (the sidecar's masking worker copies declared parameters there;
 the same contract as ``detectors.text``); a parameter found in neither is a violation
-only when ``required``. Statistic: the number of violated constraints (threshold 1).
+only when ``required``. Statistic: the number of violated constraints (threshold 1);
+``observe`` (see ``detectors.base``) gives it for every event, 0 included.
 
 >>> det = Policy(routes=["/v1/chat/completions"], params={"temperature": {"max": 1}})
 >>> det.update({"route": "/v1/chat/completions", "payload": {"request": {"temperature": 0.2}}})
@@ -30,6 +31,8 @@ only when ``required``. Statistic: the number of violated constraints (threshold
 >>> [a.details["violations"] for a in det.update({"route": "/admin",
 ...     "features": {"params": {"temperature": 1.5}}})]
 [['route /admin not allowed', 'temperature 1.5 > max 1']]
+>>> det.observe({"route": "/admin"})
+(1.0, 1.0)
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detectors.abuse import _Abuse
-from detectors.base import Alert, ParamError
+from detectors.base import Alert, Observation, ParamError
 from detectors.clients import features, number
 
 _RULE_KEYS = ("min", "max", "allowed", "required")
@@ -117,6 +120,18 @@ class Policy(_Abuse):
         pass
 
     def update(self, event: Mapping[str, Any]) -> list[Alert]:
+        v = self._violations(event)
+        if not v:
+            return []
+        return [self._alert(
+            f"request outside the intended use: {'; '.join(v)}", float(len(v)), 1.0, None,
+            details={"violations": v}, feature=v[0].split(" ")[0])]
+
+    def observe(self, event: Mapping[str, Any]) -> Observation | None:
+        """After ``update(event)``: the number of violated constraints, and 1."""
+        return float(len(self._violations(event))), 1.0
+
+    def _violations(self, event: Mapping[str, Any]) -> list[str]:
         v: list[str] = []
         route, method = event.get("route"), event.get("method")
         if self.routes and (not isinstance(route, str) or route not in self.routes):
@@ -132,21 +147,19 @@ class Policy(_Abuse):
             if purpose is None:
                 v.append(f"no {self.purpose_header} header")
             elif self.purposes and purpose not in self.purposes:
-                v.append(f"purpose {purpose[:64]} not allowed")
+                v.append("purpose not among the declared purposes")
         for name, rule in self.params.params.items():
             v += _check_param(name, rule, _param(event, name))
-        if not v:
-            return []
-        return [self._alert(
-            f"request outside the intended use: {'; '.join(v)}", float(len(v)), 1.0, None,
-            details={"violations": v}, feature=v[0].split(" ")[0])]
+        return v
 
 
 def _check_param(name: str, rule: Mapping[str, Any], value: Any) -> list[str]:
     if value is None:
         return [f"{name} missing"] if rule.get("required") else []
     if "allowed" in rule and value not in rule["allowed"]:
-        return [f"{name} {str(value)[:64]} not allowed"]
+        # Not the value itself: a parameter such as "user" can identify a person, and
+        # alerts go out unmasked. The allowed values are the operator's own.
+        return [f"{name} not in its allowed values"]
     low, high = rule.get("min"), rule.get("max")
     if low is None and high is None:
         return []

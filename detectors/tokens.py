@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from detectors.abuse import _Abuse
-from detectors.base import Alert
+from detectors.base import Alert, Observation
 from detectors.clients import ClientTable, check, client_of, zeros4
 from detectors.features import Feature
 
@@ -90,6 +90,12 @@ class TokenUsage(_Abuse):
     >>> flood = [{"client_id": "f", "features": {"input_tokens": 8000}}] * 10
     >>> [(i, a.feature) for i, e in enumerate(normal + flood) for a in det.update(e)]
     [(307, 'features.input_tokens')]
+
+    ``observe`` (see ``detectors.base``): the event's client's larger score (input or
+    output) and ``min_score``; ``(None, min_score)`` while the population warms up.
+
+    >>> [round(x, 2) for x in det.observe(flood[-1])], det.observe({"client_id": "f"})
+    ([4.46, 4.0], None)
     """
 
     type_name = "token_usage"
@@ -137,3 +143,11 @@ class TokenUsage(_Abuse):
                     state[side], p.min_score, client, {"half_life": p.half_life},
                     {"value": x, "large_above": line}, feature=feature.name))
         return alerts
+
+    def observe(self, event: Mapping[str, Any]) -> Observation | None:
+        """After ``update(event)``: the event's client's larger score, ``min_score``."""
+        if all(x is None or x < 0 for x in (side.number(event) for side in self.sides)):
+            return None
+        state = self.clients.states.get(client_of(event))
+        min_score = float(self.params.min_score)
+        return (None, min_score) if state is None else (max(state[0], state[1]), min_score)

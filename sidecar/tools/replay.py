@@ -21,9 +21,16 @@ builds every parser at start-up; the detectors, river and tqdm load in ``run``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the module itself stays cheap to import
+    from detectors.config import DetectorsConfig
+    from detectors.registry import DetectorSet
+    from sidecar.tools.recorded import ReadStats, Recorded
+    from sidecar.tools.sweep import Sweep
 
 EXIT_CONFIG = 2
 DESCRIPTION = ("Run the detectors over recorded events (the JSON-lines events file) and "
@@ -69,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
     return _replay(args, recorded, config, sweeps, settings)
 
 
-def _replay(args: argparse.Namespace, recorded: Any, config: Any, sweeps: Sequence[Any],
-            settings: Sequence[tuple[tuple[str, ...], Any]]) -> int:
+def _replay(args: argparse.Namespace, recorded: Recorded, config: DetectorsConfig,
+            sweeps: Sequence[Sweep],
+            settings: Sequence[tuple[tuple[str, ...], DetectorsConfig]]) -> int:
     from collections import Counter
 
     from tqdm import tqdm  # type: ignore[import-untyped]
@@ -103,34 +111,43 @@ def _replay(args: argparse.Namespace, recorded: Any, config: Any, sweeps: Sequen
             for variant, counts in zip(variant_sets, variant_counts, strict=True):
                 counts.update(alert.detector for alert in variant.update(data))
     stats = recorded.stats
-    summary = _summary(args, stats, config, detectors.errors)
+    summary = _summary(args, stats, config, detectors)
     headers = ("detector", "type", "mode", "alerts", "clients", "first alert (event, time)",
                "skipped")
     rows = [(r.name, r.type, r.mode, str(r.alerts), str(len(r.clients)),
              f"{r.first[0]} {r.first[1] or ''}".strip() if r.first else "-",
              str(r.skipped) if r.observable else "?") for r in runs]
-    print("\n".join(summary), end="\n\n")
-    print(format_table(headers, rows))
     sweep_table = None
     if settings:
         swept = [s.name for s in settings[0][1].specs]
         sweep_table = ([s.key for s in sweeps] + [f"{name} alerts" for name in swept],
                        [[*setting, *(str(counts[name]) for name in swept)]
                         for (setting, _), counts in zip(settings, variant_counts, strict=True)])
-        print("\nsweep: alerts per setting\n" + format_table(*sweep_table))
     page = render(f"Detector replay: {args.events}", summary, headers, rows, runs,
                   stats.events, times, sweep_table)
+    written = None
     try:
         with open(args.report, "w", encoding="utf-8") as out:
             out.write(page)
     except OSError as exc:
-        return _fail(f"replay: cannot write the report {args.report} ({exc.strerror})", 1)
-    print(f"\nreport: {args.report}")
+        written = exc.strerror or str(exc)
+    try:
+        print("\n".join(summary), end="\n\n")
+        print(format_table(headers, rows))
+        if sweep_table is not None:
+            print("\nsweep: alerts per setting\n" + format_table(*sweep_table))
+        if written is None:
+            print(f"\nreport: {args.report}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # ``replay ... | head``: the reader has gone, the report is there
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if written is not None:
+        return _fail(f"replay: cannot write the report {args.report} ({written})", 1)
     return 0
 
 
-def _summary(args: argparse.Namespace, stats: Any, config: Any,
-             errors: dict[str, int]) -> list[str]:
+def _summary(args: argparse.Namespace, stats: ReadStats, config: DetectorsConfig,
+             detectors: DetectorSet) -> list[str]:
     lines = [f"replayed {stats.events} inference events from {args.events} "
              f"({stats.lines} lines); detectors: {config.source} ({config.digest})"]
     if stats.other_types:
@@ -142,7 +159,9 @@ def _summary(args: argparse.Namespace, stats: Any, config: Any,
         lines.append(f"skipped {stats.malformed_count} malformed lines: line {shown}"
                      + (f" and {more} more" if more else ""))
     lines += [f"detector {name} raised on {n} events (skipped them)"
-              for name, n in errors.items() if n]
+              for name, n in detectors.errors.items() if n]
+    lines += [f"detector {name}: observe raised on {n} events (not plotted)"
+              for name, n in detectors.observe_errors.items() if n]
     return lines
 
 

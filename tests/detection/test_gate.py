@@ -225,13 +225,13 @@ VIOLATIONS = {
     "no purpose": (_policy_request(headers={"x-intended-purpose": None}),
                    "no x-intended-purpose header"),
     "other purpose": (_policy_request(headers={"x-intended-purpose": "marketing"}),
-                      "purpose marketing not allowed"),
+                      "purpose not among the declared purposes"),
     "over max": (_policy_request(params={"temperature": 1.5}), "temperature 1.5 > max 1"),
     "under min": (_policy_request(params={"temperature": -0.5}), "temperature -0.5 < min 0"),
     "not a number": (_policy_request(params={"temperature": "hot"}),
                      "temperature is not a number"),
     "max only": (_policy_request(params={"max_tokens": 4096}), "max_tokens 4096 > max 1024"),
-    "not allowed": (_policy_request(params={"model": "other"}), "model other not allowed"),
+    "not allowed": (_policy_request(params={"model": "other"}), "model not in its allowed values"),
     "required": (_policy_request(params={"user": None}), "user missing"),
 }
 

@@ -150,11 +150,6 @@ def test_declared_params_reach_the_policy_but_are_not_returned(
     assert violations == [[], [["temperature 1.7 > max 1"]], [["user missing"]]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "detectors/policy.py _check_param (line 160) puts the offending value in the violation "
-    "('user <value> not allowed'), which goes into the alert's message and details and so "
-    "onto the alerts topic, unmasked: the declared parameters' values the service keeps out "
-    "of features (service.py: values such as 'user' are not recorded) leak through alerts"))
 def test_a_declared_params_value_is_not_recorded_in_alerts_either() -> None:
     cfg = config_from_dict({"detectors": [{"name": "intended-use", "type": "policy", "params": {
         "params": {"user": {"allowed": ["team-a", "team-b"]}}}}]}, "test")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import math
 import pickle
 import pkgutil
 from typing import Any
@@ -13,8 +14,8 @@ from attacks import ATTACKS, with_attack
 from scenarios import DRIFTS, at, traffic
 
 import detectors
-from detectors.base import Alert
-from detectors.registry import TYPES, DetectorSpec, build
+from detectors.base import Alert, NullDetector
+from detectors.registry import TYPES, DetectorSet, DetectorSpec, build
 
 FEATURES = {"numeric": "latency_ms", "categorical": "route", "none": None}
 TRANSFORM = {"numeric": "log1p"}
@@ -98,6 +99,77 @@ def test_never_raises_on_missing_or_wrongly_typed_features(type_name: str) -> No
     for _ in range(300):
         for event in BAD_EVENTS:
             assert isinstance(detector.update(event), list)
+
+
+def check_observation(observation: Any) -> None:
+    """``observe`` returns ``None`` (skipped) or a pair, each part ``None`` or a finite float."""
+    if observation is None:
+        return
+    assert isinstance(observation, tuple) and len(observation) == 2, observation
+    for part in observation:
+        assert part is None or (isinstance(part, float) and math.isfinite(part)), observation
+
+
+# Detectors that keep their state after an alert: what they observe at an alerting event
+# is the alert's own statistic. (Drift detectors start over after an alert.)
+SAME_STATISTIC = ("rate_burst", "error_probing", "token_usage", "near_duplicate",
+                  "extraction", "policy")
+
+
+@pytest.mark.parametrize("type_name", TYPE_NAMES)
+def test_observe_is_a_finite_pair_or_none_and_changes_nothing(type_name: str) -> None:
+    plain = replay(build(spec_for(type_name)), EVENTS)
+    detector, alerted = build(spec_for(type_name)), []
+    observed: list[Any] = []
+    for i, event in enumerate(EVENTS):
+        alerts = detector.update(event)
+        alerted += [(i, a.message, a.statistic) for a in alerts]
+        observation = detector.observe(event)
+        check_observation(observation)
+        assert detector.observe(event) == observation  # it only reads
+        observed.append(observation)
+        if not alerts:
+            continue
+        assert observation is not None, "an event that raised an alert was not skipped"
+        if type_name in SAME_STATISTIC:
+            mine = [a.statistic for a in alerts if a.details.get("scope") != "global"]
+            assert not mine or any(observation[0] == pytest.approx(x, abs=1e-5) for x in mine)
+        elif type_name == "signatures":
+            assert observation == (float(len(alerts)), 1.0)
+        else:
+            assert observation[0] is None, "drift detectors start over after an alert"
+    assert alerted == plain, "observing changed what the detector does"
+    if type_name != "null":
+        statistics = [o[0] for o in observed if o is not None and o[0] is not None]
+        assert len(statistics) >= len(EVENTS) // 10, "hardly ever a statistic"
+        assert len(set(statistics)) > 1 or type_name in ("policy", "signatures")
+
+
+@pytest.mark.parametrize("type_name", TYPE_NAMES)
+def test_observe_never_raises_on_missing_or_wrongly_typed_features(type_name: str) -> None:
+    detector = build(spec_for(type_name))
+    for event in EVENTS[:2_000] + BAD_EVENTS * 50:
+        detector.update(event)
+        check_observation(detector.observe(event))
+    if type_name != "policy":  # an empty event reads as "no violation"
+        detector.update({})
+        assert detector.observe({}) is None, "an empty event should be skipped"
+
+
+class Broken(NullDetector):
+    def observe(self, event: Any) -> Any:
+        raise RuntimeError("boom")
+
+
+def test_detector_set_observes_every_detector_and_never_raises() -> None:
+    detectors = DetectorSet([spec_for("rate_burst"), spec_for("null"), spec_for("adwin")])
+    detectors.detectors[1] = Broken()
+    for event in EVENTS[:100]:
+        detectors.update(event)
+        observed = detectors.observe(event)
+        assert len(observed) == 3 and observed[1] == (None, None)
+        check_observation(observed[0])
+    assert detectors.observe_errors == {"rate_burst": 0, "null": 100, "adwin": 0}
 
 
 def state_size(detector: Any) -> int:
