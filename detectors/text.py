@@ -68,14 +68,70 @@ class Signature:
 
 @dataclass(frozen=True, slots=True)
 class SignatureSet:
+    """The rules, and a one-pass prefilter over all of them.
+
+    Seven Python regexes cost about 100 µs over a 1 KB prompt (each ``\\b(?:a|b|...)``
+    is tried at every position). RE2's ``Set`` (google-re2, automata) tells in one pass,
+    about 2.5 µs, which rules *may* match; only those are confirmed with Python's ``re``,
+    so the result is exactly Python's. RE2's ``\\b`` is ASCII-only, which can make it
+    match where Python would not (next to a non-ASCII letter), never the reverse for
+    these ASCII-anchored rules; a rule RE2 cannot compile, or with non-ASCII text in its
+    pattern, is always run in Python. ``tests/detectors/test_text_policy.py`` checks that
+    ``match`` equals the full scan.
+    """
+
     version: int
     rules: tuple[Signature, ...]
+    prefilter: Any = None  # re2.Set over the rules in ``screened``; None: scan them all
+    screened: tuple[int, ...] = ()  # indices of rules in the prefilter, in its order
+    unscreened: tuple[int, ...] = ()  # rules always run in Python
 
     def by_id(self) -> dict[str, Signature]:
         return {rule.id: rule for rule in self.rules}
 
+    def match(self, normalised: str) -> list[str]:
+        """Ids of the rules whose pattern matches ``normalised`` text, in rule order."""
+        rules = self.rules
+        if self.prefilter is None:
+            return [rule.id for rule in rules if rule.pattern.search(normalised)]
+        maybe = {self.screened[i] for i in self.prefilter.Match(normalised) or ()}
+        maybe.update(self.unscreened)
+        return [rules[i].id for i in sorted(maybe) if rules[i].pattern.search(normalised)]
+
+
+def _prefilter(rules: tuple[Signature, ...]) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
+    try:
+        import re2  # type: ignore[import-untyped]
+    except ImportError:  # the scan is exact without it, only slower
+        return None, (), tuple(range(len(rules)))
+    options = re2.Options()
+    options.never_capture = True
+    prefilter = re2.Set.SearchSet(options)
+    screened, unscreened = [], []
+    for i, rule in enumerate(rules):
+        pattern = rule.pattern.pattern
+        try:
+            if not pattern.isascii():
+                raise ValueError("non-ASCII pattern")
+            prefilter.Add(pattern)
+        except Exception:  # RE2 lacks lookbehind, backreferences...: Python scans it
+            unscreened.append(i)
+        else:
+            screened.append(i)
+    if not screened:
+        return None, (), tuple(range(len(rules)))
+    prefilter.Compile()
+    return prefilter, tuple(screened), tuple(unscreened)
+
+
+# ASCII needs no NFKC, casefold() is lower() there, and [\W_] is "not alphanumeric":
+# a translate and a split, about 5x faster than the general path (tests check they agree).
+_ASCII_SPACE: Final = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isalnum()})
+
 
 def normalise(text: str) -> str:
+    if text.isascii():
+        return " ".join(text.lower().translate(_ASCII_SPACE).split())
     return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
@@ -113,7 +169,7 @@ def parse_signatures(text: str) -> SignatureSet:
     rules = tuple(_rule(r, f"rules[{i}]") for i, r in enumerate(raw_rules))
     if len({r.id for r in rules}) != len(rules):
         raise ValueError("signatures: rule ids must be unique")
-    return SignatureSet(data["version"], rules)
+    return SignatureSet(data["version"], rules, *_prefilter(rules))
 
 
 @lru_cache(maxsize=1)
@@ -171,6 +227,6 @@ def prompt_features(text: str, rules: SignatureSet | None = None) -> dict[str, A
     return {
         "prompt_chars": len(scanned),
         "prompt_simhash": simhash(hashed.split()),
-        "signatures": [rule.id for rule in rules.rules if rule.pattern.search(scanned)],
+        "signatures": rules.match(scanned),
         "signatures_version": rules.version,
     }

@@ -68,9 +68,7 @@ class Gate:
             doc, text = parse_request(observed.request_body, observed.request_type)
             features: dict[str, Any] = {}
             if self._scan:
-                rules = signatures()
-                scanned = normalise(text[:MAX_SCAN])
-                features["signatures"] = [r.id for r in rules.rules if r.pattern.search(scanned)]
+                features["signatures"] = signatures().match(normalise(text[:MAX_SCAN]))
             if self._params:
                 features["params"] = request_params(doc, self._params)
             view["features"] = features
