@@ -4,11 +4,13 @@
     .venv/bin/python bench/detectors.py --quick    # 3 runs x 5,000 events
 
 Events are benign traffic from tests/detectors/attacks.py (scenarios.py's traffic with
-realistic arrival times, 2,000 Zipf clients and prompt ``features``; built before timing,
-so ``prompt_features`` itself, which runs in the masking worker, is not counted). Each
-detector is built fresh per run and warmed on 3,000 events first (windows full, so the
-tests run at their steady-state rate). Prints a markdown table of the median per-event
-cost (min-max over runs).
+realistic arrival times, 2,000 Zipf clients and prompt ``features``; built before timing).
+Each detector is built fresh per run and warmed on 3,000 events first (windows full, so
+the tests run at their steady-state rate). Two more rows: ``prompt_features`` of the
+bench's 1 KB chat prompt (bench/loadgen.py), and the sidecar's detection worker as a
+whole (``DetectionService.batch``: decode the event, parse the body, prompt features,
+token usage, the default set; batches of 256), which is what one inference costs the
+worker process. Prints a markdown table of the median per-event cost (min-max over runs).
 """
 
 from __future__ import annotations
@@ -22,11 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "detectors"))
+sys.path.append(str(Path(__file__).resolve().parent))  # loadgen; after the package root
 
+import orjson
 from attacks import benign
+from loadgen import chat_body
 
 from detectors.config import load_config
 from detectors.registry import DetectorSet
+from detectors.text import prompt_features
+from sidecar.detection.extract import parse_request
+from sidecar.detection.service import DetectionService, Item
 
 WARM = 3_000
 
@@ -40,6 +48,42 @@ def per_event_us(make: object, events: list[dict[str, object]]) -> float:
     start = time.perf_counter()
     for event in timed:
         target.update(event)
+    elapsed = time.perf_counter() - start
+    gc.enable()
+    return elapsed / len(timed) * 1e6
+
+
+RESPONSE = orjson.dumps({"choices": [{"message": {"role": "assistant", "content": "ok"},
+                                      "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 230, "completion_tokens": 40}})
+
+
+def prompt_us(n: int) -> float:
+    _, text = parse_request(chat_body(False), "application/json")
+    gc.disable()
+    start = time.perf_counter()
+    for _ in range(n):
+        prompt_features(text)
+    elapsed = time.perf_counter() - start
+    gc.enable()
+    return elapsed / n * 1e6
+
+
+def worker_us(events: list[dict[str, object]]) -> float:
+    """DetectionService.batch per event, with the 1 KB chat body on every event."""
+    config, body = load_config(), chat_body(False)
+    headers = {"content-type": "application/json"}
+    items: list[Item] = [
+        (orjson.dumps({k: v for k, v in e.items() if k not in ("features", "_t")}),
+         body, "application/json", RESPONSE, headers) for e in events]
+    service = DetectionService(config)
+    for i in range(0, WARM, 256):
+        service.batch(items[i:min(i + 256, WARM)])
+    timed = items[WARM:]
+    gc.disable()
+    start = time.perf_counter()
+    for i in range(0, len(timed), 256):
+        service.batch(timed[i:i + 256])
     elapsed = time.perf_counter() - start
     gc.enable()
     return elapsed / len(timed) * 1e6
@@ -63,6 +107,10 @@ def main() -> None:
         for _ in range(runs)
     ]
     rows.append(("**default set**", f"{len(config.specs)} detectors", whole))
+    rows.append(("prompt_features, 1 KB chat prompt", "text.py",
+                 [prompt_us(n) for _ in range(runs)]))
+    rows.append(("**detection worker, per inference**", "service.py",
+                 [worker_us(events) for _ in range(runs)]))
     print(f"{runs} runs x {n:,} events, after {WARM:,} warm-up events; µs per event\n")
     print("| detector | type | median µs/event | min-max |")
     print("|---|---|---:|---:|")

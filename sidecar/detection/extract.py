@@ -98,15 +98,24 @@ def request_params(doc: Any, names: Iterable[str]) -> dict[str, Any]:
             if name in doc and (doc[name] is None or isinstance(doc[name], str | int | float))}
 
 
+def parse_response(body: bytes | None) -> Any:
+    """A buffered response body as JSON, or None."""
+    if not body or len(body) > MAX_PARSE or body[:1] not in (b"{", b"["):
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def token_usage(body: bytes | None) -> dict[str, int]:
     """Token counts the upstream reported (OpenAI ``usage.prompt_tokens`` /
     ``completion_tokens``, Anthropic ``input_tokens`` / ``output_tokens``)."""
-    if not body or len(body) > MAX_PARSE or body[:1] != b"{":
-        return {}
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {}
+    return usage_of(parse_response(body))
+
+
+def usage_of(doc: Any) -> dict[str, int]:
+    """``token_usage`` of an already parsed response."""
     usage = doc.get("usage") if isinstance(doc, dict) else None
     if not isinstance(usage, dict):
         return {}

@@ -21,7 +21,7 @@ import orjson
 from detectors.config import DetectorsConfig
 from detectors.registry import DetectorSet
 from detectors.text import prompt_features
-from sidecar.detection.extract import parse_request, request_params, token_usage
+from sidecar.detection.extract import parse_request, parse_response, request_params, usage_of
 from sidecar.detection.observed import Plan
 
 # event JSON, request body, its content type, buffered response body, request headers
@@ -70,25 +70,17 @@ class DetectionService:
             response: bytes | None, headers: dict[str, str]) -> Result:
         event = orjson.loads(data)
         doc, text = parse_request(body, ctype)
+        reply = parse_response(response)
         features = prompt_features(text)
-        features.update(token_usage(response))
+        features.update(usage_of(reply))
         view = dict(event)
         view["features"] = features
         if self.plan.params:  # for the policy only: values such as "user" are not recorded
             view["features"] = {**features, "params": request_params(doc, self.plan.params)}
         view["headers"] = {"request": headers}
         if self.plan.payload:  # raw, in this process only: drift on a response field
-            view["payload"] = {"request": doc, "response": _json(response)}
+            view["payload"] = {"request": doc, "response": reply}
         return features, [alert.to_dict() for alert in self.set.update(view)]
 
     def close(self) -> None:
         pass
-
-
-def _json(body: bytes | None) -> Any:
-    if not body or body[:1] not in (b"{", b"["):
-        return None
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
