@@ -34,6 +34,7 @@ from detectors.drift import (
 from detectors.duplicates import Extraction, ExtractionParams, NearDuplicate, NearDuplicateParams
 from detectors.injection import Signatures, SignaturesParams
 from detectors.policy import Policy, PolicyParams
+from detectors.rate import BernoulliCUSUM, BernoulliCUSUMParams
 from detectors.tokens import TokenUsage, TokenUsageParams
 
 
@@ -95,6 +96,8 @@ register(DetectorType("adwin", "drift", ADWINDrift, ADWINParams, "numeric"))
 register(DetectorType("page_hinkley", "drift", PageHinkleyDrift, PageHinkleyParams, "numeric"))
 register(DetectorType("kswin", "drift", KSWINDrift, KSWINParams, "numeric"))
 register(DetectorType("chi_square", "drift", ChiSquareDrift, ChiSquareParams, "categorical"))
+register(DetectorType("bernoulli_cusum", "drift", BernoulliCUSUM, BernoulliCUSUMParams,
+                      "numeric"))
 register(DetectorType("rate_burst", "abuse", RateBurst, RateBurstParams, enforceable=True))
 register(DetectorType("near_duplicate", "abuse", NearDuplicate, NearDuplicateParams))
 register(DetectorType("extraction", "abuse", Extraction, ExtractionParams))

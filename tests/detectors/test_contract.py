@@ -23,14 +23,16 @@ TRANSFORM = {"numeric": "log1p"}
 
 # Types that say nothing without settings (an empty policy allows everything).
 PARAMS: dict[str, dict[str, Any]] = {"policy": {"routes": ["/v1/chat/completions"]}}
+# Types that read a particular kind of numeric feature: (feature, transform).
+OWN_FEATURE: dict[str, tuple[str, str]] = {"bernoulli_cusum": ("upstream_error", "none")}
 
 
 def spec_for(type_name: str) -> DetectorSpec:
     kind = TYPES[type_name].feature
-    return DetectorSpec(
-        type_name, type_name, feature=FEATURES[kind], transform=TRANSFORM.get(kind, "none"),
-        params=PARAMS.get(type_name, {}),
-    )
+    feature, transform = OWN_FEATURE.get(
+        type_name, (FEATURES[kind], TRANSFORM.get(kind, "none")))
+    return DetectorSpec(type_name, type_name, feature=feature, transform=transform,
+                        params=PARAMS.get(type_name, {}))
 
 
 def replay(detector: Any, events: list[dict[str, Any]]) -> list[tuple[int, str, Any]]:
@@ -47,6 +49,7 @@ def replay(detector: Any, events: list[dict[str, Any]]) -> list[tuple[int, str, 
 EVENTS = list(traffic(6_000, 3, at(DRIFTS["latency_x2"], 3_000)))
 for e in EVENTS[3_000:]:
     e["route"] = "/v1/embeddings"
+EVENTS += list(traffic(4_000, 4, at(DRIFTS["errors_x10"], 3_000)))  # the 0/1 error rate
 # ...and every attack of attacks.py, so every abuse detector has something to say too.
 for _name in sorted(ATTACKS):
     EVENTS += with_attack(_name, 1_500, 1, 300, attack_events=250)
