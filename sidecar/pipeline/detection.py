@@ -41,8 +41,12 @@ from sidecar.workers.child import Child, WorkerError
 log = get_logger("detection")
 
 BATCH_MAX = 256
-CALL_TIMEOUT_S = 10.0  # per call, plus PER_EVENT_S per event in it
-PER_EVENT_S = 0.01
+# Per call, plus PER_EVENT_S per event in it (a batch of 256 normally takes ~30 ms). Short:
+# with durability: sync, responses wait for their batch to pass this stage, so a hung
+# worker must cost a second of detection, not every response its durability_timeout.
+CALL_TIMEOUT_S = 1.0
+PER_EVENT_S = 0.004
+RELOAD_TIMEOUT_S = 10.0
 ORIGIN_FIELDS = ("inference_id", "timestamp", "model_name", "model_version", "policy_version",
                  "evidence_bundle_id", "route")
 
@@ -156,7 +160,7 @@ class DetectionStage:
         self._child.replace_factory(functools.partial(DetectionService, config))
         self.config = config
         await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._child.call, ("reload", config), CALL_TIMEOUT_S)
+            self._executor, self._child.call, ("reload", config), RELOAD_TIMEOUT_S)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)

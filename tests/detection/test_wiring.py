@@ -283,3 +283,24 @@ async def test_a_dead_detection_worker_costs_detection_for_a_batch_never_an_even
     assert (await post(client, sc.url, BENIGN))[0] == 200  # the next batch: a new worker
     await wait_for(lambda: len(sc.envelopes()) >= 5)
     assert sc.envelopes()[-1]["data"]["detections"] == []
+
+
+async def test_a_hung_detection_worker_does_not_hold_sync_responses(
+    make_sidecar: SidecarFactory, client: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    sc = await make_sidecar(events_file=str(tmp_path / "events.jsonl"), detectors=DEFAULT_SET,
+                            durability="sync", durability_timeout="5s")
+    assert (await post(client, sc.url, BENIGN))[0] == 200
+    await wait_for(lambda: len(sc.envelopes()) >= 1)
+    stage = sc.sidecar.pipeline.detection
+    assert stage is not None and stage._child.proc is not None
+    stage._child.proc.send_signal(signal.SIGSTOP)  # alive, answering nothing
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, _, _ = await post(client, sc.url, BENIGN)
+    waited = loop.time() - started
+    # Not cut off after durability_timeout (5 s): the stage gave up on the worker after
+    # its call timeout (about a second) and the event went on without detection.
+    assert status == 200 and waited < 4.0, waited
+    await wait_for(lambda: len(sc.envelopes()) >= 2)
+    assert sc.envelopes()[1]["data"]["detections"] is None
