@@ -20,9 +20,7 @@ batch goes on without ``features``/``detections`` (null: not run), and
 
 from __future__ import annotations
 
-import asyncio
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -35,12 +33,12 @@ from sidecar.events.notices import NoticeEvent, alert_events
 from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
 from sidecar.pipeline.handoff import Batch, Handoff
+from sidecar.pipeline.stage import WorkerStage
 from sidecar.telemetry import Metrics
 from sidecar.workers.child import Child, WorkerError
 
 log = get_logger("detection")
 
-BATCH_MAX = 256
 # Per call, plus PER_EVENT_S per event in it (a batch of 256 normally takes ~30 ms). Short:
 # with durability: sync, responses wait for their batch to pass this stage, so a hung
 # worker must cost a second of detection, not every response its durability_timeout.
@@ -57,49 +55,34 @@ def detection_worker(config: DetectorsConfig, log_level: str) -> Child:
     return Child("detection", functools.partial(DetectionService, config), log_level)
 
 
-class DetectionStage:
+class DetectionStage(WorkerStage):
+    what = "detection"
+    without = "without detection"
+
     def __init__(self, source: EventQueue, out: Handoff, child: Child, metrics: Metrics,
                  config: DetectorsConfig) -> None:
-        self.source = source
-        self.out = out
-        self._child = child
+        super().__init__(source, out, child)
+        self.queue = source  # alerts go back on it, after their batch
         self._metrics = metrics
         self.config = config
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-detect")
-        self.problem: str | None = "detection worker starting"  # None when it works
+        self._pending: list[NoticeEvent] = []  # this batch's notices
+        self._work: Work = []
 
-    def _warm(self) -> None:
-        try:
-            self._child.start()
-            self.problem = None
-        except WorkerError as exc:
-            self.problem = f"detection worker failing ({exc}); events go without detection"
+    async def process(self, batch: Batch) -> None:
+        self._pending, self._work = [], []
+        self._work = work = self._prepare(batch, self._pending)
+        if work:
+            results = await self.in_thread(self._detect, work)
+            if results is not None:
+                self._apply(work, results, self._pending)
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.run_in_executor(self._executor, self._warm)
-        try:
-            while True:
-                batch = await self.source.get_batch(BATCH_MAX)
-                if not batch:
-                    return
-                notices: list[NoticeEvent] = []
-                work: Work = []
-                try:
-                    work = self._prepare(batch, notices)
-                    if work:
-                        results = await loop.run_in_executor(self._executor, self._detect, work)
-                        if results is not None:
-                            self._apply(work, results, notices)
-                except Exception:  # never hold the batch back for detection
-                    log.error("detection stage failed; batch goes without detection",
-                              exc_info=True)
-                    self._metrics.detection_failures.labels("stage_error").inc(len(work))
-                await self.out.put_batch(batch)
-                for notice in notices:
-                    self.source.put(notice)
-        finally:
-            self.out.close()
+    def recover(self, batch: Batch) -> None:
+        self._metrics.detection_failures.labels("stage_error").inc(len(self._work))
+
+    def after(self, batch: Batch) -> None:
+        for notice in self._pending:
+            self.queue.put(notice)
+        self._pending = []
 
     def _prepare(self, batch: Batch, notices: list[NoticeEvent]) -> Work:
         """Take the raw references off every inference; the gate's alerts become notices."""
@@ -124,7 +107,7 @@ class DetectionStage:
             reply: tuple[list[Result], dict[str, int]] = self._child.call(
                 ("batch", items), CALL_TIMEOUT_S + PER_EVENT_S * len(items))
         except WorkerError as exc:
-            self.problem = f"detection worker failing ({exc}); events go without detection"
+            self.failing(exc)
             log.error("detection failed; events go on without it", extra={"fields": {
                 "reason": str(exc), "events": len(items)}})
             self._metrics.detection_failures.labels("worker_unavailable").inc(len(items))
@@ -159,12 +142,7 @@ class DetectionStage:
         ``WorkerError`` if the worker could not take it (it then restarts with it)."""
         self._child.replace_factory(functools.partial(DetectionService, config))
         self.config = config
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._child.call, ("reload", config), RELOAD_TIMEOUT_S)
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=True)
-        self._child.close()
+        await self.in_thread(self._child.call, ("reload", config), RELOAD_TIMEOUT_S)
 
 
 def _origin(event: InferenceEvent) -> dict[str, Any]:

@@ -20,15 +20,14 @@ Its output is a ``Handoff`` (``sidecar/pipeline/handoff.py``) to the log writer.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sidecar.errors import OUTCOME_REJECTED
 from sidecar.events.model import InferenceEvent
 from sidecar.logs import get_logger
 from sidecar.pipeline.handoff import Batch, BatchSource, Handoff
+from sidecar.pipeline.stage import WorkerStage
 from sidecar.privacy.context import Capture, decision
 from sidecar.privacy.masker import Captured, recorded_headers
 from sidecar.privacy.memo import HeaderMemo
@@ -38,7 +37,6 @@ from sidecar.workers.child import Child, WorkerError
 
 log = get_logger("privacy")
 
-BATCH_MAX = 256
 CALL_TIMEOUT_S = 10.0  # per call, plus PER_EVENT_S per event in it
 PER_EVENT_S = 0.05
 
@@ -74,45 +72,23 @@ def _captured(event: InferenceEvent, capture: Capture, chosen: Decision) -> Item
     ), chosen
 
 
-class PrivacyStage:
+class PrivacyStage(WorkerStage):
+    what = "masking"
+    without = "without payload"
+
     def __init__(self, source: BatchSource, sink: Handoff, child: Child,
                  on_failure: Callable[[str, int], None]) -> None:
-        self.source = source
-        self.out = sink
-        self._child = child
+        super().__init__(source, sink, child)
         self._on_failure = on_failure
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-mask")
-        self.problem: str | None = "masking worker starting"  # None when masking works
         self._memo = HeaderMemo()
 
-    def _warm(self) -> None:
-        try:
-            self._child.start()
-            self.problem = None
-        except WorkerError as exc:
-            self.problem = f"masking worker failing ({exc}); events go without payload"
+    async def process(self, batch: Batch) -> None:
+        work = self._prepare(batch)  # on the loop: cheap, and no thread hop
+        if work[0]:
+            await self.in_thread(self._mask, work)
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        # Start the worker (about a second of imports and analyzer set-up) before the first
-        # event needs it; readiness waits for it.
-        loop.run_in_executor(self._executor, self._warm)
-        try:
-            while True:
-                batch = await self.source.get_batch(BATCH_MAX)
-                if not batch:
-                    return
-                try:
-                    work = self._prepare(batch)  # on the loop: cheap, and no thread hop
-                    if work[0]:
-                        await loop.run_in_executor(self._executor, self._mask, work)
-                except Exception:  # never lose the batch: it goes on, unmasked parts out
-                    log.error("masking stage failed; batch goes without payload",
-                              exc_info=True)
-                    self._strip(batch)
-                await self.out.put_batch(batch)
-        finally:
-            self.out.close()
+    def recover(self, batch: Batch) -> None:
+        self._strip(batch)  # unmasked parts out
 
     def _prepare(self, batch: Batch) -> Work:
         """Take the raw capture off every event; answer header-only events the memo knows
@@ -153,7 +129,7 @@ class PrivacyStage:
             records, failures = self._child.call(
                 items, CALL_TIMEOUT_S + PER_EVENT_S * len(items))
         except WorkerError as exc:
-            self.problem = f"masking worker failing ({exc}); events go without payload"
+            self.failing(exc)
             log.error("masking failed; events go on without payload", extra={"fields": {
                 "reason": str(exc), "events": len(events)}})
             self._fail(events, "worker_unavailable", [chosen for _, _, chosen in items])
@@ -196,7 +172,3 @@ class PrivacyStage:
         event.privacy = record["privacy"]
         event.payload = record["payload"]
         event.headers = record["headers"]
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=True)
-        self._child.close()
