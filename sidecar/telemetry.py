@@ -116,6 +116,12 @@ class Metrics:
             "lost_on_crash, corrupt, shutdown, log_full_at_shutdown, disk_error_at_shutdown.",
             ["reason"], registry=registry,
         )
+        self.events_incomplete = Counter(
+            f"{n}_events_incomplete_total",
+            "Events sent from their ahead record alone (metadata, no payload, features or "
+            "detector results), by reason: lost_in_crash, log_full.",
+            ["reason"], registry=registry,
+        )
         self.events_delivered = Counter(
             f"{n}_events_delivered_total", "Events acknowledged by the sink.", ["sink"],
             registry=registry,

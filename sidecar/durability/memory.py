@@ -25,7 +25,7 @@ from sidecar.durability.base import (
     full_headroom,
 )
 from sidecar.durability.framing import frame_size
-from sidecar.events.record import Record
+from sidecar.events.record import Record, next_event_seq
 
 
 class MemoryLog:
@@ -52,7 +52,7 @@ class MemoryLog:
 
     @property
     def next_seq(self) -> int:
-        return max(self._accepted, self._last_seq) + 1
+        return next_event_seq(max(self._accepted, self._last_seq))
 
     @property
     def last_seq(self) -> int:

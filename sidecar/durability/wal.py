@@ -26,7 +26,7 @@ Recovery (on open) scans every segment and checks every checksum. A bad frame in
 is skipped by resynchronising on the next magic; a bad or torn tail of the last segment is
 truncated; both are counted in ``corrupt_skipped``. The read position starts at the first
 record above the cursor. ``hwm`` lives in the page cache, so it survives SIGKILL: if the
-producer accepted seqs the log never settled, ``lost_on_crash`` counts them and numbering
+producer accepted seqs the log never settled, ``lost_on_crash`` counts their events and numbering
 continues after them (``next_seq``).
 
 Threads: one writer (append, sync), one delivery thread (read, rewind, ack), and any thread
@@ -52,7 +52,7 @@ from sidecar.durability.base import (
     full_headroom,
 )
 from sidecar.durability.segments import HEADER, Segment, first_unacked
-from sidecar.events.record import Record
+from sidecar.events.record import Record, event_number, next_event_seq
 
 log = logging.getLogger("inference_sidecar.wal")
 
@@ -116,7 +116,8 @@ class WriteAheadLog:
         self._mm = disk.map_hwm(self.directory)
         accepted, settled = (int(v) for v in disk.HWM.unpack_from(self._mm, 0))
         written = max(self._last_seq, settled)
-        self._lost = accepted - written if accepted > written else 0
+        # Counted in events, not seqs: final records share their event blocks.
+        self._lost = max(0, event_number(accepted) - event_number(written))
         if self._lost:
             log.warning(
                 "write-ahead log: events accepted before a crash were never written",
@@ -141,7 +142,7 @@ class WriteAheadLog:
 
     @property
     def next_seq(self) -> int:
-        return max(self._accepted, self._last_seq) + 1
+        return next_event_seq(max(self._accepted, self._last_seq))
 
     @property
     def last_seq(self) -> int:

@@ -1,7 +1,8 @@
 """``EventQueue``: the one hand-off between the request path and the event pipeline.
 
-It never blocks the request path. Each accepted event gets the next sequence number
-(continuing the durable log's numbering across restarts). ``when_full`` says what a full
+It never blocks the request path. Each accepted event gets the first seq of the next
+event block (``sidecar/events/record.py``), continuing the durable log's numbering
+across restarts. ``when_full`` says what a full
 queue does (Vector's ``when_full``):
 
 - ``block``: nothing is dropped; instead ``accepting`` turns False and the request path
@@ -19,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 
 from sidecar.events.model import AnyEvent
+from sidecar.events.record import EVENT_SEQ_STEP
 
 POLICIES = ("block", "drop_oldest", "drop_newest")
 
@@ -29,7 +31,7 @@ class EventQueue:
         capacity: int,
         when_full: str = "block",
         on_drop: Callable[[str, int], None] | None = None,
-        first_seq: int = 1,
+        first_seq: int = EVENT_SEQ_STEP,
         on_accept: Callable[[int], None] | None = None,
     ) -> None:
         if capacity < 1:
@@ -68,7 +70,7 @@ class EventQueue:
                 return 0
             self._items.popleft()
         seq = self._next_seq
-        self._next_seq = seq + 1
+        self._next_seq = seq + EVENT_SEQ_STEP
         self._items.append((seq, event))
         if self._on_accept is not None:
             self._on_accept(seq)
@@ -96,6 +98,20 @@ class EventQueue:
         """Up to ``max_items`` events, without waiting."""
         items = self._items
         return [items.popleft() for _ in range(min(max_items, len(items)))]
+
+    def take_while(self, max_items: int, admit: Callable[[AnyEvent], bool]
+                   ) -> list[tuple[int, AnyEvent]]:
+        """Like ``take``, stopping early at the first event ``admit`` refuses (it stays)."""
+        items: deque[tuple[int, AnyEvent]] = self._items
+        out: list[tuple[int, AnyEvent]] = []
+        while items and len(out) < max_items and admit(items[0][1]):
+            out.append(items.popleft())
+        return out
+
+    def notify_on(self, future: asyncio.Future[None]) -> None:
+        """Complete ``future`` at the next ``put`` or ``close``: for a consumer that waits
+        on this queue and something else at once (the log writer)."""
+        self._waiter = future
 
     def close(self) -> None:
         """No more events will come; the consumer drains what is left, then stops."""

@@ -2,12 +2,35 @@
 
 ``value`` is the CloudEvents JSON document; ``key`` orders a client's events within a
 Kafka partition; ``headers`` let consumers filter without parsing the value. ``seq`` is
-the sidecar's own sequence number: strictly increasing, also across restarts.
+the sidecar's own sequence number: strictly increasing in append order, also across
+restarts.
+
+Each event owns a block of ``EVENT_SEQ_STEP`` seqs. Its first record takes the block's
+first seq (the EventQueue hands these out); a *final* record, which completes an earlier
+event once the detection and privacy stages are done with it
+(``sidecar/pipeline/ahead.py``), takes the next free seq in the block of the last event
+appended before it. So the log stays in seq order although an event's final record
+follows its first one by any number of other events, and ``seq >> EVENT_SEQ_SHIFT``
+counts events (crash accounting, ``lost_on_crash``). Seqs are 64-bit on disk: 2**44
+blocks, 55 years at 10,000 events/s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+EVENT_SEQ_SHIFT = 20
+EVENT_SEQ_STEP = 1 << EVENT_SEQ_SHIFT  # more than the events ever open at once (ahead.py)
+
+
+def event_number(seq: int) -> int:
+    """The event block ``seq`` falls in: events numbered 1, 2, ... across restarts."""
+    return seq >> EVENT_SEQ_SHIFT
+
+
+def next_event_seq(seq: int) -> int:
+    """The first seq of the block after the one ``seq`` is in."""
+    return (event_number(seq) + 1) << EVENT_SEQ_SHIFT
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,8 @@
-"""Stage 2 of the pipeline: durable log → sink, trimmed only after the sink acknowledged.
+"""Delivery: durable log → sink, trimmed only after the sink acknowledged.
+
+An event written ahead (``sidecar/pipeline/ahead.py``) is sent once, from its final
+record; its ahead record is held (in memory, and the log not trimmed past it) until the
+final is read, or sent alone, marked, when the ``Ledger`` shows the final will not come.
 
 Reads and sink writes run in the delivery thread (kafka-python's ``send()`` may block for
 ``max_block_ms``; file writes block too), never on the loop. A failed batch is kept and
@@ -18,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from sidecar.durability.base import EventLog
 from sidecar.events.record import Record
 from sidecar.logs import get_logger
+from sidecar.pipeline import ahead
+from sidecar.pipeline.ahead import Ledger, Mark
 from sidecar.sinks.base import Sink, SinkError
 from sidecar.telemetry import Metrics
 
@@ -32,37 +38,88 @@ RETRY_MAX_S = 2.0
 
 
 class Delivery:
-    def __init__(self, event_log: EventLog, sink: Sink, metrics: Metrics) -> None:
+    def __init__(self, event_log: EventLog, sink: Sink, metrics: Metrics,
+                 ledger: Ledger | None = None) -> None:
         self.log = event_log
         self.sink = sink
+        self.ledger = ledger if ledger is not None else Ledger(event_log.last_seq)
         self.delivered = 0
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-sink")
         self._wakeup = asyncio.Event()
         self._stopping = False
-        self._pending: list[Record] | None = None  # a batch the sink has not taken yet
+        # A batch the sink has not taken yet, and the seq to ack once it has.
+        self._pending: tuple[list[Record], int] | None = None
+        self._waiting: dict[int, Record] = {}  # ahead records read, in seq order, no final yet
+        self._read_through = 0
+        self._mark: Mark | None = None
         self._delivered_total = metrics.events_delivered.labels(sink.name)
 
     def notify(self) -> None:
         """New records are in the log (called on the loop by the writer)."""
         self._wakeup.set()
 
+    def _sort(self, records: list[Record]) -> list[Record]:
+        """What of ``records`` goes to the sink: all but ahead records, which wait."""
+        out: list[Record] = []
+        waiting = self._waiting
+        for record in records:
+            is_ahead, completes = ahead.part(record)
+            if is_ahead:
+                waiting[record.seq] = record
+            elif completes is not None:
+                waiting.pop(completes, None)
+                out.append(ahead.public(record))
+            else:
+                out.append(record)
+        return out
+
+    def _orphans(self, caught_up: bool) -> list[Record]:
+        """Ahead records whose final will not come: once delivery has read through what
+        the writer had appended when ``_mark`` was taken, those below its bound."""
+        mark = self._mark
+        if mark is None or not (caught_up or self._read_through >= mark.appended):
+            return []
+        self._mark = None
+        out: list[Record] = []
+        for seq in [s for s in self._waiting if s < mark.bound]:  # in seq order
+            reason = (ahead.LOST_IN_CRASH if seq <= self.ledger.recovered_through
+                      else ahead.LOG_FULL)
+            out.append(ahead.orphan(self._waiting.pop(seq), reason))
+            self._metrics.events_incomplete.labels(reason).inc()
+        return out
+
     def _step(self) -> int:
         """Delivery thread: read a batch (unless one is kept from a failed try), write it,
-        ack it. One hand-off per batch; raises ``SinkError`` keeping the batch."""
+        ack it. One hand-off per batch; returns how many records it took from the log
+        (0: nothing to do); raises ``SinkError`` keeping the batch."""
+        taken = 0
         if self._pending is None:
+            if self._mark is None:
+                self._mark = self.ledger.mark  # before the read: see _orphans
             records = self.log.read(READ_MAX_RECORDS, READ_MAX_BYTES)
-            if not records:
+            if records:
+                self._read_through = max(self._read_through, records[-1].seq)
+            out = self._sort(records)
+            orphans = self._orphans(caught_up=not records)
+            out += orphans
+            taken = len(records) + len(orphans)
+            if not taken:
                 return 0
-            self._pending = records
-        self.sink.write(self._pending)
-        self.log.ack(self._pending[-1].seq)
-        delivered, self._pending = len(self._pending), None
+            upto = self._read_through
+            if self._waiting:  # never trim an ahead record still waiting for its final
+                upto = min(upto, next(iter(self._waiting)) - 1)
+            self._pending = (out, upto)
+        out, upto = self._pending
+        if out:
+            self.sink.write(out)
+        self.log.ack(upto)
+        self._pending = None
         # Counted here, with the ack: a write that completes after shutdown gave up waiting
         # for it still counts (and is not delivered again).
-        self.delivered += delivered
-        self._delivered_total.inc(delivered)
-        return delivered
+        self.delivered += len(out)
+        self._delivered_total.inc(len(out))
+        return max(taken, 1)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -75,7 +132,7 @@ class Delivery:
                 delivered = await loop.run_in_executor(self._executor, self._step)
             except SinkError as exc:
                 attempt += 1
-                batch = len(self._pending or ())
+                batch = len(self._pending[0]) if self._pending else 0
                 failures.inc(batch)
                 log.warning("sink write failed; batch kept for retry", extra={"fields": {
                     "sink": self.sink.name, "reason": str(exc), "batch": batch,

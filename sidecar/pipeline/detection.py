@@ -1,4 +1,4 @@
-"""The detection stage: EventQueue → detectors (worker process) → ``Handoff`` → privacy.
+"""The detection stage: log writer → detectors (worker process) → ``Handoff`` → privacy.
 
 Events carry an ``Observed`` (``sidecar/detection/observed.py``: raw references to the
 request and buffered response bodies, and the few request headers the detectors read).
@@ -6,8 +6,8 @@ Batch by batch and in order, the stage sends them to the detection worker
 (``sidecar/detection/service.py``), which computes the prompt features and runs the
 monitor-mode detectors; the event gets ``features`` and ``detections`` back, and every
 alert (these, and the enforce-mode gate's from the request path) becomes an
-``ai.detector.alert`` notice, put on the EventQueue after its batch: it reaches the log
-after the inference that raised it, with its own sequence number.
+``ai.detector.alert`` notice that travels at the end of its batch back to the log writer:
+it is logged after the final record of the inference that raised it.
 
 It runs before the privacy stage so that the profiles' ``always_capture: [alerts]``
 rule can keep the payload of an inference a detector flagged.
@@ -30,9 +30,8 @@ from sidecar.detection.observed import Observed
 from sidecar.detection.service import DetectionService, Item, Result
 from sidecar.events.model import InferenceEvent
 from sidecar.events.notices import NoticeEvent, alert_events
-from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
-from sidecar.pipeline.handoff import Batch, Handoff
+from sidecar.pipeline.handoff import Batch, BatchSource, Handoff
 from sidecar.pipeline.stage import WorkerStage
 from sidecar.telemetry import Metrics
 from sidecar.workers.child import Child, WorkerError
@@ -40,8 +39,8 @@ from sidecar.workers.child import Child, WorkerError
 log = get_logger("detection")
 
 # Per call, plus PER_EVENT_S per event in it (a batch of 256 normally takes ~30 ms). Short:
-# with durability: sync, responses wait for their batch to pass this stage, so a hung
-# worker must cost a second of detection, not every response its durability_timeout.
+# responses no longer wait for this stage (their events are written ahead), but events
+# with it hold ROOM, so a hung worker must cost a second of detection, not a full queue.
 CALL_TIMEOUT_S = 1.0
 PER_EVENT_S = 0.004
 RELOAD_TIMEOUT_S = 10.0
@@ -59,10 +58,9 @@ class DetectionStage(WorkerStage):
     what = "detection"
     without = "without detection"
 
-    def __init__(self, source: EventQueue, out: Handoff, child: Child, metrics: Metrics,
+    def __init__(self, source: BatchSource, out: Handoff, child: Child, metrics: Metrics,
                  config: DetectorsConfig) -> None:
         super().__init__(source, out, child)
-        self.queue = source  # alerts go back on it, after their batch
         self._metrics = metrics
         self.config = config
         self._pending: list[NoticeEvent] = []  # this batch's notices
@@ -75,13 +73,16 @@ class DetectionStage(WorkerStage):
             results = await self.in_thread(self._detect, work)
             if results is not None:
                 self._apply(work, results, self._pending)
+        self._attach(batch)
 
     def recover(self, batch: Batch) -> None:
         self._metrics.detection_failures.labels("stage_error").inc(len(self._work))
+        self._attach(batch)
 
-    def after(self, batch: Batch) -> None:
-        for notice in self._pending:
-            self.queue.put(notice)
+    def _attach(self, batch: Batch) -> None:
+        """The batch's notices travel at its end (seq 0: the writer numbers them), so each
+        is logged right after the final record of the inference that raised it."""
+        batch.extend((0, notice) for notice in self._pending)
         self._pending = []
 
     def _prepare(self, batch: Batch, notices: list[NoticeEvent]) -> Work:

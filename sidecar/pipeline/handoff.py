@@ -29,7 +29,8 @@ class BatchSource(Protocol):
 
 
 class Handoff:
-    """Batches from the privacy stage to the writer; the reading side is EventQueue's."""
+    """Batches between the writer and the stages that complete events, in both
+    directions; the reading side is EventQueue's."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -56,6 +57,15 @@ class Handoff:
             await self._writable
         self._items.extend(batch)
         self._wake(self._readable)
+
+    def put_nowait(self, batch: Batch) -> None:
+        """For a producer that bounds what it puts itself (the log writer: ``ROOM``)."""
+        self._items.extend(batch)
+        self._wake(self._readable)
+
+    def notify_on(self, future: asyncio.Future[None]) -> None:
+        """Complete ``future`` at the next put or close (see ``EventQueue.notify_on``)."""
+        self._readable = future
 
     async def get_batch(self, max_items: int) -> Batch:
         while not self._items:

@@ -1,4 +1,5 @@
-"""The privacy stage: EventQueue → mask (worker process) → ``Handoff`` → LogWriter.
+"""The privacy stage: detection (or the log writer) → mask (worker process) → ``Handoff``
+→ the log writer, which appends the completed events as final records.
 
 Events whose privacy profile records anything carry a ``Capture`` (raw references, see
 ``sidecar/privacy/context.py``). Here, batch by batch and in order, they are turned into
@@ -15,7 +16,7 @@ Fail closed: if the worker is down, hangs or refuses, the batch's events go on w
 payload or header values, with ``privacy.failure`` saying why, and
 ``privacy_failures_total`` counts them. The event itself is never held back or lost.
 
-Its output is a ``Handoff`` (``sidecar/pipeline/handoff.py``) to the log writer.
+Its output is a ``Handoff`` (``sidecar/pipeline/handoff.py``) back to the log writer.
 """
 
 from __future__ import annotations

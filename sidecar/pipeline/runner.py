@@ -1,23 +1,26 @@
 """``Pipeline``: the event path after the request path, read top to bottom.
 
     EventQueue (bounded, in memory)
-        │  DetectionStage: features, monitor-mode detectors       (worker process)
-        ▼     (unless detectors are off); alerts go back on the queue as notices
-    Handoff (bounded, two batches)
-        │  PrivacyStage: mask what the profile records            (worker process)
-        ▼     (only when a privacy profile records anything; else straight on)
-    Handoff (bounded, two batches)
         │  LogWriter: encode as CloudEvents, append, fsync        (writer thread)
+        │     events the stages below still complete are written *ahead*: their
+        │     metadata at once (sync responses wait for this fsync only) …
+        ├──► Handoff (at most writer.ROOM events with the stages)
+        │      DetectionStage: features, monitor-mode detectors   (worker process)
+        │         (unless detectors are off); alerts follow their batch as notices
+        │    Handoff
+        │      PrivacyStage: mask what the profile records         (worker process)
+        │         (only when a privacy profile records anything)
+        ◄──┘ … and appended again, completed, as *final* records (pipeline/ahead.py)
         ▼
     EventLog (WriteAheadLog on disk, or MemoryLog)
         │  Delivery: read, sink.write, ack → trim                 (delivery thread)
-        ▼
+        ▼     sends an event's final record, not its ahead one
     Sink (Kafka, or the JSON-lines file)
 
-Two tasks on the loop drive the stages; every blocking call runs in a stage's own thread.
-Stop order: the queue closes and drains into the log (fsynced), then delivery gets what
-is left of ``drain_s``; anything undelivered stays in the on-disk log for the next start
-(with ``durability: memory`` it is lost, and counted).
+Tasks on the loop drive the stages; every blocking call runs in a stage's own thread.
+Stop order: the queue closes and drains into the log, the stages drain back into it
+(fsynced), then delivery gets what is left of ``drain_s``; anything undelivered stays in
+the on-disk log for the next start (with ``durability: memory`` it is lost, and counted).
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from typing import TYPE_CHECKING
 from sidecar.durability.base import EventLog
 from sidecar.events.queue import EventQueue
 from sidecar.logs import get_logger
+from sidecar.pipeline.ahead import Ledger
 from sidecar.pipeline.delivery import Delivery
 from sidecar.pipeline.detection import DetectionStage
-from sidecar.pipeline.handoff import BatchSource, Handoff
+from sidecar.pipeline.handoff import Handoff
 from sidecar.pipeline.privacy import PrivacyStage
 from sidecar.pipeline.writer import BATCH_MAX as WRITER_BATCH_MAX
-from sidecar.pipeline.writer import Durability, LogWriter
+from sidecar.pipeline.writer import ROOM, Completion, Durability, LogWriter
 from sidecar.sinks.base import Sink
 from sidecar.telemetry import Metrics
 from sidecar.workers.child import Child
@@ -65,13 +69,14 @@ class Pipeline:
         self.mode = mode
         self.disk_ok = True
         self._metrics = metrics
-        self.delivery = Delivery(event_log, sink, metrics)
+        ledger = Ledger(event_log.last_seq)
+        self.delivery = Delivery(event_log, sink, metrics, ledger)
         self.privacy: PrivacyStage | None = None
         self.detection: DetectionStage | None = None
-        source: BatchSource = queue
+        to_stages = source = Handoff(ROOM)
         if detection is not None:
             handoff = Handoff(2 * WRITER_BATCH_MAX)
-            self.detection = DetectionStage(queue, handoff, detection[0], metrics, detection[1])
+            self.detection = DetectionStage(source, handoff, detection[0], metrics, detection[1])
             source = handoff
         if masking is not None:
             handoff = Handoff(2 * WRITER_BATCH_MAX)
@@ -80,10 +85,11 @@ class Pipeline:
                 on_failure=lambda stage, n: metrics.privacy_failures.labels(stage).inc(n))
             source = handoff
         self.writer = LogWriter(
-            source, event_log, mode, interval,
+            queue, event_log, mode, interval,
             on_appended=self.delivery.notify, on_disk_error=self._disk_error,
             on_drop=lambda reason, n: metrics.events_dropped.labels(reason).inc(n),
             durability_timeout=durability_timeout,
+            completion=None if source is to_stages else Completion(to_stages, source, ledger),
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         metrics.bind_pipeline(queue_depth=lambda: len(queue), log_stats=event_log.stats,
@@ -106,7 +112,7 @@ class Pipeline:
             self._tasks["privacy"] = loop.create_task(self.privacy.run(), name="privacy")
         self._tasks["writer"] = loop.create_task(self.writer.run(), name="log-writer")
         self._tasks["delivery"] = loop.create_task(self.delivery.run(), name="delivery")
-        if self.mode == "batch":
+        if self.mode == "batch" or (self.mode == "sync" and self.writer.completion):
             self._tasks["sync"] = loop.create_task(
                 self.writer.run_periodic_sync(), name="periodic-fsync")
         if self.mode == "sync":
@@ -118,8 +124,9 @@ class Pipeline:
         deadline = time.monotonic() + drain_s
         self.queue.close()
         self.writer.give_up_at = deadline  # a full log under `block` must not hang shutdown
-        # The queue is bounded, the masking calls and the disk bounded in time: these finish.
-        for name in ("detection", "privacy", "writer"):
+        # The queue is bounded, the worker calls and the disk bounded in time: these finish.
+        # The writer closes the stages' input once the queue is drained; they drain back.
+        for name in ("writer", "detection", "privacy"):
             task = self._tasks.get(name)
             if task is not None:
                 await task

@@ -1,4 +1,12 @@
-"""Stage 1 of the pipeline: queue → CloudEvents records → durable log (→ fsync).
+"""The log writer: queue → CloudEvents records → durable log (→ fsync), and back from the
+stages that complete events.
+
+Events the detection and privacy stages still have to complete are written at once as
+*ahead* records and handed to those stages (``Completion``); they come back completed and
+are appended again as *final* records (``sidecar/pipeline/ahead.py``). So a response
+waiting for its event's fsync never waits for the stages. At most ``ROOM`` events are
+with the stages at a time: beyond that, events needing them stay in the queue, which
+fills, and its ``when_full`` applies.
 
 Encoding, appending and fsync run in the writer's own thread; the task on the loop only
 moves batches and wakes whoever waits. Durability modes:
@@ -17,16 +25,22 @@ the queue in front absorbs the wait, and admission control refuses new requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from sidecar.durability.base import EventLog, LogFull
 from sidecar.events.cloudevents import to_record
+from sidecar.events.model import AnyEvent, InferenceEvent
+from sidecar.events.queue import EventQueue
+from sidecar.events.record import EVENT_SEQ_STEP, Record, next_event_seq
 from sidecar.logs import get_logger
-from sidecar.pipeline.handoff import Batch, BatchSource
+from sidecar.pipeline import ahead
+from sidecar.pipeline.handoff import Batch, Handoff
 
 log = get_logger("writer")
 
@@ -34,6 +48,46 @@ BATCH_MAX = 1024
 LINGER_S = 0.002  # batch and memory modes only: sync responses wait for their batch
 RETRY_S = 0.005
 DISK_RETRY_MAX_S = 1.0
+# Events with the completing stages at once: bounds the raw captures held in memory.
+# Each one's final record takes a seq in the block of the last event appended before it.
+ROOM = 4096
+assert ROOM < EVENT_SEQ_STEP
+
+
+def needs_completion(event: AnyEvent) -> bool:
+    """Whether a stage still has to complete ``event``: it carries raw references for the
+    detectors (``observed``) or for masking (``capture``)."""
+    return isinstance(event, InferenceEvent) and (
+        getattr(event, "observed", None) is not None
+        or getattr(event, "capture", None) is not None)
+
+
+def _drop_raw(event: AnyEvent) -> None:
+    for name in ("observed", "capture"):
+        if getattr(event, name, None) is not None:
+            delattr(event, name)
+
+
+@dataclass
+class Completion:
+    """The stages that complete events after their ahead record: the writer hands them
+    events through ``out`` and takes them back, completed and in order, from ``back``."""
+
+    out: Handoff
+    back: Handoff
+    ledger: ahead.Ledger
+
+
+@dataclass
+class _Round:
+    """One append: finals first (their seqs fall in the last appended event's block), then
+    the events taken from the queue."""
+
+    finals: Batch  # (ahead seq, completed event)
+    final_seqs: list[int]
+    events: Batch
+    completes: list[bool]  # per event: written ahead, to be completed
+    records: list[Record] | None = None  # encoded once, in the writer thread
 
 
 class Durability:
@@ -88,7 +142,7 @@ class Durability:
 class LogWriter:
     def __init__(
         self,
-        queue: BatchSource,
+        queue: EventQueue,
         event_log: EventLog,
         mode: str,
         interval: float,
@@ -96,33 +150,59 @@ class LogWriter:
         on_disk_error: Callable[[bool], None],
         on_drop: Callable[[str, int], None],
         durability_timeout: float = 5.0,
+        completion: Completion | None = None,
     ) -> None:
         self.queue = queue
         self.log = event_log
         self.mode = mode
         self.interval = interval
         self.durability = Durability(durability_timeout)
+        self.completion = completion
         self._on_appended = on_appended
         self._on_disk_error = on_disk_error
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-wal")
         self._last_sync = time.monotonic()
         self._dirty = False
-        self._appended = False  # whether the batch in hand is in the log already
+        self._appended = False  # whether the round in hand is in the log already
+        self._dropped_newest = 0  # of the round in hand, by when_full
+        self._last_seq = event_log.last_seq  # the last seq given to a record
         self._on_drop = on_drop
         self.give_up_at: float | None = None  # monotonic deadline, set at shutdown
 
-    def _append(self, batch: Batch) -> None:
+    # --- writer thread -----------------------------------------------------------------
+
+    def _encode(self, work: _Round) -> list[Record]:
+        if work.records is None:
+            # ahead seq 0: a notice a stage raised (an alert), written whole after the
+            # final record of its inference
+            records = [ahead.final(to_record(event, seq), ahead_seq) if ahead_seq
+                       else to_record(event, seq)
+                       for (ahead_seq, event), seq in zip(work.finals, work.final_seqs,
+                                                          strict=True)]
+            for (seq, event), completes in zip(work.events, work.completes, strict=True):
+                record = to_record(event, seq)
+                records.append(ahead.ahead(record) if completes else record)
+            work.records = records
+        return work.records
+
+    def _append(self, work: _Round) -> None:
         before = self.log.stats()
-        self.log.append([to_record(event, seq) for seq, event in batch])
+        self.log.append(self._encode(work))
         self._dirty = True
         after = self.log.stats()
+        self._dropped_newest = after.dropped_newest - before.dropped_newest
         if after.dropped_oldest != before.dropped_oldest:
             self._on_drop("log_full_oldest", after.dropped_oldest - before.dropped_oldest)
-        if after.dropped_newest != before.dropped_newest:
-            self._on_drop("log_full_newest", after.dropped_newest - before.dropped_newest)
+        if self._dropped_newest:
+            self._on_drop("log_full_newest", self._dropped_newest)
 
-    def _sync_due(self) -> bool:
-        return self.mode == "sync" or time.monotonic() - self._last_sync >= self.interval
+    def _sync_due(self, work: _Round) -> bool:
+        # sync: a round of final records alone releases no response; a crash before its
+        # fsync costs those events their payloads (sent from their ahead records), so it
+        # waits for the next round's fsync or the interval, as in batch mode.
+        if self.mode == "sync" and work.events:
+            return True
+        return time.monotonic() - self._last_sync >= self.interval
 
     def _sync(self) -> None:
         if self._dirty:
@@ -130,41 +210,140 @@ class LogWriter:
             self._dirty = False
         self._last_sync = time.monotonic()
 
-    def _persist(self, batch: Batch) -> None:
-        """Writer thread: append (once), then fsync if due. One hand-off per batch; after a
-        failed fsync the retry must not append the batch again."""
+    def _persist(self, work: _Round) -> None:
+        """Writer thread: append (once), then fsync if due. One hand-off per round; after a
+        failed fsync the retry must not append the round again."""
         if not self._appended:
-            self._append(batch)
+            self._append(work)
             self._appended = True
-        if self._sync_due():
+        if self._sync_due(work):
             self._sync()
+
+    # --- on the loop -------------------------------------------------------------------
+
+    def _take_events(self, max_items: int) -> tuple[Batch, list[bool]]:
+        completion = self.completion
+        if completion is None or completion.out.closed:
+            batch = self.queue.take(max_items)
+            for _, event in batch:  # only after shutdown closed the stages: never raw on disk
+                _drop_raw(event)
+            return batch, [False] * len(batch)
+        room = ROOM - len(completion.ledger.open)
+        completes: list[bool] = []
+
+        def admit(event: AnyEvent) -> bool:
+            nonlocal room
+            needed = needs_completion(event)
+            if needed:
+                if room <= 0:
+                    return False
+                room -= 1
+            completes.append(needed)
+            return True
+
+        return self.queue.take_while(max_items, admit), completes
+
+    def _take_finals(self, max_items: int) -> Batch:
+        return [] if self.completion is None else self.completion.back.take(max_items)
+
+    def _take(self, work: _Round | None = None) -> _Round:
+        if work is None:
+            work = _Round([], [], [], [])
+        # Finals and notices must fit in the rest of the last event's seq block; never
+        # short in practice (ROOM events with a few alerts each), but never wrong either.
+        space = next_event_seq(self._last_seq) - self._last_seq - 1 - len(work.finals)
+        finals = self._take_finals(min(BATCH_MAX - len(work.finals), space))
+        events, completes = self._take_events(BATCH_MAX - len(work.events))
+        work.finals += finals
+        work.events += events
+        work.completes += completes
+        return work
+
+    def _finished(self) -> bool:
+        if not self.queue.closed or len(self.queue):
+            return False
+        completion = self.completion
+        if completion is None:
+            return True
+        if not completion.out.closed:
+            completion.out.close()  # nothing more to complete: the stages drain and stop
+        return completion.back.closed and not len(completion.back)
+
+    async def _wait(self) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not len(self.queue):  # else the queue waits for room: only finals make some
+            self.queue.notify_on(future)
+        if self.completion is not None:
+            self.completion.back.notify_on(future)
+        await future
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self.queue.get_batch(BATCH_MAX)
-            if not batch:
-                await self._retry(loop, self._sync, 0)  # the last fsync: best effort
-                return
-            if self.mode != "sync" and len(batch) < BATCH_MAX and not self.queue.closed:
-                # Nothing waits on this batch: let it grow, one hand-off for many events.
+            work = self._take()
+            if not work.finals and not work.events:
+                if self._finished():
+                    await self._retry(loop, self._sync, 0)  # the last fsync: best effort
+                    return
+                await self._wait()
+                continue
+            if (self.mode != "sync" and len(work.events) < BATCH_MAX
+                    and not self.queue.closed):
+                # Nothing waits on this round: let it grow, one hand-off for many events.
                 await asyncio.sleep(LINGER_S)
-                batch.extend(self.queue.take(BATCH_MAX - len(batch)))
-            await self._write(loop, batch)
+                self._take(work)
+            await self._write(loop, work)
 
-    async def _write(
-        self, loop: asyncio.AbstractEventLoop, batch: Batch
-    ) -> None:
-        self._appended = False
-        gave_up = await self._retry(loop, functools.partial(self._persist, batch), len(batch))
+    async def _write(self, loop: asyncio.AbstractEventLoop, work: _Round) -> None:
+        # Finals take the seqs after the last record's: the block of the last event
+        # appended, which no event in the queue can reach (ROOM < EVENT_SEQ_STEP).
+        work.final_seqs = list(range(self._last_seq + 1, self._last_seq + 1 + len(work.finals)))
+        last = work.events[-1][0] if work.events else (
+            work.final_seqs[-1] if work.final_seqs else self._last_seq)
+        self._appended, self._dropped_newest = False, 0
+        gave_up = await self._retry(loop, functools.partial(self._persist, work),
+                                    len(work.events))
+        self._last_seq = max(self._last_seq, last)
         if self._appended:
             self._on_appended()
+        self._complete(work, appended=self._appended)
         if gave_up:
             if not self._appended:
-                self._on_drop(gave_up, len(batch))
+                self._on_drop(gave_up, len(work.events))
             return
         if self.mode in ("sync", "memory"):
-            self.durability.advance(batch[-1][0])
+            self.durability.advance(self._last_seq)
+
+    def _complete(self, work: _Round, appended: bool) -> None:
+        """After the append: finals leave the ledger, events written ahead go to the
+        stages (not those ``when_full`` refused: they are dropped, and counted)."""
+        completion = self.completion
+        if completion is None:
+            return
+        ledger = completion.ledger
+        for ahead_seq, _ in work.finals:
+            if not ahead_seq:
+                continue  # a notice
+            if ledger.open and ledger.open[0] == ahead_seq:
+                ledger.open.popleft()
+            else:  # not expected: the stages keep order; stay correct anyway
+                with contextlib.suppress(ValueError):
+                    ledger.open.remove(ahead_seq)
+        kept = len(work.events) - max(0, self._dropped_newest) if appended else 0
+        handed: Batch = []
+        for i, ((seq, event), completes) in enumerate(
+                zip(work.events, work.completes, strict=True)):
+            if not completes:
+                continue
+            if i < kept:
+                handed.append((seq, event))
+            else:
+                _drop_raw(event)
+        if handed:
+            ledger.open.extend(seq for seq, _ in handed)
+            completion.out.put_nowait(handed)
+        if appended:
+            ledger.publish(self._last_seq)
 
     async def _retry(
         self, loop: asyncio.AbstractEventLoop, step: Callable[[], None], events: int
@@ -196,7 +375,8 @@ class LogWriter:
         return None
 
     async def run_periodic_sync(self) -> None:
-        """In batch mode, fsync at least every ``interval`` even when traffic stops."""
+        """In batch mode (and for final records in sync mode), fsync at least every
+        ``interval`` even when traffic stops."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.interval)

@@ -299,8 +299,9 @@ async def test_a_hung_detection_worker_does_not_hold_sync_responses(
     started = loop.time()
     status, _, _ = await post(client, sc.url, BENIGN)
     waited = loop.time() - started
-    # Not cut off after durability_timeout (5 s): the stage gave up on the worker after
-    # its call timeout (about a second) and the event went on without detection.
+    # Not cut off after durability_timeout (5 s): the response waited only for its event's
+    # ahead record; the stage gave up on the worker after its call timeout (about a
+    # second) and the event was completed without detection.
     assert status == 200 and waited < 4.0, waited
     await wait_for(lambda: len(sc.envelopes()) >= 2)
     assert sc.envelopes()[1]["data"]["detections"] is None

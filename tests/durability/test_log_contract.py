@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 from sidecar.durability import EventLog, LogFull, LogStats, MemoryLog, WriteAheadLog
 from sidecar.durability.base import full_headroom
 from sidecar.durability.framing import frame_size
-from sidecar.events.record import Record
+from sidecar.events.record import EVENT_SEQ_STEP, Record
 
 MAX_BYTES = 64 * 1024
 SEGMENT_BYTES = 4096
@@ -218,14 +218,18 @@ def test_bytes_used_counts_framing_and_drops_after_ack(make: Callable[..., Event
 
 
 def test_last_and_next_seq(make: Callable[..., EventLog]) -> None:
+    # next_seq is the first seq of the next event block (``sidecar/events/record.py``).
+    step = EVENT_SEQ_STEP
     log = make()
-    assert (log.last_seq, log.next_seq) == (0, 1)
-    log.append(batch(1, 5))
-    assert (log.last_seq, log.next_seq) == (5, 6)
-    log.note_accepted(9)
-    assert (log.last_seq, log.next_seq) == (5, 10)
-    log.note_accepted(3)  # never goes back
-    assert log.next_seq == 10
+    assert (log.last_seq, log.next_seq) == (0, step)
+    log.append([rec(n * step) for n in range(1, 6)])
+    assert (log.last_seq, log.next_seq) == (5 * step, 6 * step)
+    log.append([rec(5 * step + 1)])  # a later record in the same event's block
+    assert (log.last_seq, log.next_seq) == (5 * step + 1, 6 * step)
+    log.note_accepted(9 * step)
+    assert (log.last_seq, log.next_seq) == (5 * step + 1, 10 * step)
+    log.note_accepted(3 * step)  # never goes back
+    assert log.next_seq == 10 * step
 
 
 # --- when_full --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from sidecar.durability import LogFull, LogLocked, WriteAheadLog, disk
 from sidecar.durability.base import full_headroom
 from sidecar.durability.framing import SEGMENT_HEADER, encode, frame_size
-from sidecar.events.record import Record
+from sidecar.events.record import EVENT_SEQ_STEP, Record
 
 HEADER = len(SEGMENT_HEADER)
 Opened = list[WriteAheadLog]
@@ -32,6 +32,20 @@ def rec(seq: int, size: int = 100) -> Record:
 
 def batch(first: int, n: int, size: int = 100) -> list[Record]:
     return [rec(s, size) for s in range(first, first + n)]
+
+
+def ev(n: int) -> int:
+    """The first seq of event ``n``'s block, as the EventQueue numbers events."""
+    return n * EVENT_SEQ_STEP
+
+
+def events(first: int, n: int, size: int = 100) -> list[Record]:
+    """Records for events ``first`` .. ``first + n - 1``, one per event block."""
+    return [rec(ev(e), size) for e in range(first, first + n)]
+
+
+def evs(numbers: range | list[int]) -> list[int]:
+    return [ev(e) for e in numbers]
 
 
 def seqs(records: list[Record]) -> list[int]:
@@ -154,26 +168,26 @@ def test_arguments_are_checked(tmp_path: Path) -> None:
 
 def test_restart_resumes_after_the_cursor(opened: Opened, tmp_path: Path) -> None:
     log = wal(opened, tmp_path)
-    log.append(batch(1, 100))
-    assert seqs(log.read(80, 1 << 20)) == list(range(1, 81))
-    log.ack(60)
+    log.append(events(1, 100))
+    assert seqs(log.read(80, 1 << 20)) == evs(range(1, 81))
+    log.ack(ev(60))
     log = reopen(opened, log)
-    assert seqs(drain(log)) == list(range(61, 101))
-    assert (log.last_seq, log.next_seq) == (100, 101)
+    assert seqs(drain(log)) == evs(range(61, 101))
+    assert (log.last_seq, log.next_seq) == (ev(100), ev(101))
     assert log.stats().records_pending == 40
     with pytest.raises(ValueError):
-        log.append([rec(100)])
-    log.append(batch(101, 5))
+        log.append([rec(ev(100))])
+    log.append(events(101, 5))
     log = reopen(opened, log)
-    assert seqs(drain(log)) == list(range(61, 106))
+    assert seqs(drain(log)) == evs(range(61, 106))
 
 
 def test_restart_after_everything_acked_keeps_numbering(opened: Opened, tmp_path: Path) -> None:
     log = wal(opened, tmp_path)
-    log.append(batch(1, 50))
-    log.ack(50)
+    log.append(events(1, 50))
+    log.ack(ev(50))
     log = reopen(opened, log)
-    assert (log.last_seq, log.next_seq, log.stats().records_pending) == (50, 51, 0)
+    assert (log.last_seq, log.next_seq, log.stats().records_pending) == (ev(50), ev(51), 0)
     assert log.read(10, 1 << 20) == []
 
 
@@ -261,7 +275,7 @@ def test_flipped_byte_in_the_last_record_of_the_active_segment(
     opened: Opened, tmp_path: Path
 ) -> None:
     log = wal(opened, tmp_path)
-    log.append(batch(1, 10))
+    log.append(events(1, 10))
     log.close()
     last = segment_files(tmp_path)[-1]
     data = bytearray(last.read_bytes())
@@ -269,10 +283,10 @@ def test_flipped_byte_in_the_last_record_of_the_active_segment(
     last.write_bytes(bytes(data))
     log = wal(opened, tmp_path)
     assert log.stats().corrupt_skipped == 1
-    assert log.last_seq == 9
-    assert log.next_seq == 11  # the producer's numbering never reuses a seq...
-    log.append(batch(10, 1))  # ...but seq 10 was cut off, so the log would accept it
-    assert seqs(drain(log)) == list(range(1, 11))
+    assert log.last_seq == ev(9)
+    assert log.next_seq == ev(11)  # the producer's numbering never reuses a seq...
+    log.append(events(10, 1))  # ...but event 10 was cut off, so the log would accept it
+    assert seqs(drain(log)) == evs(range(1, 11))
 
 
 def test_corruption_after_open_is_skipped_at_read_time(opened: Opened, tmp_path: Path) -> None:
@@ -499,10 +513,10 @@ SEG4 = HEADER + 4 * F  # a segment holds exactly four records
 MAX3 = 3 * SEG4  # the log holds exactly three full segments
 
 
-def fill(opened: Opened, d: Path, when_full: str, n: int = 12) -> WriteAheadLog:
+def fill(opened: Opened, d: Path, when_full: str, n: int = 12, step: int = 1) -> WriteAheadLog:
     log = wal(opened, d, max_bytes=MAX3, segment_bytes=SEG4, when_full=when_full)
     for s in range(1, n + 1):
-        log.append([rec(s)])
+        log.append([rec(s * step)])
     assert log.stats().bytes_used == (n // 4) * SEG4 + (HEADER + (n % 4) * F if n % 4 else 0)
     return log
 
@@ -591,30 +605,45 @@ def test_lost_on_crash_counts_accepted_but_unwritten(
     opened: Opened, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     log = wal(opened, tmp_path)
-    log.append(batch(1, 10))
-    for s in range(1, 16):
-        log.note_accepted(s)
-    assert log.next_seq == 16
+    log.append(events(1, 10))
+    for e in range(1, 16):
+        log.note_accepted(ev(e))
+    assert log.next_seq == ev(16)
     with caplog.at_level(logging.WARNING, logger="inference_sidecar.wal"):
         log = reopen(opened, log)
-    assert log.stats().lost_on_crash == 5
-    assert (log.last_seq, log.next_seq) == (10, 16)
+    assert log.stats().lost_on_crash == 5  # events 11-15
+    assert (log.last_seq, log.next_seq) == (ev(10), ev(16))
     warned = [r for r in caplog.records if "never written" in r.getMessage()]
     assert warned[0].fields["lost_on_crash"] == 5  # type: ignore[attr-defined]
     log = reopen(opened, log)
     assert log.stats().lost_on_crash == 0  # counted once
-    assert log.next_seq == 16
+    assert log.next_seq == ev(16)
+
+
+def test_final_records_in_an_event_block_are_not_counted_as_events(
+    opened: Opened, tmp_path: Path
+) -> None:
+    # Final records (pipeline/ahead.py) take seqs inside the block of the last event
+    # written before them: they complete events, they are not events of their own.
+    log = wal(opened, tmp_path)
+    log.append(events(1, 3))
+    log.append([rec(ev(3) + 1), rec(ev(3) + 2)])  # two finals after event 3
+    for e in range(1, 6):
+        log.note_accepted(ev(e))
+    log = reopen(opened, log)
+    assert log.stats().lost_on_crash == 2  # events 4 and 5, not the finals
+    assert (log.last_seq, log.next_seq) == (ev(3) + 2, ev(6))
 
 
 def test_records_dropped_by_policy_are_not_lost_on_crash(opened: Opened, tmp_path: Path) -> None:
-    log = fill(opened, tmp_path, "drop_newest")
-    for s in range(1, 20):
-        log.note_accepted(s)
-    log.append(batch(13, 7))
+    log = fill(opened, tmp_path, "drop_newest", step=EVENT_SEQ_STEP)
+    for e in range(1, 20):
+        log.note_accepted(ev(e))
+    log.append(events(13, 7))
     assert log.stats().dropped_newest == 7
     log = reopen(opened, log)
     assert log.stats().lost_on_crash == 0
-    assert log.next_seq == 20
+    assert log.next_seq == ev(20)
 
 
 def test_hwm_is_one_store_into_a_mapped_file(opened: Opened, tmp_path: Path) -> None:

@@ -3,6 +3,10 @@
 The child prints a seq only after the operation it reports (append, sync or ack) returned,
 so anything it printed must be on disk after the kill: SIGKILL loses nothing that reached
 the page cache. Every wait is bounded; the child is killed in ``finally`` whatever happens.
+
+Except in the ack run, the child numbers its records as the EventQueue numbers events: one
+record per event, at the first seq of the event's block (``sidecar/events/record.py``), so
+``lost_on_crash`` (counted in events) counts records here.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.durability import WriteAheadLog
-from sidecar.events.record import Record
+from sidecar.events.record import EVENT_SEQ_STEP, Record, event_number
 
 WAIT_S = 30.0
 Procs = list[subprocess.Popen[bytes]]
@@ -28,47 +32,53 @@ Procs = list[subprocess.Popen[bytes]]
 CHILD = r"""
 import sys, time
 from sidecar.durability import WriteAheadLog
-from sidecar.events.record import Record
+from sidecar.events.record import EVENT_SEQ_STEP, Record, event_number
 
 directory, mode = sys.argv[1], sys.argv[2]
 log = WriteAheadLog(directory, 1 << 30, 64 * 1024, "block")
 
-def batch(first, n):
+def batch(first, n):  # plain seqs first .. first + n - 1
     return [Record(seq=s, key=b"k", value=b"v%d:" % s + b"x" * 200)
             for s in range(first, first + n)]
 
-seq = log.next_seq - 1
+def events(first, n):  # one record per event first .. first + n - 1, at its block's seq
+    return [Record(seq=e * EVENT_SEQ_STEP, key=b"k",
+                   value=b"v%d:" % (e * EVENT_SEQ_STEP) + b"x" * 200)
+            for e in range(first, first + n)]
+
+ev = event_number(log.next_seq) - 1  # the last event numbered so far
 if mode in ("sync", "nosync"):
     n = 10 if mode == "sync" else 400
     for _ in range(20_000):  # bounded: the parent kills long before
-        log.note_accepted(seq + n)  # the producer accepted them before the writer wrote
-        log.append(batch(seq + 1, n))
-        seq += n
+        # the producer accepted them before the writer wrote
+        log.note_accepted((ev + n) * EVENT_SEQ_STEP)
+        log.append(events(ev + 1, n))
+        ev += n
         if mode == "sync":
             log.sync()
-        print(seq, flush=True)
+        print(ev * EVENT_SEQ_STEP, flush=True)
 elif mode == "accept-ahead":
     for _ in range(5):
-        log.append(batch(seq + 1, 10))
-        seq += 10
+        log.append(events(ev + 1, 10))
+        ev += 10
     log.sync()
-    log.note_accepted(seq + 7)  # seven accepted, never written
-    print(seq, flush=True)
+    log.note_accepted((ev + 7) * EVENT_SEQ_STEP)  # seven events accepted, never written
+    print(ev * EVENT_SEQ_STEP, flush=True)
     time.sleep(60)
 elif mode == "torn":
     import os, signal
     for _ in range(3):
-        log.append(batch(seq + 1, 10))
-        seq += 10
+        log.append(events(ev + 1, 10))
+        ev += 10
     log.sync()
-    print(seq, flush=True)
+    print(ev * EVENT_SEQ_STEP, flush=True)
     real_pwrite = os.pwrite
     def dying_pwrite(fd, data, offset):  # half a batch and a bit reaches the file, then death
         real_pwrite(fd, bytes(memoryview(data)[: len(data) // 2 + 50]), offset)
         os.kill(os.getpid(), signal.SIGKILL)
     os.pwrite = dying_pwrite
-    log.note_accepted(seq + 10)
-    log.append(batch(seq + 1, 10))
+    log.note_accepted((ev + 10) * EVENT_SEQ_STEP)
+    log.append(events(ev + 1, 10))
 elif mode == "ack":
     log.append(batch(1, 2000))
     log.sync()
@@ -135,6 +145,15 @@ def kill(proc: subprocess.Popen[bytes]) -> list[int]:
     return [int(x) for x in proc.stdout.read().split()]
 
 
+def ev(n: int) -> int:
+    """The seq of event ``n``'s (only) record in the child's numbering."""
+    return n * EVENT_SEQ_STEP
+
+
+def evs(numbers: range) -> list[int]:
+    return [ev(e) for e in numbers]
+
+
 def read_all(log: WriteAheadLog) -> list[Record]:
     out: list[Record] = []
     for _ in range(100_000):
@@ -160,12 +179,15 @@ def test_sigkill_loses_nothing_that_was_reported_written(
     try:
         got = read_all(log)
         stats = log.stats()
-        assert [r.seq for r in got] == list(range(1, log.last_seq + 1))  # gapless, no dupes
+        last_event = event_number(log.last_seq)
+        assert log.last_seq == ev(last_event)
+        # gapless (one record per event block), no dupes
+        assert [r.seq for r in got] == evs(range(1, last_event + 1))
         assert log.last_seq >= printed[-1]
         assert all(r.value.startswith(b"v%d:" % r.seq) for r in got)
         assert stats.corrupt_skipped <= 1  # at most the one record torn by the kill
         assert 0 <= stats.lost_on_crash <= batch
-        assert log.next_seq == log.last_seq + stats.lost_on_crash + 1
+        assert log.next_seq == ev(last_event + stats.lost_on_crash + 1)
         log.append([Record(seq=log.next_seq, key=b"k", value=b"after")])  # carries on
     finally:
         log.close()
@@ -175,22 +197,22 @@ def test_sigkill_loses_nothing_that_was_reported_written(
 def test_sigkill_in_the_middle_of_a_write(spawn: Procs, tmp_path: Path) -> None:
     directory = tmp_path / "wal"
     proc = start(spawn, directory, "torn")
-    assert wait_for_lines(proc, 1) == [30]
+    assert wait_for_lines(proc, 1) == [ev(30)]
     assert proc.wait(WAIT_S) == -signal.SIGKILL  # it killed itself inside pwrite
     log = WriteAheadLog(str(directory), 1 << 30, 64 * 1024, "block")
     try:
         stats = log.stats()
-        # Records 31-35 made it whole, 36 was cut in half, 37-40 never reached the file.
-        assert (log.last_seq, stats.corrupt_skipped, stats.lost_on_crash) == (35, 1, 5)
-        assert [r.seq for r in read_all(log)] == list(range(1, 36))
-        assert log.next_seq == 41
-        log.append([Record(seq=41, key=b"k", value=b"after")])
+        # Events 31-35 made it whole, 36 was cut in half, 37-40 never reached the file.
+        assert (log.last_seq, stats.corrupt_skipped, stats.lost_on_crash) == (ev(35), 1, 5)
+        assert [r.seq for r in read_all(log)] == evs(range(1, 36))
+        assert log.next_seq == ev(41)
+        log.append([Record(seq=ev(41), key=b"k", value=b"after")])
     finally:
         log.close()
     log = WriteAheadLog(str(directory), 1 << 30, 64 * 1024, "block")
     try:
         assert log.stats().corrupt_skipped == 0  # the torn bytes were cut off, once
-        assert [r.seq for r in read_all(log)] == [*range(1, 36), 41]
+        assert [r.seq for r in read_all(log)] == [*evs(range(1, 36)), ev(41)]
     finally:
         log.close()
 
@@ -201,17 +223,17 @@ def test_sigkill_counts_accepted_but_unwritten_records(
 ) -> None:
     directory = tmp_path / "wal"
     proc = start(spawn, directory, "accept-ahead")
-    assert wait_for_lines(proc, 1) == [50]
+    assert wait_for_lines(proc, 1) == [ev(50)]
     kill(proc)
     log = WriteAheadLog(str(directory), 1 << 30, 64 * 1024, "block")
     try:
-        assert (log.last_seq, log.stats().lost_on_crash, log.next_seq) == (50, 7, 58)
+        assert (log.last_seq, log.stats().lost_on_crash, log.next_seq) == (ev(50), 7, ev(58))
         assert len(read_all(log)) == 50
     finally:
         log.close()
     log = WriteAheadLog(str(directory), 1 << 30, 64 * 1024, "block")
     try:
-        assert (log.stats().lost_on_crash, log.next_seq) == (0, 58)  # reported once
+        assert (log.stats().lost_on_crash, log.next_seq) == (0, ev(58))  # reported once
     finally:
         log.close()
 

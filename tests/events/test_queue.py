@@ -9,6 +9,7 @@ accounting through ``dropped`` and ``on_drop``).
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from sidecar.events.model import InferenceEvent
 from sidecar.events.queue import POLICIES, EventQueue
+from sidecar.events.record import EVENT_SEQ_STEP
 
 WAIT_S = 2.0
 DROP_POLICIES = ["drop_oldest", "drop_newest"]
@@ -32,6 +34,12 @@ def ids(batch: Batch) -> list[str]:
 
 def seqs(batch: Batch) -> list[int]:
     return [seq for seq, _ in batch]
+
+
+def nth(*ns: int) -> list[int]:
+    """The seqs a default queue hands its ``n``-th accepted events (1-based): each event
+    owns a block of ``EVENT_SEQ_STEP`` seqs and the first block starts at one step."""
+    return [n * EVENT_SEQ_STEP for n in ns]
 
 
 class Recorder:
@@ -90,18 +98,23 @@ def test_put_below_capacity_accepts_everything_with_consecutive_seqs(policy: str
     drops, accepts = Recorder(), Recorder()
     q = EventQueue(5, policy, on_drop=drops.drop, on_accept=accepts.accept)
     results = [q.put(make_event(i)) for i in range(5)]
-    assert results == [1, 2, 3, 4, 5]
+    # Consecutive event blocks: the first block's seq, then one step apart.
+    assert results == nth(1, 2, 3, 4, 5)
+    assert results[0] == EVENT_SEQ_STEP
+    assert [b - a for a, b in pairwise(results)] == [EVENT_SEQ_STEP] * 4
     assert len(q) == 5
     assert q.dropped == 0
     assert drops.calls == []
-    assert accepts.calls == [1, 2, 3, 4, 5]
+    assert accepts.calls == nth(1, 2, 3, 4, 5)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_numbering_starts_at_first_seq(policy: str) -> None:
     # The durable log's numbering continues across restarts through first_seq.
+    # first_seq is used as is for the first event, then each event is one block further.
     q = EventQueue(10, policy, first_seq=4711)
-    assert [q.put(make_event(i)) for i in range(3)] == [4711, 4712, 4713]
+    assert [q.put(make_event(i)) for i in range(3)] == [
+        4711, 4711 + EVENT_SEQ_STEP, 4711 + 2 * EVENT_SEQ_STEP]
 
 
 async def test_batches_carry_each_events_seq() -> None:
@@ -109,7 +122,7 @@ async def test_batches_carry_each_events_seq() -> None:
     for i in range(4):
         q.put(make_event(i))
     batch = await get(q, 10)
-    assert seqs(batch) == [100, 101, 102, 103]
+    assert seqs(batch) == [100 + i * EVENT_SEQ_STEP for i in range(4)]
     assert ids(batch) == expected_ids(range(4))
 
 
@@ -135,7 +148,7 @@ def test_block_never_drops_and_stops_accepting_at_capacity() -> None:
         q.put(make_event(i))
     assert q.accepting is False
     # Requests already in flight may still enqueue: nothing is dropped, each gets a seq.
-    assert [q.put(make_event(i)) for i in range(3, 6)] == [4, 5, 6]
+    assert [q.put(make_event(i)) for i in range(3, 6)] == nth(4, 5, 6)
     assert len(q) == 6
     assert q.accepting is False
     assert q.dropped == 0
@@ -147,12 +160,12 @@ async def test_block_accepts_again_once_the_consumer_catches_up() -> None:
     for i in range(5):
         q.put(make_event(i))
     assert q.accepting is False
-    assert seqs(await get(q, 2)) == [1, 2]
+    assert seqs(await get(q, 2)) == nth(1, 2)
     assert len(q) == 3
     assert q.accepting is False  # still at capacity
-    assert seqs(await get(q, 1)) == [3]
+    assert seqs(await get(q, 1)) == nth(3)
     assert q.accepting is True
-    assert q.put(make_event(5)) == 6
+    assert q.put(make_event(5)) == nth(6)[0]
     assert q.accepting is False
     assert ids(await get(q, 10)) == expected_ids([3, 4, 5])
 
@@ -165,35 +178,35 @@ async def test_drop_oldest_keeps_the_newest_events() -> None:
     q = EventQueue(3, "drop_oldest", on_drop=drops.drop, on_accept=accepts.accept)
     results = [q.put(make_event(i)) for i in range(5)]
     # The new event is always accepted (and numbered); the oldest ones make room.
-    assert results == [1, 2, 3, 4, 5]
-    assert accepts.calls == [1, 2, 3, 4, 5]
+    assert results == nth(1, 2, 3, 4, 5)
+    assert accepts.calls == nth(1, 2, 3, 4, 5)
     assert q.dropped == 2
     assert drops.calls == [("queue_full", 1), ("queue_full", 1)]
     batch = await get(q, 10)
     assert ids(batch) == expected_ids([2, 3, 4])
-    assert seqs(batch) == [3, 4, 5]
+    assert seqs(batch) == nth(3, 4, 5)
 
 
 async def test_drop_newest_keeps_the_oldest_events() -> None:
     drops, accepts = Recorder(), Recorder()
     q = EventQueue(3, "drop_newest", on_drop=drops.drop, on_accept=accepts.accept)
     results = [q.put(make_event(i)) for i in range(5)]
-    assert results == [1, 2, 3, 0, 0]
-    assert accepts.calls == [1, 2, 3]  # a refused event is never reported accepted
+    assert results == [*nth(1, 2, 3), 0, 0]
+    assert accepts.calls == nth(1, 2, 3)  # a refused event is never reported accepted
     assert q.dropped == 2
     assert drops.calls == [("queue_full", 1), ("queue_full", 1)]
     batch = await get(q, 10)
     assert ids(batch) == expected_ids([0, 1, 2])
-    assert seqs(batch) == [1, 2, 3]
+    assert seqs(batch) == nth(1, 2, 3)
 
 
 async def test_drop_newest_does_not_use_up_seqs() -> None:
     q = EventQueue(1, "drop_newest")
-    assert q.put(make_event(0)) == 1
+    assert q.put(make_event(0)) == nth(1)[0]
     assert q.put(make_event(1)) == 0
     assert q.put(make_event(2)) == 0
     await get(q, 1)
-    assert q.put(make_event(3)) == 2  # no gap for the refused events
+    assert q.put(make_event(3)) == nth(2)[0]  # no gap for the refused events
 
 
 @pytest.mark.parametrize("policy", DROP_POLICIES)
@@ -210,7 +223,7 @@ async def test_room_freed_by_a_batch_is_reused_without_drops() -> None:
     q = EventQueue(2, "drop_newest", on_drop=drops.drop)
     assert q.put(make_event(0)) and q.put(make_event(1))
     assert ids(await get(q, 1)) == expected_ids([0])
-    assert q.put(make_event(2)) == 3
+    assert q.put(make_event(2)) == nth(3)[0]
     assert q.put(make_event(3)) == 0
     assert q.dropped == 1
     assert drops.calls == [("queue_full", 1)]
@@ -243,15 +256,16 @@ def test_property_policy_keeps_exactly_the_right_events(
     results = [q.put(make_event(i)) for i in range(count)]
     if policy == "block":
         dropped, kept = 0, list(range(count))
-        assert results == [first_seq + i for i in range(count)]
+        assert results == [first_seq + i * EVENT_SEQ_STEP for i in range(count)]
         assert q.accepting is (count < capacity)
     elif policy == "drop_oldest":
         dropped = max(0, count - capacity)
         kept = list(range(count))[-capacity:] if count else []
-        assert results == [first_seq + i for i in range(count)]
+        assert results == [first_seq + i * EVENT_SEQ_STEP for i in range(count)]
     else:
         dropped, kept = max(0, count - capacity), list(range(min(count, capacity)))
-        assert results == [first_seq + i if i < capacity else 0 for i in range(count)]
+        assert results == [
+            first_seq + i * EVENT_SEQ_STEP if i < capacity else 0 for i in range(count)]
     assert q.dropped == dropped
     assert drops.calls == [("queue_full", 1)] * dropped
     assert accepts.calls == [r for r in results if r]
@@ -272,7 +286,7 @@ async def test_get_batch_returns_in_order_and_respects_max_items() -> None:
     assert ids(await get(q, 4)) == expected_ids(range(0, 4))
     assert len(q) == 6
     assert ids(await get(q, 4)) == expected_ids(range(4, 8))
-    assert seqs(await get(q, 100)) == [9, 10]
+    assert seqs(await get(q, 100)) == nth(9, 10)
     assert len(q) == 0
 
 
@@ -306,7 +320,7 @@ async def test_waiting_consumer_gets_everything_put_before_it_runs() -> None:
     await settle()
     for i in range(3):
         q.put(make_event(i))
-    assert seqs(await asyncio.wait_for(consumer, WAIT_S)) == [1, 2, 3]
+    assert seqs(await asyncio.wait_for(consumer, WAIT_S)) == nth(1, 2, 3)
 
 
 async def test_cancelled_consumer_does_not_break_the_next_one() -> None:

@@ -38,6 +38,7 @@ from sidecar.durability.memory import MemoryLog
 from sidecar.durability.wal import WriteAheadLog
 from sidecar.events.cloudevents import to_record
 from sidecar.events.queue import EventQueue
+from sidecar.events.record import EVENT_SEQ_STEP
 from sidecar.pipeline import delivery as delivery_module
 from sidecar.pipeline import writer as writer_module
 from sidecar.pipeline.runner import Pipeline
@@ -45,6 +46,16 @@ from sidecar.sinks.memory import MemorySink
 from sidecar.telemetry import Metrics
 
 wait_until = partial(_wait_until, poll_s=0.005)
+
+
+def ev(n: int) -> int:
+    """The seq of event ``n`` (1-based, across restarts): each event owns a block of
+    ``EVENT_SEQ_STEP`` seqs and is numbered at its block's first seq."""
+    return n * EVENT_SEQ_STEP
+
+
+def evs(numbers: range) -> list[int]:
+    return [ev(n) for n in numbers]
 
 
 def dropped(metrics: Metrics, reason: str) -> float:
@@ -109,10 +120,10 @@ make_harness = harness_fixture(Harness)
 async def test_events_reach_the_sink_in_order(make_harness: Callable[..., Harness]) -> None:
     h = make_harness()
     h.pipeline.start()
-    assert h.put(range(100)) == list(range(1, 101))
+    assert h.put(range(100)) == evs(range(1, 101))
     await wait_until(lambda: len(h.sink.records) >= 100 and h.pipeline.delivery.delivered >= 100)
     assert ids(h.sink.records) == expected_ids(range(100))
-    assert [r.seq for r in h.sink.records] == list(range(1, 101))
+    assert [r.seq for r in h.sink.records] == evs(range(1, 101))
     assert h.pipeline.delivery.delivered == 100
     assert delivered(h.metrics) == 100
     assert failures(h.metrics) == 0
@@ -500,7 +511,7 @@ async def test_events_flow_through_a_write_ahead_log(
     reopened = WriteAheadLog(str(directory), 1 << 20, 16 * 1024, "block")
     try:
         assert reopened.stats().records_pending == 0
-        assert reopened.next_seq == 61
+        assert reopened.next_seq == ev(61)
     finally:
         reopened.close()
 
@@ -520,8 +531,8 @@ async def test_undelivered_events_wait_in_the_log_for_the_next_start(
     second = make_harness(log=WriteAheadLog(directory, 1 << 20, 16 * 1024, "block"))
     assert second.log.stats().records_pending == 5
     second.pipeline.start()
-    assert second.put(range(5, 8)) == [6, 7, 8]  # numbering continues after the log
+    assert second.put(range(5, 8)) == evs(range(6, 9))  # numbering continues after the log
     await wait_until(lambda: len(second.sink.records) >= 8)
     assert await second.stop() is True
     assert ids(second.sink.records) == expected_ids(range(8))
-    assert [r.seq for r in second.sink.records] == list(range(1, 9))
+    assert [r.seq for r in second.sink.records] == evs(range(1, 9))

@@ -33,11 +33,22 @@ from sidecar.durability.memory import MemoryLog
 from sidecar.durability.wal import WriteAheadLog
 from sidecar.events.cloudevents import to_record
 from sidecar.events.queue import EventQueue
-from sidecar.events.record import Record
+from sidecar.events.record import EVENT_SEQ_STEP, Record
 from sidecar.pipeline import writer as writer_module
 from sidecar.pipeline.writer import Durability, LogWriter
 
 WRITER_LOGGER = "inference_sidecar.writer"
+
+
+def ev(n: int) -> int:
+    """The seq of the ``n``-th event (1-based) the harness's queue hands out: each event
+    owns a block of ``EVENT_SEQ_STEP`` seqs, and the queue starts at the log's next_seq,
+    the first block for an empty log (or one prefilled with small seqs)."""
+    return n * EVENT_SEQ_STEP
+
+
+def evs(numbers: range | list[int]) -> list[int]:
+    return [ev(n) for n in numbers]
 
 
 def read_all(log: EventLog) -> list[Record]:
@@ -198,13 +209,13 @@ async def test_events_are_appended_in_order_as_cloudevents_records(
     make_writer: Callable[..., WriterHarness],
 ) -> None:
     h = make_writer()
-    assert h.put(range(50)) == list(range(1, 51))
+    assert h.put(range(50)) == evs(range(1, 51))
     h.start()
     await h.finish()
     records = read_all(h.log)
-    assert seqs(records) == list(range(1, 51))
+    assert seqs(records) == evs(range(1, 51))
     assert ids(records) == expected_ids(range(50))
-    assert records[0] == to_record(make_event(0), 1)
+    assert records[0] == to_record(make_event(0), ev(1))
     assert all(r.key == b"credit-scorer" for r in records)
 
 
@@ -243,7 +254,7 @@ async def test_batches_are_at_most_batch_max(make_writer: Callable[..., WriterHa
     await h.finish()
     assert max(len(a) for a in h.log.appended) <= writer_module.BATCH_MAX
     assert len(h.log.appended) >= 3
-    assert seqs(read_all(h.log)) == list(range(1, total + 1))
+    assert seqs(read_all(h.log)) == evs(range(1, total + 1))
 
 
 async def test_delivery_is_notified_after_each_append(
@@ -269,7 +280,7 @@ async def test_run_returns_once_the_queue_is_closed_and_drained(
     h.put(range(5))
     h.queue.close()
     await asyncio.wait_for(h.task, WAIT_S)
-    assert seqs(read_all(h.log)) == [1, 2, 3, 4, 5]
+    assert seqs(read_all(h.log)) == evs([1, 2, 3, 4, 5])
 
 
 # --- sync mode: durability and group commit ---------------------------------------------
@@ -291,9 +302,9 @@ async def test_sync_mode_releases_a_waiter_only_after_its_event_is_fsynced(
         await asyncio.sleep(0.002)
     await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
     await asyncio.sleep(0)
-    assert sorted(synced_at_release) == list(range(1, 21))
+    assert sorted(synced_at_release) == evs(range(1, 21))
     assert all(synced >= seq for seq, synced in synced_at_release.items()), synced_at_release
-    assert h.writer.durability.durable_seq == 20
+    assert h.writer.durability.durable_seq == ev(20)
     await h.finish()
 
 
@@ -305,7 +316,7 @@ async def test_group_commit_one_fsync_releases_many_waiters(
     h.start()
     await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
     assert h.log.syncs == 1
-    assert h.log.appended == [list(range(1, 201))]
+    assert h.log.appended == [evs(range(1, 201))]
     await h.finish()
     assert h.log.syncs == 1  # nothing was left dirty for the final fsync
 
@@ -324,7 +335,7 @@ async def test_batches_form_while_an_fsync_runs(
     h.log.sync_gate.set()
     await asyncio.wait_for(asyncio.gather(*first, *rest), WAIT_S)
     # The 50 events that arrived during the first fsync shared the second one.
-    assert h.log.appended == [[1], list(range(2, 52))]
+    assert h.log.appended == [[ev(1)], evs(range(2, 52))]
     assert h.log.syncs == 2
     await h.finish()
 
@@ -337,7 +348,7 @@ async def test_memory_mode_releases_waiters_without_fsync(
     h.start()
     await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
     assert h.log.syncs == 0
-    assert h.writer.durability.durable_seq == 10
+    assert h.writer.durability.durable_seq == ev(10)
     await h.finish()
 
 
@@ -355,7 +366,7 @@ async def test_batch_mode_does_not_fsync_each_batch_but_fsyncs_at_the_end(
     assert h.log.syncs == 0
     await h.finish()  # queue closed: what is left is fsynced before run() returns
     assert h.log.syncs == 1
-    assert h.log.synced_through == 15
+    assert h.log.synced_through == ev(15)
 
 
 async def test_batch_mode_fsyncs_inline_once_the_interval_has_passed(
@@ -372,7 +383,7 @@ async def test_batch_mode_fsyncs_inline_once_the_interval_has_passed(
     h.put([2])
     await wait_until(lambda: len(h.log.appended) >= 3)
     assert h.log.syncs == before + 1
-    assert h.log.synced_through == 3
+    assert h.log.synced_through == ev(3)
     assert h.log.syncs < len(h.log.appended)  # not every batch was fsynced
 
 
@@ -382,13 +393,13 @@ async def test_batch_mode_periodic_fsync_covers_traffic_that_stops(
     h = make_writer(mode="batch", interval=0.2)
     h.start(periodic=True)
     h.put([0])
-    await wait_until(lambda: h.log.synced_through >= 1, timeout=5.0)
+    await wait_until(lambda: h.log.synced_through >= ev(1), timeout=5.0)
     # Appended right after an fsync, so the inline rule cannot fsync it: only the
     # periodic task can, once the interval has passed without more traffic.
     h.put([1])
     await wait_until(lambda: len(h.log.appended) >= 2)
     syncs = h.log.syncs
-    await wait_until(lambda: h.log.synced_through >= 2, timeout=5.0)
+    await wait_until(lambda: h.log.synced_through >= ev(2), timeout=5.0)
     assert h.log.syncs == syncs + 1
     # Nothing new: the periodic task does not fsync a clean log.
     idle_from = h.log.syncs
@@ -404,7 +415,7 @@ async def test_periodic_fsync_failure_is_logged_and_retried(
     with caplog.at_level("ERROR", logger=WRITER_LOGGER):
         h.start(periodic=True)
         h.put([0])
-        await wait_until(lambda: h.log.synced_through >= 1, timeout=5.0)
+        await wait_until(lambda: h.log.synced_through >= ev(1), timeout=5.0)
     failures = [r for r in caplog.records if r.getMessage() == "event log fsync failed"]
     assert len(failures) == 1
     assert failures[0].fields["reason"] == "Input/output error"  # type: ignore[attr-defined]
@@ -425,7 +436,7 @@ async def test_a_disk_error_on_append_is_retried_and_reported(
         h.start()
         await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
     records = read_all(h.log)
-    assert seqs(records) == list(range(1, 11))  # kept, then stored once
+    assert seqs(records) == evs(range(1, 11))  # kept, then stored once
     assert ids(records) == expected_ids(range(10))
     assert h.disk_errors == [True, True, True, False]
     logged = [r for r in caplog.records if r.name == WRITER_LOGGER]
@@ -481,12 +492,12 @@ async def test_an_fsync_error_is_retried_without_appending_the_batch_twice(
     await wait_until(lambda: all(f.done() for f in futures) or task.done())
     if task.done() and task.exception() is not None:
         raise AssertionError(f"the log writer died: {task.exception()!r}")
-    assert seqs(read_all(h.log)) == list(range(1, 11))
-    assert h.log.synced_through == 10
+    assert seqs(read_all(h.log)) == evs(range(1, 11))
+    assert h.log.synced_through == ev(10)
     assert h.disk_errors[0] is True and h.disk_errors[-1] is False
     h.put(range(10, 12))
     await h.finish()
-    assert seqs(read_all(h.log)) == [11, 12]
+    assert seqs(read_all(h.log)) == evs([11, 12])
 
 
 # --- a full log -------------------------------------------------------------------------
@@ -502,10 +513,10 @@ async def test_log_full_under_block_is_retried_and_the_batch_is_kept(
     assert not any(f.done() for f in futures)
     assert h.log.stats().records_pending == 2
     assert h.notified == 0
-    h.log.ack(2)  # delivery trims the log
+    h.log.ack(2)  # delivery trims the log (the two prefilled records, seqs 1 and 2)
     await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
     records = read_all(h.log)
-    assert seqs(records) == [3, 4, 5, 6, 7]
+    assert seqs(records) == evs([1, 2, 3, 4, 5])
     assert ids(records) == expected_ids(range(5))
     assert h.drops == []
     assert h.disk_errors == []  # a full log is not a disk error
@@ -539,7 +550,7 @@ async def test_log_full_at_shutdown_gives_up_at_the_deadline_and_counts_the_drop
 
 @pytest.mark.parametrize(
     ("when_full", "reason", "kept"),
-    [("drop_newest", "log_full_newest", [3]), ("drop_oldest", "log_full_oldest", [3, 4, 5, 6, 7])],
+    [("drop_newest", "log_full_newest", [1]), ("drop_oldest", "log_full_oldest", [1, 2, 3, 4, 5])],
 )
 async def test_log_drops_are_reported_with_their_reason(
     make_writer: Callable[..., WriterHarness], when_full: str, reason: str, kept: list[int]
@@ -553,7 +564,8 @@ async def test_log_drops_are_reported_with_their_reason(
     assert dropped > 0
     assert h.drops == [(reason, dropped)]
     remaining = seqs(read_all(h.log))
-    assert [s for s in remaining if s >= 3] == kept
+    # kept: the events (by number) left in the log, past the prefilled seqs 1 and 2
+    assert [s for s in remaining if s > 2] == evs(kept)
     await h.finish()
 
 
@@ -588,8 +600,8 @@ async def test_sync_mode_on_a_write_ahead_log_survives_reopening(tmp_path: Path)
         assert reopened.stats().records_pending == 20
         assert reopened.stats().lost_on_crash == 0
         records = read_all(reopened)
-        assert seqs(records) == list(range(1, 21))
-        assert records == [to_record(make_event(n), n + 1) for n in range(20)]
-        assert reopened.next_seq == 21
+        assert seqs(records) == evs(range(1, 21))
+        assert records == [to_record(make_event(n), ev(n + 1)) for n in range(20)]
+        assert reopened.next_seq == ev(21)
     finally:
         reopened.close()

@@ -1,0 +1,331 @@
+"""Events written ahead: the log writer with completing stages, and delivery of ahead and
+final records (``sidecar/pipeline/ahead.py``).
+
+Real ``MemoryLog``/``WriteAheadLog``, real ``LogWriter`` and ``Delivery``; the completing
+stages are one fake stage task (held until the test releases it), since what is tested
+here is the writer's and delivery's side of the contract. ``tests/integration/
+test_written_ahead.py`` proves the same with the real worker stages and SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from factories import IDENTITY, WAIT_S, harness_fixture, make_event, wait_until
+
+from sidecar.durability.base import EventLog
+from sidecar.durability.memory import MemoryLog
+from sidecar.durability.wal import WriteAheadLog
+from sidecar.events.cloudevents import to_record
+from sidecar.events.model import AnyEvent, InferenceEvent
+from sidecar.events.queue import EventQueue
+from sidecar.events.record import EVENT_SEQ_STEP, Record, event_number
+from sidecar.pipeline import ahead
+from sidecar.pipeline import writer as writer_module
+from sidecar.pipeline.ahead import Ledger, Mark
+from sidecar.pipeline.delivery import Delivery
+from sidecar.pipeline.handoff import Handoff
+from sidecar.pipeline.writer import Completion, LogWriter
+from sidecar.sinks.memory import MemorySink
+from sidecar.telemetry import Metrics
+
+RAW = object()  # stands for the raw references a stage reads (never serialised)
+
+
+def completing(n: int, **overrides: Any) -> InferenceEvent:
+    """Event ``n`` with raw references a stage must take off: it is written ahead."""
+    event = make_event(n, privacy={"profile": "strict", "failure": "not_masked"}, **overrides)
+    event.observed = RAW
+    return event
+
+
+class FakeStage:
+    """Completes events in order, once ``release`` is set: sets ``features``, drops the raw
+    references, as the detection stage does."""
+
+    def __init__(self, source: Handoff, back: Handoff) -> None:
+        self.source, self.back = source, back
+        self.release = asyncio.Event()
+        self.release.set()
+        self.seen = 0
+
+    async def run(self) -> None:
+        try:
+            while True:
+                batch = await self.source.get_batch(256)
+                if not batch:
+                    return
+                self.seen += len(batch)
+                await self.release.wait()
+                for _, event in batch:
+                    assert isinstance(event, InferenceEvent)
+                    del event.observed
+                    event.features = {"completed": True}
+                await self.back.put_batch(batch)
+        finally:
+            self.back.close()
+
+
+class Harness:
+    def __init__(self, log: EventLog | None = None, mode: str = "sync") -> None:
+        self.log: EventLog = log if log is not None else KeepingLog()
+        self.metrics = Metrics(IDENTITY)
+        self.sink = MemorySink()
+        self.queue = EventQueue(10_000, "block", first_seq=self.log.next_seq,
+                                on_accept=self.log.note_accepted)
+        self.ledger = Ledger(self.log.last_seq)
+        out, back = Handoff(writer_module.ROOM), Handoff(2048)
+        self.stage = FakeStage(out, back)
+        self.delivery = Delivery(self.log, self.sink, self.metrics, self.ledger)
+        self.writer = LogWriter(
+            self.queue, self.log, mode, 0.01, on_appended=self.delivery.notify,
+            on_disk_error=lambda failing: None, on_drop=lambda reason, n: None,
+            completion=Completion(out, back, self.ledger))
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self.stage.run()), loop.create_task(self.writer.run()),
+                      loop.create_task(self.delivery.run())]
+
+    def put(self, events: list[AnyEvent]) -> list[int]:
+        return [self.queue.put(event) for event in events]
+
+    def sent(self) -> list[dict[str, Any]]:
+        return [orjson.loads(r.value) for r in self.sink.records]
+
+    async def stop(self) -> None:
+        self.queue.close()
+        self.stage.release.set()
+        await asyncio.wait_for(asyncio.gather(*self.tasks[:2]), WAIT_S)
+        await asyncio.wait_for(self.delivery.stop(self.tasks[2], WAIT_S), WAIT_S + 5)
+        self.writer.shutdown()
+
+    async def cleanup(self) -> None:
+        if self.tasks and not all(t.done() for t in self.tasks):
+            await self.stop()
+        self.log.close()
+
+
+make_harness = harness_fixture(Harness)
+
+
+class KeepingLog(MemoryLog):
+    """A MemoryLog that also keeps every record appended to it, for the test to look at."""
+
+    def __init__(self) -> None:
+        super().__init__(1 << 30)
+        self.kept: list[Record] = []
+
+    def append(self, records: Sequence[Record]) -> None:
+        super().append(records)
+        self.kept.extend(records)
+
+
+def appended(log: EventLog) -> list[Record]:
+    assert isinstance(log, KeepingLog)
+    return list(log.kept)
+
+
+async def test_a_sync_response_is_released_by_its_ahead_record_before_the_stage_is_done(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    h.stage.release.clear()  # the stage holds what it gets
+    h.start()
+    (seq,) = h.put([completing(1)])
+    waiter = h.writer.durability.wait(seq)
+    assert waiter is not None
+    await asyncio.wait_for(waiter, WAIT_S)  # released although the stage holds the event
+    await wait_until(lambda: h.stage.seen == 1)
+    records = appended(h.log)
+    assert [ahead.part(r) for r in records] == [(True, None)]
+    data = orjson.loads(records[0].value)["data"]
+    assert data["features"] is None and data["inference_id"] == "inf-000001"
+    assert h.sink.records == []  # the ahead record alone is never sent while its final is due
+
+
+async def test_the_final_record_follows_in_the_same_event_block_and_is_sent_once(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    h.start()
+    (seq,) = h.put([completing(1)])
+    await wait_until(lambda: len(h.sink.records) == 1)
+    records = appended(h.log)
+    assert [ahead.part(r) for r in records] == [(True, None), (False, seq)]
+    final = records[1]
+    assert final.seq > seq and event_number(final.seq) == event_number(seq)
+    sent = h.sink.records[0]
+    assert not any(name.startswith("sidecar-") for name, _ in sent.headers)
+    assert orjson.loads(sent.value)["data"]["features"] == {"completed": True}
+    await h.stop()
+    assert len(h.sink.records) == 1 and h.log.stats().records_pending == 0
+
+
+async def test_events_with_nothing_to_complete_are_written_once_and_all_arrive(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    h.start()
+    events: list[AnyEvent] = [completing(n) if n % 2 else make_event(n) for n in range(1, 41)]
+    seqs = h.put(events)
+    await h.stop()
+    sent = h.sent()
+    assert sorted(e["id"] for e in sent) == sorted(f"inf-{n:06d}" for n in range(1, 41))
+    assert len(sent) == 40  # exactly once each
+    for envelope in sent:
+        n = int(envelope["id"].rsplit("-", 1)[1])
+        assert (envelope["data"]["features"] == {"completed": True}) == bool(n % 2)
+    assert h.log.stats().records_pending == 0  # everything acked
+    # Numbering: each event its own block, in the order they were accepted.
+    assert seqs == [seqs[0] + i * EVENT_SEQ_STEP for i in range(40)]
+
+
+async def test_at_most_room_events_are_with_the_stages_and_order_is_kept(
+    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(writer_module, "ROOM", 3)
+    h = make_harness()
+    h.stage.release.clear()
+    h.start()
+    h.put([completing(n) for n in range(1, 11)] + [make_event(11)])
+    await wait_until(lambda: h.stage.seen == 3)
+    await asyncio.sleep(0.05)  # give the writer every chance to take more
+    assert h.stage.seen == 3 and len(h.ledger.open) == 3
+    assert len(h.queue) == 8  # the rest waits in the queue, the plain event behind them too
+    assert [ahead.part(r)[0] for r in appended(h.log)] == [True] * 3
+    h.stage.release.set()
+    await wait_until(lambda: len(h.sink.records) == 11)
+    assert h.stage.seen == 10
+
+
+async def test_an_ahead_record_waiting_for_its_final_is_never_trimmed(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    h.stage.release.clear()
+    h.start()
+    h.put([completing(1), make_event(2), make_event(3)])
+    await wait_until(lambda: len(h.sink.records) == 2)  # the two plain ones
+    assert h.log.stats().records_pending == 3  # acked only below the waiting ahead record
+    h.stage.release.set()
+    await wait_until(lambda: len(h.sink.records) == 3)
+    await wait_until(lambda: h.log.stats().records_pending == 0)
+
+
+# --- ahead records whose final will not come ---------------------------------------------
+
+
+def previous_run(directory: Path, completed: set[int], count: int) -> list[int]:
+    """A log as a run that crashed leaves it: ``count`` ahead records, finals only for
+    the event numbers in ``completed``."""
+    log = WriteAheadLog(str(directory), 1 << 26, 1 << 20, "block")
+    seq = log.next_seq
+    heads: list[int] = []
+    for n in range(1, count + 1):
+        event = completing(n)
+        del event.observed
+        log.append([ahead.ahead(to_record(event, seq))])
+        heads.append(seq)
+        seq += EVENT_SEQ_STEP
+    finals = []
+    for i, n in enumerate(sorted(completed)):
+        event = completing(n, features={"completed": True})
+        del event.observed
+        finals.append(ahead.final(to_record(event, heads[-1] + 1 + i), heads[n - 1]))
+    log.append(finals)
+    log.sync()
+    log.close()
+    return heads
+
+
+async def test_after_a_crash_ahead_records_without_a_final_are_sent_marked_lost(
+    make_harness: Callable[..., Harness], tmp_path: Path,
+) -> None:
+    previous_run(tmp_path / "wal", completed={2, 4}, count=5)
+    h = make_harness(log=WriteAheadLog(str(tmp_path / "wal"), 1 << 26, 1 << 20, "block"))
+    h.start()
+    await wait_until(lambda: len(h.sink.records) == 5)
+    by_id = {e["id"]: e["data"] for e in h.sent()}
+    assert sorted(by_id) == [f"inf-{n:06d}" for n in range(1, 6)]
+    for n in (2, 4):
+        assert by_id[f"inf-{n:06d}"]["features"] == {"completed": True}
+    for n in (1, 3, 5):
+        data = by_id[f"inf-{n:06d}"]
+        assert data["privacy"]["failure"] == ahead.LOST_IN_CRASH
+        assert data["features"] is None and data["payload"] is None
+    assert h.metrics.events_incomplete.labels(ahead.LOST_IN_CRASH)._value.get() == 3
+    await wait_until(lambda: h.log.stats().records_pending == 0)
+    # The new run's own events are not confused with the old ones.
+    h.put([completing(6)])
+    await wait_until(lambda: len(h.sink.records) == 6)
+    assert h.sent()[-1]["data"]["features"] == {"completed": True}
+
+
+async def test_an_ahead_record_whose_final_the_log_refused_is_sent_marked_log_full() -> None:
+    log = MemoryLog(1 << 20)
+    metrics = Metrics(IDENTITY)
+    sink = MemorySink()
+    ledger = Ledger(log.last_seq)
+    delivery = Delivery(log, sink, metrics, ledger)
+    head = log.next_seq
+    log.append([ahead.ahead(to_record(completing(1), head))])
+    # The writer appended (or tried to) its final right after, then an unrelated event.
+    ledger.mark = Mark(appended=head + EVENT_SEQ_STEP, bound=head + 1)
+    log.append([to_record(make_event(2), head + EVENT_SEQ_STEP)])
+    task = asyncio.get_running_loop().create_task(delivery.run())
+    delivery.notify()
+    await wait_until(lambda: len(sink.records) == 2)
+    first, second = (orjson.loads(r.value) for r in sink.records)
+    assert first["id"] == "inf-000002"
+    assert second["id"] == "inf-000001"
+    assert second["data"]["privacy"]["failure"] == ahead.LOG_FULL
+    assert not any(name.startswith("sidecar-") for name, _ in sink.records[1].headers)
+    assert await delivery.stop(task, WAIT_S)
+    log.close()
+
+
+async def test_an_ahead_record_still_open_is_not_taken_for_lost() -> None:
+    log = MemoryLog(1 << 20)
+    sink = MemorySink()
+    ledger = Ledger(log.last_seq)
+    delivery = Delivery(log, sink, Metrics(IDENTITY), ledger)
+    head = log.next_seq
+    log.append([ahead.ahead(to_record(make_event(1), head))])
+    ledger.open.append(head)
+    ledger.publish(head)  # the writer's view: appended through head, head still open
+    task = asyncio.get_running_loop().create_task(delivery.run())
+    delivery.notify()
+    for _ in range(20):
+        delivery.notify()
+        await asyncio.sleep(0.005)
+    assert sink.records == []
+    ledger.open.popleft()
+    log.append([ahead.final(to_record(make_event(1, features={}), head + 1), head)])
+    ledger.publish(head + 1)
+    delivery.notify()
+    await wait_until(lambda: len(sink.records) == 1)
+    assert orjson.loads(sink.records[0].value)["data"]["features"] == {}
+    assert await delivery.stop(task, WAIT_S)
+    log.close()
+
+
+def test_orphan_marks_the_event_and_keeps_everything_else() -> None:
+    event = make_event(7, privacy={"profile": "strict", "failure": "not_masked",
+                                   "payload_captured": True})
+    record = ahead.ahead(to_record(event, EVENT_SEQ_STEP))
+    out = ahead.orphan(record, ahead.LOST_IN_CRASH)
+    before, after = orjson.loads(record.value), orjson.loads(out.value)
+    assert after["data"]["privacy"] == {"profile": "strict", "failure": "lost_in_crash",
+                                        "payload_captured": False}
+    after["data"]["privacy"] = before["data"]["privacy"]
+    assert after == before
+    assert out.seq == record.seq and out.key == record.key
+    assert [h for h in out.headers if h[0].startswith("sidecar-")] == []
+    assert ahead.part(out) == (False, None)
