@@ -46,6 +46,7 @@ log = get_logger("writer")
 
 BATCH_MAX = 1024
 LINGER_S = 0.002  # batch and memory modes only: sync responses wait for their batch
+FINALS_LINGER_S = 0.02  # sync mode: finals wait this long for events to ride along with
 RETRY_S = 0.005
 DISK_RETRY_MAX_S = 1.0
 # Events with the completing stages at once: bounds the raw captures held in memory.
@@ -277,6 +278,18 @@ class LogWriter:
             self.completion.back.notify_on(future)
         await future
 
+    async def _wait_for_events(self, work: _Round) -> None:
+        """A round of finals alone releases no response and costs a round trip to the
+        writer thread that the next events would queue behind: let the finals ride with
+        the next events instead, unless they wait longer than FINALS_LINGER_S."""
+        if len(self.queue) or self.queue.closed or len(work.finals) >= BATCH_MAX // 2:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue.notify_on(future)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(future, FINALS_LINGER_S)
+        self._take(work)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -292,6 +305,8 @@ class LogWriter:
                 # Nothing waits on this round: let it grow, one hand-off for many events.
                 await asyncio.sleep(LINGER_S)
                 self._take(work)
+            elif not work.events:
+                await self._wait_for_events(work)
             await self._write(loop, work)
 
     async def _write(self, loop: asyncio.AbstractEventLoop, work: _Round) -> None:

@@ -121,10 +121,12 @@ class KeepingLog(MemoryLog):
     def __init__(self) -> None:
         super().__init__(1 << 30)
         self.kept: list[Record] = []
+        self.rounds: list[list[tuple[bool, int | None]]] = []  # parts, per append
 
     def append(self, records: Sequence[Record]) -> None:
         super().append(records)
         self.kept.extend(records)
+        self.rounds.append([ahead.part(r) for r in records])
 
 
 def appended(log: EventLog) -> list[Record]:
@@ -217,6 +219,26 @@ async def test_an_ahead_record_waiting_for_its_final_is_never_trimmed(
     h.stage.release.set()
     await wait_until(lambda: len(h.sink.records) == 3)
     await wait_until(lambda: h.log.stats().records_pending == 0)
+
+
+async def test_in_sync_mode_finals_ride_with_the_next_events_or_go_after_a_linger(
+    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(writer_module, "FINALS_LINGER_S", 0.3)
+    h = make_harness()
+    assert isinstance(h.log, KeepingLog)
+    h.start()
+    (first,) = h.put([completing(1)])
+    await wait_until(lambda: h.stage.seen == 1)
+    await asyncio.sleep(0.1)  # the final is back by now, and waits for company
+    assert h.log.rounds == [[(True, None)]]
+    h.put([make_event(2)])
+    await wait_until(lambda: len(h.log.rounds) == 2)
+    assert h.log.rounds[1] == [(False, first), (False, None)]  # one round, one fsync
+    # With no traffic, a final goes on its own once the linger is over.
+    h.put([completing(3)])
+    await wait_until(lambda: len(h.sink.records) == 3, timeout=5)
+    assert h.log.rounds[-1] == [(False, h.log.kept[-2].seq)]
 
 
 # --- ahead records whose final will not come ---------------------------------------------
