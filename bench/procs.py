@@ -80,6 +80,18 @@ def pid_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids(pid: int) -> list[int]:
+    """Live children of ``pid`` (Linux /proc); [] where unavailable."""
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+    return found
+
+
 def wait_quiet(max_busy_cores: float, max_wait_s: float, window_s: float = 0.5) -> bool:
     """Wait until the machine's busy CPU over ``window_s`` is below ``max_busy_cores``.
 
@@ -158,8 +170,13 @@ class Service:
         raise RuntimeError(f"{self.name}: {url} not 200 after {timeout_s}s ({last})")
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time so far (Linux /proc); None where unavailable."""
-        return pid_cpu_seconds(self.pid)
+        """User + system CPU time so far (Linux /proc) of the process and of the children
+        it runs (the sidecar's detection and masking workers: their CPU is the sidecar's,
+        not another job's); None where unavailable."""
+        own = pid_cpu_seconds(self.pid)
+        if own is None:
+            return None
+        return own + sum(pid_cpu_seconds(child) or 0.0 for child in child_pids(self.pid))
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> int | None:
         """SIGTERM, then SIGKILL after ``grace_s``; returns the exit status."""

@@ -263,7 +263,8 @@ def _measure(args: argparse.Namespace, bench: Bench, date: str, command: str) ->
     setup = (f"{args.generator}, 1 thread, {args.connections} connections, {args.duration:g} s "
              f"per run, {args.runs} run(s) per target interleaved, medians. Requests: POST "
              f"/v1/chat/completions, {len(chat_body(False))} B JSON body; sse sets "
-             "\"stream\": true and gets 6 events. CPU: share of one core during the run. "
+             "\"stream\": true and gets 6 events. CPU: share of one core during the run "
+             "(the sidecar's includes its detection and masking worker processes). "
              "Sidecar on its default settings"
              + (f" except durability: {args.durability}" if args.durability else "")
              + "".join(f"; {item}" for item in args.set)
