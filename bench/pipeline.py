@@ -256,9 +256,10 @@ class PipelineBench:
                    SIDECAR_WAL_DIR=str(files / "wal"), SIDECAR_DURABILITY=durability,
                    SIDECAR_LOG_LEVEL="warning",
                    # Sinks and durability modes are compared here; masking (the default
-                   # strict profile's worker) would add the same cost to every sidecar
-                   # and a third process on the two cores: bench/run.py measures it.
-                   SIDECAR_PRIVACY_PROFILE="metadata-only",
+                   # strict profile's worker) and detection (the default detectors'
+                   # worker) would add the same cost to every sidecar and more processes
+                   # on the two cores: bench/run.py measures them.
+                   SIDECAR_PRIVACY_PROFILE="metadata-only", SIDECAR_DETECTORS="off",
                    SIDECAR_DRAIN_TIMEOUT="10s")  # keeps every stop inside its bound
         topic = None
         if sink == "kafka":
@@ -696,7 +697,8 @@ def _measure(args: argparse.Namespace, bench: PipelineBench, date: str,
              "time, the others idle), medians. Request: POST /v1/chat/completions, "
              f"{len(chat_body(False))} B JSON body. CPU: share of one core during the run; "
              "CPU other excludes this bench's idle servers. "
-             "Sidecars on default settings except `durability` and the sink: `kafka` = the "
+             "Sidecars on default settings except the privacy profile (metadata-only), "
+             "detectors (off), `durability` and the sink: `kafka` = the "
              "embedded broker (Tansu, in memory), one topic per sidecar; `jsonl` = an events "
              f"file. Their files in {bench.workdir.parent} ({report.filesystem(bench.workdir)}). "
              f"Drain: {args.backlog:,} requests sent by the Python generator ({args.connections} "
