@@ -143,7 +143,9 @@ class RunningSidecar:
         path = Path(self.settings.events_file)
         if not path.exists():
             return []
-        return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+        # Only whole lines: the sink may be appending while this reads.
+        lines = path.read_bytes().split(b"\n")[:-1]
+        return [orjson.loads(line) for line in lines if line]
 
     def recorded(self) -> list[Any]:
         """The inference events recorded so far (the CloudEvents' data), as objects."""

@@ -45,8 +45,10 @@ class LogStats:
 
     bytes_used: int  # bytes not yet trimmed, framing included (see each log's docs)
     records_pending: int  # appended and not yet acked (dropped ones excluded)
-    dropped_oldest: int  # records deleted unacked by drop_oldest
-    dropped_newest: int  # records refused by drop_newest
+    # Drops count events: records that start an event block (``starts_event``); a final
+    # record (pipeline/ahead.py) is not an event of its own.
+    dropped_oldest: int  # events deleted unacked by drop_oldest
+    dropped_newest: int  # events refused by drop_newest
     corrupt_skipped: int  # records skipped because their checksum/framing was bad
     lost_on_crash: int  # accepted by the producer, never written before a crash
     oldest_pending_ts: float | None  # time.time() at append of the oldest pending record

@@ -25,7 +25,7 @@ from sidecar.durability.base import (
     full_headroom,
 )
 from sidecar.durability.framing import frame_size
-from sidecar.events.record import Record, next_event_seq
+from sidecar.events.record import Record, next_event_seq, starts_event
 
 
 class MemoryLog:
@@ -75,17 +75,17 @@ class MemoryLog:
             if self.when_full == "drop_oldest":
                 need = sum(sizes[keep_from:keep_to])
                 while self._entries and self._bytes_used + need > self.max_bytes:
-                    _, _, size = self._entries.popleft()
+                    dropped, _, size = self._entries.popleft()
                     self._bytes_used -= size
-                    self._dropped_oldest += 1
+                    self._dropped_oldest += starts_event(dropped.seq)
                     self._ridx = max(0, self._ridx - 1)
             for i in range(keep_from, keep_to):
                 self._entries.append((records[i], ts, sizes[i]))
                 self._bytes_used += sizes[i]
             if keep_to > keep_from:
                 self._last_seq = records[keep_to - 1].seq
-            self._dropped_oldest += keep_from
-            self._dropped_newest += len(records) - keep_to
+            self._dropped_oldest += sum(starts_event(r.seq) for r in records[:keep_from])
+            self._dropped_newest += sum(starts_event(r.seq) for r in records[keep_to:])
 
     def _plan(self, sizes: list[int]) -> tuple[int, int]:
         """The range of the batch to keep, per ``when_full``; under lock."""

@@ -52,7 +52,7 @@ from sidecar.durability.base import (
     full_headroom,
 )
 from sidecar.durability.segments import HEADER, Segment, first_unacked
-from sidecar.events.record import Record, event_number, next_event_seq
+from sidecar.events.record import Record, event_number, next_event_seq, starts_event
 
 log = logging.getLogger("inference_sidecar.wal")
 
@@ -60,6 +60,11 @@ _ACCEPTED = struct.Struct("<Q")  # hwm offset 0: accepted; offset 8: settled
 
 
 HWM_FLUSH_S = 1.0  # power-cut crash accounting granularity
+
+
+def _events(records: Sequence[Record]) -> int:
+    return sum(1 for r in records if starts_event(r.seq))
+
 
 class WriteAheadLog:
     """The on-disk ``EventLog``; see the module docstring for format and guarantees.
@@ -220,15 +225,16 @@ class WriteAheadLog:
         if kept:
             self._pending += len(kept)
             self._last_seq = records[kept.stop - 1].seq
-        self._dropped_newest += len(records) - kept.stop
-        self._dropped_oldest += kept.start
+        self._dropped_newest += _events(records[kept.stop:])
+        self._dropped_oldest += _events(records[:kept.start])
         doomed: list[Segment] = []
         touched = {seg for seg, _, _ in chunks}
         if self.when_full == "drop_oldest":
             while self._segs and self._bytes_used > self.max_bytes and self._segs[0] not in touched:
                 seg = self._segs.pop(0)
                 lost = seg.pending(self._cursor)
-                self._dropped_oldest += lost
+                self._dropped_oldest += sum(
+                    1 for q in seg.seqs[len(seg.seqs) - lost:] if starts_event(q))
                 self._pending -= lost
                 self._forget(seg)
                 doomed.append(seg)

@@ -28,6 +28,13 @@ def event_number(seq: int) -> int:
     return seq >> EVENT_SEQ_SHIFT
 
 
+def starts_event(seq: int) -> bool:
+    """Whether a record with this seq is an event's first (whole, or ahead) record: what
+    drop counters count, so a final record dropped with its ahead one is not counted
+    twice, and a final whose ahead record is delivered alone is not counted at all."""
+    return not seq & (EVENT_SEQ_STEP - 1)
+
+
 def next_event_seq(seq: int) -> int:
     """The first seq of the block after the one ``seq`` is in."""
     return (event_number(seq) + 1) << EVENT_SEQ_SHIFT

@@ -46,6 +46,21 @@ def batch(first: int, n: int, size: int = 100) -> list[Record]:
     return [rec(s, size) for s in range(first, first + n)]
 
 
+def ev(n: int) -> int:
+    """The first seq of event ``n``'s block: the seq of the record that is event ``n``."""
+    return n * EVENT_SEQ_STEP
+
+
+def events(first: int, n: int, size: int = 100) -> list[Record]:
+    """Records for events ``first`` .. ``first + n - 1``, one per event block: what the
+    drop counters count (a record whose seq is not a block's first is not an event)."""
+    return [rec(ev(e), size) for e in range(first, first + n)]
+
+
+def evs(numbers: range | list[int]) -> list[int]:
+    return [ev(e) for e in numbers]
+
+
 @dataclass(frozen=True)
 class LogCase:
     id: str
@@ -260,14 +275,14 @@ def test_drop_newest_keeps_a_prefix_and_counts_the_rest(make: Callable[..., Even
     log = make(max_bytes=32 * 1024, when_full="drop_newest")
     offered = 0
     for i in range(40):
-        log.append(batch(offered + 1, 10, size=500))
+        log.append(events(offered + 1, 10, size=500))
         offered += 10
         stats = log.stats()
         assert stats.bytes_used <= 32 * 1024, i
         assert stats.records_pending + stats.dropped_newest == offered
         assert stats.dropped_oldest == 0
     got = seqs(drain(log))
-    assert got == list(range(1, len(got) + 1))  # the oldest kept, newest refused
+    assert got == evs(range(1, len(got) + 1))  # the oldest kept, newest refused
     assert log.stats().dropped_newest == offered - len(got) > 0
 
 
@@ -275,37 +290,37 @@ def test_drop_oldest_keeps_the_newest_and_counts_exactly(make: Callable[..., Eve
     log = make(max_bytes=32 * 1024, when_full="drop_oldest")
     offered = 0
     for i in range(40):
-        log.append(batch(offered + 1, 10, size=500))
+        log.append(events(offered + 1, 10, size=500))
         offered += 10
         stats = log.stats()
         assert stats.bytes_used <= 32 * 1024, i
         assert stats.records_pending + stats.dropped_oldest == offered
         assert stats.dropped_newest == 0
     got = seqs(drain(log))
-    assert got == list(range(offered - len(got) + 1, offered + 1))
+    assert got == evs(range(offered - len(got) + 1, offered + 1))
     assert log.stats().dropped_oldest == offered - len(got) > 0
 
 
 def test_drop_oldest_moves_the_read_position(make: Callable[..., EventLog]) -> None:
     log = make(max_bytes=32 * 1024, when_full="drop_oldest")
-    log.append(batch(1, 10, size=500))
-    assert seqs(log.read(3, 1 << 20)) == [1, 2, 3]
+    log.append(events(1, 10, size=500))
+    assert seqs(log.read(3, 1 << 20)) == evs([1, 2, 3])
     offered = 10
     for _ in range(20):
-        log.append(batch(offered + 1, 10, size=500))
+        log.append(events(offered + 1, 10, size=500))
         offered += 10
     got = seqs(drain(log))
     dropped = log.stats().dropped_oldest
-    assert got == list(range(dropped + 1, offered + 1))  # nothing dropped, nothing twice
+    assert got == evs(range(dropped + 1, offered + 1))  # nothing dropped, nothing twice
 
 
 def test_drop_oldest_with_a_batch_bigger_than_the_log(make: Callable[..., EventLog]) -> None:
     log = make(max_bytes=32 * 1024, when_full="drop_oldest")
-    log.append(batch(1, 5, size=500))
-    log.append(batch(6, 200, size=500))  # ~100 KiB into 32 KiB
+    log.append(events(1, 5, size=500))
+    log.append(events(6, 200, size=500))  # ~100 KiB into 32 KiB
     stats = log.stats()
     got = seqs(drain(log))
-    assert got and got[-1] == 205 and got == list(range(206 - len(got), 206))
+    assert got and got[-1] == ev(205) and got == evs(range(206 - len(got), 206))
     assert stats.dropped_oldest == 205 - len(got)
     assert stats.records_pending == len(got)
     assert stats.bytes_used <= 32 * 1024
@@ -313,13 +328,75 @@ def test_drop_oldest_with_a_batch_bigger_than_the_log(make: Callable[..., EventL
 
 def test_drop_newest_can_drop_a_whole_batch(make: Callable[..., EventLog]) -> None:
     log = make(max_bytes=32 * 1024, when_full="drop_newest")
-    log.append(batch(1, 200, size=500))
+    log.append(events(1, 200, size=500))
     kept = log.stats().records_pending
-    log.append(batch(201, 3, size=500))
+    log.append(events(201, 3, size=500))
     assert log.stats().dropped_newest == 203 - kept
-    assert log.last_seq == kept
-    log.append(batch(204, 1, size=10))  # seqs keep increasing past the dropped ones
+    assert log.last_seq == ev(kept)
+    log.append(events(204, 1, size=10))  # seqs keep increasing past the dropped ones
     assert log.stats().dropped_newest + log.stats().records_pending == 204
+
+
+# Drops count events, not records (``LogStats``): a final record (pipeline/ahead.py) takes a
+# seq inside the block of the last event appended before it, and is no event of its own.
+
+
+def test_drop_newest_counts_a_refused_event_once_with_its_final_records(
+    make: Callable[..., EventLog],
+) -> None:
+    log = make(max_bytes=32 * 1024, when_full="drop_newest")
+    log.append(events(1, 200, size=500))  # fills the log
+    kept = log.stats().records_pending
+    before = log.stats()
+    log.append([rec(ev(201), 500), rec(ev(201) + 1, 500), rec(ev(201) + 2, 500)])
+    after = log.stats()
+    assert after.dropped_newest - before.dropped_newest == 1  # one event, not 3 records
+    assert after.records_pending == kept  # all three refused
+    assert after.dropped_oldest == 0
+    assert log.last_seq == ev(kept)
+    assert seqs(drain(log)) == evs(range(1, kept + 1))
+
+
+def test_drop_oldest_counts_only_the_event_records_it_deletes(
+    make: Callable[..., EventLog],
+) -> None:
+    log = make(max_bytes=16 * 1024, when_full="drop_oldest")
+    sent: list[int] = []
+    event_seqs: set[int] = set()
+    for n in range(1, 41):
+        # a round as the writer makes it: the final record completing event n - 2 (seq in
+        # the block of event n - 1, the last appended), then event n
+        round_ = [rec(ev(n - 1) + 1, 500)] if n > 2 else []
+        round_.append(rec(ev(n), 500))
+        log.append(round_)
+        sent += seqs(round_)
+        event_seqs.add(ev(n))
+    stats = log.stats()
+    got = seqs(drain(log))
+    assert got == sent[len(sent) - len(got):]  # the newest kept, nothing acked
+    deleted = sent[: len(sent) - len(got)]
+    deleted_events = [s for s in deleted if s in event_seqs]
+    assert deleted_events and len(deleted_events) < len(deleted)  # finals deleted too
+    assert stats.dropped_oldest == len(deleted_events)
+    assert stats.records_pending == len(got)
+    assert stats.dropped_newest == 0
+
+
+def test_drop_oldest_of_a_batch_bigger_than_the_log_counts_only_its_events(
+    make: Callable[..., EventLog],
+) -> None:
+    log = make(max_bytes=16 * 1024, when_full="drop_oldest")
+    # events 1..60, each followed by a final record in its block: ~66 KiB into 16 KiB
+    records = [rec(ev(n) + i, 500) for n in range(1, 61) for i in (0, 1)]
+    log.append(records)
+    stats = log.stats()
+    got = seqs(drain(log))
+    assert got and got == seqs(records)[len(records) - len(got):]
+    deleted = seqs(records)[: len(records) - len(got)]
+    deleted_events = [s for s in deleted if s in evs(range(1, 61))]
+    assert deleted_events and len(deleted_events) < len(deleted)  # finals deleted too
+    assert stats.dropped_oldest == len(deleted_events)
+    assert stats.records_pending == len(got)
 
 
 def test_unknown_policy_is_refused(case: LogCase, tmp_path: Path) -> None:
@@ -498,7 +575,8 @@ class LogMachine(RuleBasedStateMachine):
 
 
 class PolicyMachine(RuleBasedStateMachine):
-    """Under every ``when_full`` policy, in a log small enough to fill: each append changes
+    """Under every ``when_full`` policy, in a log small enough to fill: each append (of
+    event records only, so that drops, which count events, count records too) changes
     ``records_pending`` by exactly the records it did not count as dropped, what can be read
     is exactly what is pending, and no record is handed out twice between rewinds."""
 
@@ -507,7 +585,7 @@ class PolicyMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="wal-policy-", dir="/tmp"))
-        self.next = 1
+        self.next = 1  # the next event's number: every record appended is an event
         self.acked = 0
         self.last_read = 0  # highest seq handed out since the last rewind/restart
         self.returned: list[int] = []
@@ -520,7 +598,7 @@ class PolicyMachine(RuleBasedStateMachine):
     @rule(n=st.integers(1, 40), size=st.integers(0, 900))
     def append(self, n: int, size: int) -> None:
         before = self.log.stats()
-        records = batch(self.next, n, size)
+        records = events(self.next, n, size)
         try:
             self.log.append(records)
         except LogFull:
@@ -604,3 +682,4 @@ TestWalPolicyMachine = WalPolicyMachine.TestCase
 TestMemoryPolicyMachine = MemoryPolicyMachine.TestCase
 for _test in (TestWalMachine, TestMemoryMachine, TestWalPolicyMachine, TestMemoryPolicyMachine):
     _test.settings = PROPERTY_SETTINGS
+del _test  # else pytest collects the last machine twice, under this name

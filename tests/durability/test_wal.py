@@ -371,22 +371,22 @@ def test_unreadable_cursor_redelivers_everything(
 def test_a_read_racing_drop_oldest_returns_no_dropped_record(
     opened: Opened, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    log = fill(opened, tmp_path, "drop_oldest")
-    assert seqs(log.read(1, 1 << 20)) == [1]  # the reader now holds segment 1-4 open
+    log = fill(opened, tmp_path, "drop_oldest", step=EVENT_SEQ_STEP)
+    assert seqs(log.read(1, 1 << 20)) == [ev(1)]  # the reader holds events 1-4's segment open
     real_fetch = disk.fetch
     raced: list[bool] = []
 
     def fetch_after_a_drop(*args: Any) -> Any:
         if not raced:  # the writer runs between the read's plan and its disk read
             raced.append(True)
-            log.append(batch(13, 4))
+            log.append(events(13, 4))
         return real_fetch(*args)
 
     monkeypatch.setattr(disk, "fetch", fetch_after_a_drop)
     got = seqs(log.read(3, 1 << 20))
     assert raced and log.stats().dropped_oldest == 4  # read, but never acked
-    assert got == [5, 6, 7]
-    assert seqs(drain(log)) == list(range(8, 17))
+    assert got == evs([5, 6, 7])
+    assert seqs(drain(log)) == evs(range(8, 17))
 
 
 def test_sync_fsyncs_every_segment_written_and_the_directory(
@@ -508,7 +508,7 @@ def test_fsync_failure_is_raised(
 
 # --- when_full with exact figures -------------------------------------------------------
 
-F = frame_size(rec(1))  # every record below has this frame size
+F = frame_size(rec(1))  # every record below has this frame size (seqs are a fixed u64)
 SEG4 = HEADER + 4 * F  # a segment holds exactly four records
 MAX3 = 3 * SEG4  # the log holds exactly three full segments
 
@@ -522,36 +522,36 @@ def fill(opened: Opened, d: Path, when_full: str, n: int = 12, step: int = 1) ->
 
 
 def test_exact_drop_oldest(opened: Opened, tmp_path: Path) -> None:
-    log = fill(opened, tmp_path, "drop_oldest")
-    assert seqs(log.read(2, 1 << 20)) == [1, 2]
-    log.ack(1)
-    log.append([rec(13)])  # needs a new segment: the oldest (1-4, 3 unacked) goes
+    log = fill(opened, tmp_path, "drop_oldest", step=EVENT_SEQ_STEP)
+    assert seqs(log.read(2, 1 << 20)) == evs([1, 2])
+    log.ack(ev(1))
+    log.append(events(13, 1))  # needs a new segment: the oldest (events 1-4, 3 unacked) goes
     stats = log.stats()
     assert (stats.dropped_oldest, stats.records_pending) == (3, 9)
-    assert [int(f.stem) for f in segment_files(tmp_path)] == [5, 9, 13]
-    assert seqs(drain(log)) == list(range(5, 14))
+    assert [int(f.stem) for f in segment_files(tmp_path)] == evs([5, 9, 13])
+    assert seqs(drain(log)) == evs(range(5, 14))
 
 
 def test_exact_drop_oldest_including_the_active_segment(opened: Opened, tmp_path: Path) -> None:
-    log = fill(opened, tmp_path, "drop_oldest")
-    log.append(batch(13, 12))  # three segments' worth: everything older goes
+    log = fill(opened, tmp_path, "drop_oldest", step=EVENT_SEQ_STEP)
+    log.append(events(13, 12))  # three segments' worth: everything older goes
     stats = log.stats()
     assert (stats.dropped_oldest, stats.records_pending) == (12, 12)
-    assert seqs(drain(log)) == list(range(13, 25))
-    log.append(batch(25, 13))  # bigger than the whole log: keep the newest 12
+    assert seqs(drain(log)) == evs(range(13, 25))
+    log.append(events(25, 13))  # bigger than the whole log: keep the newest 12
     stats = log.stats()
     assert (stats.dropped_oldest, stats.records_pending) == (12 + 13, 12)
     log.rewind()
-    assert seqs(drain(log)) == list(range(26, 38))
+    assert seqs(drain(log)) == evs(range(26, 38))
 
 
 def test_exact_drop_newest(opened: Opened, tmp_path: Path) -> None:
-    log = fill(opened, tmp_path, "drop_newest", n=10)
-    log.append(batch(11, 5))  # 11 and 12 fit in the third segment; 13 needs a fourth
+    log = fill(opened, tmp_path, "drop_newest", n=10, step=EVENT_SEQ_STEP)
+    log.append(events(11, 5))  # events 11 and 12 fit in the third segment; 13 needs a fourth
     stats = log.stats()
     assert (stats.dropped_newest, stats.records_pending, stats.dropped_oldest) == (3, 12, 0)
-    assert log.last_seq == 12
-    assert seqs(drain(log)) == list(range(1, 13))
+    assert log.last_seq == ev(12)
+    assert seqs(drain(log)) == evs(range(1, 13))
 
 
 def test_exact_block(opened: Opened, tmp_path: Path) -> None:

@@ -41,7 +41,8 @@ def children(pid: int) -> list[int]:
 def events(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    # Only whole lines: the sidecar may be appending while this reads.
+    return [orjson.loads(line) for line in path.read_bytes().split(b"\n")[:-1] if line]
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:

@@ -41,9 +41,9 @@ WRITER_LOGGER = "inference_sidecar.writer"
 
 
 def ev(n: int) -> int:
-    """The seq of the ``n``-th event (1-based) the harness's queue hands out: each event
-    owns a block of ``EVENT_SEQ_STEP`` seqs, and the queue starts at the log's next_seq,
-    the first block for an empty log (or one prefilled with small seqs)."""
+    """The seq of event ``n`` (1-based) in the log: each event owns a block of
+    ``EVENT_SEQ_STEP`` seqs. The harness's queue starts at the log's next_seq: at event 1
+    for an empty log, at event 3 after ``nearly_full_log``'s two prefilled events."""
     return n * EVENT_SEQ_STEP
 
 
@@ -61,12 +61,13 @@ def appended_seqs(log: RecordingLog) -> list[int]:
 
 
 def prefill(log: MemoryLog, count: int, size: int) -> None:
-    """Append ``count`` records of ``size`` value bytes directly (seqs 1..count)."""
-    log.append([Record(seq=s, key=b"k", value=b"x" * size) for s in range(1, count + 1)])
+    """Append ``count`` records of ``size`` value bytes directly, as events 1..count (block
+    seqs, so that drop counters, which count events, count them)."""
+    log.append([Record(seq=s, key=b"k", value=b"x" * size) for s in evs(range(1, count + 1))])
 
 
 def nearly_full_log(when_full: str) -> RecordingLog:
-    """A log holding two big records, with room for one event but not two."""
+    """A log holding two big records (events 1 and 2), with room for one event but not two."""
     big = Record(seq=1, key=b"k", value=b"x" * 3000)
     max_bytes = 2 * frame_size(big) + EVENT_FRAME + EVENT_FRAME // 2
     log = RecordingLog(max_bytes, when_full)
@@ -513,10 +514,10 @@ async def test_log_full_under_block_is_retried_and_the_batch_is_kept(
     assert not any(f.done() for f in futures)
     assert h.log.stats().records_pending == 2
     assert h.notified == 0
-    h.log.ack(2)  # delivery trims the log (the two prefilled records, seqs 1 and 2)
+    h.log.ack(ev(2))  # delivery trims the log (the two prefilled records, events 1 and 2)
     await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
     records = read_all(h.log)
-    assert seqs(records) == evs([1, 2, 3, 4, 5])
+    assert seqs(records) == evs([3, 4, 5, 6, 7])
     assert ids(records) == expected_ids(range(5))
     assert h.drops == []
     assert h.disk_errors == []  # a full log is not a disk error
@@ -550,7 +551,8 @@ async def test_log_full_at_shutdown_gives_up_at_the_deadline_and_counts_the_drop
 
 @pytest.mark.parametrize(
     ("when_full", "reason", "kept"),
-    [("drop_newest", "log_full_newest", [1]), ("drop_oldest", "log_full_oldest", [1, 2, 3, 4, 5])],
+    [("drop_newest", "log_full_newest", [1, 2, 3]),
+     ("drop_oldest", "log_full_oldest", [3, 4, 5, 6, 7])],
 )
 async def test_log_drops_are_reported_with_their_reason(
     make_writer: Callable[..., WriterHarness], when_full: str, reason: str, kept: list[int]
@@ -561,11 +563,11 @@ async def test_log_drops_are_reported_with_their_reason(
     await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
     stats = h.log.stats()
     dropped = stats.dropped_newest if when_full == "drop_newest" else stats.dropped_oldest
-    assert dropped > 0
+    assert dropped == 2 + 5 - len(kept) > 0  # every record here is an event
     assert h.drops == [(reason, dropped)]
-    remaining = seqs(read_all(h.log))
-    # kept: the events (by number) left in the log, past the prefilled seqs 1 and 2
-    assert [s for s in remaining if s > 2] == evs(kept)
+    # kept: the events (by number) left in the log; 1 and 2 are the prefilled ones, the
+    # harness's five are 3 to 7
+    assert seqs(read_all(h.log)) == evs(kept)
     await h.finish()
 
 
