@@ -56,15 +56,17 @@ class ApiKeyRecognizer(PatternRecognizer):
 
     PATTERNS: ClassVar[list[Pattern]] = [
         # One alternation, not one pattern per vendor: one scan of the text instead of seven.
-        Pattern("vendor prefix", r"(?<![A-Za-z0-9_-])(?:sk-[A-Za-z0-9_-]{20,}"  # OpenAI, Anthropic
-                r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,}"  # GitHub
-                r"|xox[abprs]-[A-Za-z0-9-]{10,}"  # Slack
-                r"|AIza[0-9A-Za-z_-]{35}"  # Google
-                r"|[rsp]k_(?:live|test)_[0-9A-Za-z]{16,}"  # Stripe
-                r"|hf_[A-Za-z0-9]{30,})", 0.9),  # Hugging Face
+        # Prefixes in any case: a copy upper-cased on the way (a model echoing text, a
+        # logging proxy) is still the key.
+        Pattern("vendor prefix", r"(?<![A-Za-z0-9_-])(?:(?i:sk-)[A-Za-z0-9_-]{20,}"  # OpenAI
+                r"|(?i:gh[pousr]_)[A-Za-z0-9]{30,}|(?i:github_pat_)[A-Za-z0-9_]{40,}"  # GitHub
+                r"|(?i:xox[abprs]-)[A-Za-z0-9-]{10,}"  # Slack
+                r"|(?i:aiza)[0-9A-Za-z_-]{35}"  # Google
+                r"|(?i:[rsp]k_(?:live|test)_)[0-9A-Za-z]{16,}"  # Stripe
+                r"|(?i:hf_)[A-Za-z0-9]{30,})", 0.9),  # Hugging Face
         Pattern("high entropy", r"(?<![A-Za-z0-9_+/=-])[A-Za-z0-9_+/=-]{32,}", 0.6),
     ]
-    _PREFIXES = ("sk-", "gh", "github_pat_", "xox", "AIza", "hf_", "rk_", "sk_", "pk_")
+    _PREFIXES = ("sk-", "gh", "github_pat_", "xox", "aiza", "hf_", "rk_", "sk_", "pk_")
 
     def __init__(self) -> None:
         super().__init__(supported_entity="API_KEY", patterns=list(self.PATTERNS),
@@ -74,12 +76,22 @@ class ApiKeyRecognizer(PatternRecognizer):
         """Drop the generic pattern's matches that do not look random: a key mixes upper,
         lower case and digits, with high per-character entropy (hex digests and words
         glued by hyphens do not)."""
-        if pattern_text.startswith(self._PREFIXES):
+        if pattern_text[:11].lower().startswith(self._PREFIXES):
             return False
-        has_classes = (any(c.isupper() for c in pattern_text)
-                       and any(c.islower() for c in pattern_text)
-                       and any(c.isdigit() for c in pattern_text))
-        return not has_classes or _entropy(pattern_text) < 4.0
+        upper = any(c.isupper() for c in pattern_text)
+        lower = any(c.islower() for c in pattern_text)
+        if not any(c.isdigit() for c in pattern_text) or not (upper or lower):
+            return True
+        if upper and lower:
+            return _entropy(pattern_text) < 4.0
+        # One case only, as a key upper-cased on the way: taken if it is one run of
+        # letters and digits (words glued by hyphens or underscores are not), not hex (a
+        # digest), and about as varied as random text.
+        if "-" in pattern_text or "_" in pattern_text:
+            return True
+        if not any(c in _NOT_HEX for c in pattern_text.lower()):
+            return True
+        return _entropy(pattern_text) < 3.8
 
 
 class FastPhoneRecognizer(LocalRecognizer):
@@ -153,6 +165,9 @@ def _luhn(run: str) -> bool:
     total = sum(d if i % 2 == 0 else (2 * d - 9 if d > 4 else 2 * d)
                 for i, d in enumerate(reversed(digits)))
     return total % 10 == 0
+
+
+_NOT_HEX = frozenset("ghijklmnopqrstuvwxyz")
 
 
 def _entropy(text: str) -> float:

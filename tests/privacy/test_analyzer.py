@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import presidio_analyzer.predefined_recognizers as presidio_recognizers
 import pytest
 from corpus import build_corpus
+from pii_values import api_key
 
 from sidecar.privacy import analyzer as analyzer_module
 from sidecar.privacy.analyzer import Analyzer, Finding, build_analyzer
@@ -113,3 +115,26 @@ def test_tuned_finds_everything_presidio_default_finds(analyzer: Analyzer,
             start = f.start + len(value) - len(value.lstrip("(+ -"))
             end = f.end - len(value) + len(value.rstrip(") -."))
             assert any(s <= start and end <= e for s, e in covered), (f.entity_type, value)
+
+
+def test_an_upper_cased_copy_of_an_api_key_is_still_found(
+        analyzer: Analyzer, strict: PrivacyProfile) -> None:
+    # A model or a proxy that upper-cases text (the demo's /text endpoint does) must not
+    # turn a key into something the recognizers let through.
+    rng = random.Random(7)
+    keys = [api_key(rng) for _ in range(200)]
+    texts = [f"the key is {key.upper()} ok" for key in keys]
+    found = analyzer.analyze(texts, strict.entities, strict.score_threshold)
+    for text, key, findings in zip(texts, keys, found, strict=True):
+        spans = [text[f.start:f.end] for f in findings if f.entity_type == "API_KEY"]
+        assert key.upper() in spans, (key, findings)
+
+
+def test_words_and_digests_in_one_case_are_not_taken_for_keys(
+        analyzer: Analyzer, strict: PrivacyProfile) -> None:
+    texts = ["model meta-llama-3-70b-instruct-awq-int4-gptq-v2 answered",
+             "sha d41d8cd98f00b204e9800998ecf8427ed41d8cd98f00b204 done",
+             "ticket ORDER-2024-11-27-REFUND-REQUEST-ACCEPTED closed"]
+    found = analyzer.analyze(texts, strict.entities, strict.score_threshold)
+    assert [[f.entity_type for f in fs if f.entity_type == "API_KEY"] for fs in found] == [
+        [], [], []]
