@@ -73,14 +73,15 @@ def route(sample: Sample) -> str:
 def masked_values(profile: PrivacyProfile, samples: list[Sample]
                   ) -> list[tuple[str, str, str, str]]:
     """(piece, entity, value, where) for every planted value the profile masks: the value
-    as is and URL-encoded (test_corpus.py's rule)."""
+    as is, URL-encoded (test_corpus.py's rule) and upper-cased."""
     pieces = []
     for sample in samples:
         for entity, value, where in sample.labels:
             rule = profile.rule(entity)
             if rule is None or rule.operator == "keep":
                 continue
-            for piece in dict.fromkeys([value, quote_plus(value)]):
+            # The demo's /text endpoint answers in upper case: that copy must go too.
+            for piece in dict.fromkeys([value, quote_plus(value), value.upper()]):
                 pieces.append((piece, entity, value, where))
     return pieces
 
