@@ -38,8 +38,9 @@ from sidecar.pipeline.delivery import Delivery
 from sidecar.pipeline.detection import DetectionStage
 from sidecar.pipeline.handoff import Handoff
 from sidecar.pipeline.privacy import PrivacyStage
+from sidecar.pipeline.waiters import Durability
 from sidecar.pipeline.writer import BATCH_MAX as WRITER_BATCH_MAX
-from sidecar.pipeline.writer import ROOM, Completion, Durability, LogWriter
+from sidecar.pipeline.writer import ROOM, Completion, LogWriter
 from sidecar.sinks.base import Sink
 from sidecar.telemetry import Metrics
 from sidecar.workers.child import Child

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from sidecar.events.record import EVENT_SEQ_STEP, Record, next_event_seq
 from sidecar.logs import get_logger
 from sidecar.pipeline import ahead
 from sidecar.pipeline.handoff import Batch, Handoff
+from sidecar.pipeline.waiters import Durability
 
 log = get_logger("writer")
 
@@ -89,55 +89,6 @@ class _Round:
     events: Batch
     completes: list[bool]  # per event: written ahead, to be completed
     records: list[Record] | None = None  # encoded once, in the writer thread
-
-
-class Durability:
-    """Responses waiting for their event's fsync, released in sequence order (on the loop).
-
-    A waiter not released within ``timeout`` gets ``TimeoutError``: one watchdog task
-    checks the oldest waiter, instead of a timer per request.
-    """
-
-    def __init__(self, timeout: float = 5.0) -> None:
-        self.durable_seq = 0
-        self.timeout = timeout
-        self._waiters: deque[tuple[int, float, asyncio.Future[None]]] = deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def wait(self, seq: int) -> asyncio.Future[None] | None:
-        """A future done once ``seq`` is durable; None if it already is."""
-        if seq <= self.durable_seq:
-            return None
-        loop = self._loop
-        if loop is None:  # cached: get_running_loop() costs a getpid() syscall on 3.11
-            loop = self._loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._waiters.append((seq, loop.time() + self.timeout, future))
-        return future
-
-    def advance(self, seq: int) -> None:
-        self.durable_seq = max(self.durable_seq, seq)
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= self.durable_seq:
-            future = waiters.popleft()[2]
-            if not future.done():
-                future.set_result(None)
-
-    def expire(self, now: float) -> int:
-        """Fail the waiters whose deadline passed; how many."""
-        waiters, expired = self._waiters, 0
-        while waiters and waiters[0][1] <= now:
-            future = waiters.popleft()[2]
-            if not future.done():
-                future.set_exception(TimeoutError())
-                expired += 1
-        return expired
-
-    async def run_watchdog(self, every_s: float = 0.1) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(every_s)
-            self.expire(loop.time())
 
 
 class LogWriter:

@@ -31,7 +31,7 @@ from sidecar.events.model import InferenceEvent
 from sidecar.events.queue import EventQueue
 from sidecar.ids import new_inference_id
 from sidecar.logs import get_logger
-from sidecar.pipeline.writer import Durability
+from sidecar.pipeline.waiters import Durability
 from sidecar.privacy.context import Capture, PrivacyContext
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.filters import read_request_body

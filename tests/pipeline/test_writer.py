@@ -35,7 +35,8 @@ from sidecar.events.cloudevents import to_record
 from sidecar.events.queue import EventQueue
 from sidecar.events.record import EVENT_SEQ_STEP, Record
 from sidecar.pipeline import writer as writer_module
-from sidecar.pipeline.writer import Durability, LogWriter
+from sidecar.pipeline.waiters import Durability
+from sidecar.pipeline.writer import LogWriter
 
 WRITER_LOGGER = "inference_sidecar.writer"
 
