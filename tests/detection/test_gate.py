@@ -80,6 +80,13 @@ detectors:
 """
 
 
+def enforced(alert_id: str | None, detector: str, detector_type: str,
+             kind: str = "abuse") -> dict[str, Any]:
+    """A detection summary of an enforce-mode detector as the event lists it."""
+    return {"alert_id": alert_id, "detector": detector, "detector_type": detector_type,
+            "kind": kind, "severity": "warning", "mode": "enforce"}
+
+
 @pytest.mark.parametrize("text", [MONITOR_ONLY, "detectors: []", ""])
 def test_without_enforce_specs_the_gate_is_inactive_and_never_refuses(text: str) -> None:
     requests = Requests(config(text))
@@ -122,10 +129,7 @@ def test_an_injection_prompt_is_blocked(body: bytes, ctype: str) -> None:
     event, observed, rejected = requests.check(body, {"content-type": ctype}, client_id="c1")
     assert rejected is not None
     assert (rejected.status, rejected.code) == (403, "prompt_blocked")
-    assert event.detections == [{
-        "alert_id": f"{event.inference_id}/sig", "detector": "sig",
-        "detector_type": "signatures", "kind": "abuse", "severity": "warning",
-        "mode": "enforce"}]
+    assert event.detections == [enforced(f"{event.inference_id}/sig", "sig", "signatures")]
     [alert] = observed.enforced
     assert isinstance(alert, Alert)
     assert (alert.detector, alert.feature, alert.mode) == ("sig", "PI-001", "enforce")
@@ -248,9 +252,8 @@ def test_each_kind_of_violation_is_refused(request_: dict[str, Any], violation: 
     [alert] = observed.enforced
     assert alert.details["violations"] == [violation]
     assert (alert.detector, alert.kind, alert.mode) == ("intended-use", "policy", "enforce")
-    assert event.detections == [{
-        "alert_id": f"{event.inference_id}/intended-use", "detector": "intended-use",
-        "detector_type": "policy", "kind": "policy", "severity": "warning", "mode": "enforce"}]
+    assert event.detections == [enforced(f"{event.inference_id}/intended-use", "intended-use",
+                                         "policy", kind="policy")]
 
 
 def test_params_of_a_non_json_body_are_missing() -> None:
@@ -303,17 +306,13 @@ def test_a_client_burst_is_refused_with_one_alert_per_episode() -> None:
     first_event, first_observed, first = results[3]
     assert first is not None
     assert (first.status, first.code) == (429, "rate_limited")
-    assert first_event.detections == [{
-        "alert_id": f"{first_event.inference_id}/rate", "detector": "rate",
-        "detector_type": "rate_burst", "kind": "abuse", "severity": "warning",
-        "mode": "enforce"}]
+    assert first_event.detections == [
+        enforced(f"{first_event.inference_id}/rate", "rate", "rate_burst")]
     [alert] = first_observed.enforced
     assert alert.client_id == "c1" and alert.details["scope"] == "client"
     for event, observed, rejected in results[4:]:  # same episode: refused, no new alert
         assert rejected is not None and (rejected.status, rejected.code) == (429, "rate_limited")
-        assert event.detections == [{
-            "alert_id": None, "detector": "rate", "detector_type": "rate_burst",
-            "kind": "abuse", "severity": "warning", "mode": "enforce"}]
+        assert event.detections == [enforced(None, "rate", "rate_burst")]
         assert observed.enforced == []
     for event, _, _ in results[:3]:
         assert event.detections is None
@@ -363,10 +362,7 @@ detectors:
             flagged.append((event, observed))
     assert len(flagged) == 1  # one episode, one alert
     event, observed = flagged[0]
-    assert event.detections == [{
-        "alert_id": f"{event.inference_id}/rate", "detector": "rate",
-        "detector_type": "rate_burst", "kind": "abuse", "severity": "warning",
-        "mode": "enforce"}]
+    assert event.detections == [enforced(f"{event.inference_id}/rate", "rate", "rate_burst")]
     [alert] = observed.enforced
     assert alert.details["scope"] == "global"
     assert alert.client_id is None  # global alerts blame no one
