@@ -18,7 +18,7 @@ is never captured. Bodies larger than ``max_parse_bytes`` are not parsed (omitte
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -36,6 +36,9 @@ from sidecar.privacy.selection import MISSING, Selector, TooDeep, check_depth
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 _HEADER_MAX = 1024  # characters kept of one header value
 _WRAPPER = 64  # bytes reserved for the payload object's own keys and brackets
+# Text per analyzer call in ``mask_many``: past ~32 KiB (16 sampled chat events) a bigger
+# call saves little (bench/privacy.py), and a spaCy model, when used, sees bounded texts.
+BATCH_CHARS = 32 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,34 @@ class MaskResult:
         }
 
 
+@dataclass(slots=True)
+class _Work:
+    """One event between ``Masker._prepare`` and ``Masker._finish``."""
+
+    decision: Decision
+    texts: Texts
+    header_slots: dict[str, dict[str, Slot]]
+    omitted: dict[str, str]
+    templates: dict[str, Any]
+    plan: dict[str, int]
+    budget: int
+    truncated: bool
+
+
+def _chunks(works: list[tuple[int, _Work]]) -> Iterator[list[tuple[int, _Work]]]:
+    """``works`` cut where their text passes ``BATCH_CHARS``."""
+    chunk: list[tuple[int, _Work]] = []
+    size = 0
+    for item in works:
+        chunk.append(item)
+        size += sum(len(text) for text in item[1].texts.items)
+        if size >= BATCH_CHARS:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
 class AnalyzerFailed(RuntimeError):
     """The analyzer raised; ``cause`` is its exception type name."""
 
@@ -113,25 +144,54 @@ class Masker:
 
     def mask(self, captured: Captured, decision: Decision | None = None) -> MaskResult:
         """Never raises: see the module docstring."""
-        try:
-            if decision is None:
-                decision = self.decide(captured.inference_id, captured.status, captured.flags)
-            return self._mask(captured, decision)
-        except Exception as exc:  # fail closed: no payload, the event still goes out
-            stage = "analyzer_error" if isinstance(exc, AnalyzerFailed) else "masking_error"
-            cause = str(exc) if isinstance(exc, AnalyzerFailed) else type(exc).__name__
-            try:
-                if self._on_failure is not None:
-                    self._on_failure(stage)
-            except Exception:  # a broken counter must not lose the event
-                pass
-            reason = decision.reason if isinstance(decision, Decision) else "failed"
-            return MaskResult(self.profile.name, self.profile.digest,
-                              self.profile.retention_class, payload_captured=False,
-                              capture_reason=reason, failure=f"{stage}:{cause}")
+        return self.mask_many([(captured, decision)])[0]
 
-    def _mask(self, captured: Captured, decision: Decision) -> MaskResult:
-        p = self.profile
+    def mask_many(self, items: Sequence[tuple[Captured, Decision | None]]) -> list[MaskResult]:
+        """``mask`` for each item, in order, with one analyzer call per ``BATCH_CHARS`` of
+        their text: the analyzer's costs per call (a pass per anchor, a call per
+        recognizer) are then shared. Never raises; when a call fails, its events are
+        analysed one by one, so only the event that fails loses its payload."""
+        results: list[MaskResult | None] = [None] * len(items)
+        works: list[tuple[int, _Work]] = []
+        for index, (captured, decision) in enumerate(items):
+            try:
+                if decision is None:
+                    decision = self.decide(captured.inference_id, captured.status,
+                                           captured.flags)
+                works.append((index, self._prepare(captured, decision)))
+            except Exception as exc:
+                results[index] = self._failed(exc, decision)
+        for chunk in _chunks(works):
+            try:
+                analysed: list[tuple[list[str], Counter[str]]] | None = \
+                    self._masked([work.texts for _, work in chunk])
+            except Exception:
+                analysed = None  # one by one below
+            for position, (index, work) in enumerate(chunk):
+                try:
+                    masked, counts = analysed[position] if analysed is not None \
+                        else self._masked([work.texts])[0]
+                    results[index] = self._finish(work, masked, counts)
+                except Exception as exc:
+                    results[index] = self._failed(exc, work.decision)
+        return [result for result in results if result is not None]
+
+    def _failed(self, exc: Exception, decision: Decision | None) -> MaskResult:
+        """Fail closed: no payload, no header values, the failure recorded and counted."""
+        stage = "analyzer_error" if isinstance(exc, AnalyzerFailed) else "masking_error"
+        cause = str(exc) if isinstance(exc, AnalyzerFailed) else type(exc).__name__
+        try:
+            if self._on_failure is not None:
+                self._on_failure(stage)
+        except Exception:  # a broken counter must not lose the event
+            pass
+        reason = decision.reason if isinstance(decision, Decision) else "failed"
+        return MaskResult(self.profile.name, self.profile.digest,
+                          self.profile.retention_class, payload_captured=False,
+                          capture_reason=reason, failure=f"{stage}:{cause}")
+
+    def _prepare(self, captured: Captured, decision: Decision) -> _Work:
+        """Everything before the analyzer: the strings to analyse, and where they go."""
         texts = Texts()
         header_slots = {"request": self._headers(captured.request_headers, texts),
                         "response": self._headers(captured.response_headers, texts)}
@@ -139,44 +199,60 @@ class Masker:
         sections: dict[str, Any] = {}
         if decision.captured:
             sections = self._sections(captured, omitted)
-        budget = max(p.max_captured_bytes - _WRAPPER, 0)
+        budget = max(self.profile.max_captured_bytes - _WRAPPER, 0)
         plan = _plan({name: _raw_size(captured, name) for name in sections}, budget)
         collectors = {name: Collector(texts, cap) for name, cap in plan.items()}
         templates = {name: collectors[name].collect(value) for name, value in sections.items()}
-        counts: Counter[str] = Counter()
-        masked = self._masked(texts, counts)
-        payload: dict[str, Any] | None = None
         truncated = any(c.truncated for c in collectors.values()) or any(
             len(texts.items[slot.index]) > _HEADER_MAX
             for slots in header_slots.values() for slot in slots.values())
-        if decision.captured:
+        return _Work(decision, texts, header_slots, omitted, templates, plan, budget,
+                     truncated)
+
+    def _finish(self, work: _Work, masked: list[str], counts: Counter[str]) -> MaskResult:
+        """Everything after the analyzer: the masked strings back in place, within budget."""
+        p = self.profile
+        payload: dict[str, Any] | None = None
+        truncated = work.truncated
+        if work.decision.captured:
             payload = {}
-            remaining = budget
-            for name, template in templates.items():
-                cap = remaining if name == "response" else min(plan[name], remaining)
-                fitter = Fitter(texts, masked, cap)
+            remaining = work.budget
+            for name, template in work.templates.items():
+                cap = remaining if name == "response" else min(work.plan[name], remaining)
+                fitter = Fitter(work.texts, masked, cap)
                 fitted = fitter.fit(template)
                 remaining -= cap - fitter.remaining
                 truncated = truncated or fitter.truncated
                 if fitted is not MISSING:
                     payload[name] = fitted
         headers = {side: {name: masked[slot.index][:_HEADER_MAX] for name, slot in slots.items()}
-                   for side, slots in header_slots.items() if slots}
+                   for side, slots in work.header_slots.items() if slots}
         return MaskResult(p.name, p.digest, p.retention_class,
-                          payload_captured=decision.captured, capture_reason=decision.reason,
-                          payload=payload, headers=headers or None,
-                          entity_counts=dict(sorted(counts.items())), truncated=truncated,
-                          omitted=omitted)
+                          payload_captured=work.decision.captured,
+                          capture_reason=work.decision.reason, payload=payload,
+                          headers=headers or None, entity_counts=dict(sorted(counts.items())),
+                          truncated=truncated, omitted=work.omitted)
 
-    def _masked(self, texts: Texts, counts: Counter[str]) -> list[str]:
-        if not texts.items or not self.profile.entities:
-            return list(texts.items)
+    def _masked(self, batch: Sequence[Texts]) -> list[tuple[list[str], Counter[str]]]:
+        """Each event's strings masked, and its entity counts: one analyzer call."""
+        if not self.profile.entities:
+            return [(list(texts.items), Counter()) for texts in batch]
+        flat = [text for texts in batch for text in texts.items]
         try:
-            findings = self.analyzer.analyze(texts.items, self.profile.entities, self._floor)
+            findings = self.analyzer.analyze(flat, self.profile.entities, self._floor) \
+                if flat else []
         except Exception as exc:
             raise AnalyzerFailed(type(exc).__name__) from exc
-        return [operators.apply(text, found, self.profile, self._key, counts, limit)
-                for text, found, limit in zip(texts.items, findings, texts.limits, strict=True)]
+        out: list[tuple[list[str], Counter[str]]] = []
+        start = 0
+        for texts in batch:
+            counts: Counter[str] = Counter()
+            end = start + len(texts.items)
+            out.append(([operators.apply(text, found, self.profile, self._key, counts, limit)
+                         for text, found, limit in zip(texts.items, findings[start:end],
+                                                       texts.limits, strict=True)], counts))
+            start = end
+        return out
 
     def _headers(self, headers: Headers | None, texts: Texts) -> dict[str, Slot]:
         return {name: texts.add(value[:_HEADER_MAX + MARGIN], limit=_HEADER_MAX)

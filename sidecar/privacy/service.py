@@ -36,8 +36,14 @@ class MaskingService:
     def handle(self, batch: list[Item]) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """The privacy part of each event (``MaskResult.record()``), and the failures
         counted since the last call, by stage."""
-        records = [self.maskers[digest].mask(captured, decision).record()
-                   for digest, captured, decision in batch]
+        positions: dict[str, list[int]] = {}
+        for index, (digest, _, _) in enumerate(batch):
+            positions.setdefault(digest, []).append(index)
+        records: list[dict[str, Any]] = [{} for _ in batch]
+        for digest, indexes in positions.items():  # one profile's events share calls
+            results = self.maskers[digest].mask_many([batch[i][1:] for i in indexes])
+            for index, result in zip(indexes, results, strict=True):
+                records[index] = result.record()
         failures, self.failures = dict(self.failures), Counter()
         return records, failures
 

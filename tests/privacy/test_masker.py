@@ -206,3 +206,56 @@ def test_standard_hashes_contact_data_consistently(standard: PrivacyProfile,
 def test_profile_is_immutable(strict: PrivacyProfile) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         strict.sample_rate = 1.0  # type: ignore[misc]
+
+
+def test_masking_in_batches_gives_what_masking_one_by_one_gives(strict: PrivacyProfile,
+                                                               analyzer: Analyzer) -> None:
+    from corpus import build_corpus
+    masker = Masker(strict, analyzer, HASH_KEY)
+    items = [(sample.captured, SAMPLED) for sample in build_corpus(120, seed=31)]
+    one_by_one = [masker.mask(captured, decision).record() for captured, decision in items]
+    batched = [result.record() for result in masker.mask_many(items)]
+    assert batched == one_by_one
+    assert sum(bool(r["privacy"]["entity_counts"]) for r in batched) > 60  # found plenty
+
+
+def test_an_analyzer_failure_in_a_batch_costs_only_the_event_that_causes_it(
+        make: Make, analyzer: Analyzer, monkeypatch: pytest.MonkeyPatch) -> None:
+    failures: list[str] = []
+    masker = make("request: {keep: ['$']}\nentities: {EMAIL_ADDRESS: redact}\n",
+                  on_failure=failures.append)
+    real = analyzer.analyze
+
+    def fragile(texts: list[str], *args: Any) -> Any:
+        if any("poison" in text for text in texts):
+            raise RuntimeError("analyzer choked")
+        return real(texts, *args)
+    monkeypatch.setattr(analyzer, "analyze", fragile)
+    items = [(json_capture({"m": f"write to user{i}@example.com"} if i != 3 else
+                           {"m": "poison"}), SAMPLED) for i in range(6)]
+    results = masker.mask_many(items)
+    assert [r.failure for r in results] == [None] * 3 + ["analyzer_error:RuntimeError"] + [None] * 2
+    assert failures == ["analyzer_error"]
+    for i, result in enumerate(results):
+        if i != 3:
+            assert result.payload == {"request": {"m": "write to <EMAIL_ADDRESS>"}}
+            assert result.entity_counts == {"EMAIL_ADDRESS": 1}
+
+
+def test_a_batch_is_cut_into_analyzer_calls_of_bounded_text(
+        strict: PrivacyProfile, analyzer: Analyzer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.privacy import masker as module
+    sizes: list[int] = []
+    real = analyzer.analyze
+
+    def counting(texts: list[str], *args: Any) -> Any:
+        sizes.append(sum(len(t) for t in texts))
+        return real(texts, *args)
+    monkeypatch.setattr(analyzer, "analyze", counting)
+    monkeypatch.setattr(module, "BATCH_CHARS", 4096)
+    text = "call +1 212 555 0143 " * 50  # ~1 KB a message
+    items = [(json_capture({"messages": [{"role": "user", "content": text}]}), SAMPLED)
+             for _ in range(20)]
+    results = Masker(strict, analyzer, HASH_KEY).mask_many(items)
+    assert all(r.entity_counts == {"PHONE_NUMBER": 50} for r in results)
+    assert 4 <= len(sizes) <= 6 and max(sizes) < 4096 + 1200
