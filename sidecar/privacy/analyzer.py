@@ -65,9 +65,11 @@ SEPARATOR = "\n\x00\n"  # NUL is in none of the recognizers' character classes; 
 _WARM_UP = ("warm-up a@example.com +1 212 555 0143 10.0.0.1 fe80::1 4111 1111 1111 1111 "
             "Bearer abcdefghijklmnop sk-abcdefghijklmnopqrstuvwx")
 # Not anchored on digits: a match may contain none (IPv6 "::", omocodic fiscal codes, MACs).
-_ANCHORS = {"IP_ADDRESS": ("ip", windowing.IP_CHARS),
-            "IT_FISCAL_CODE": ("alnum16", windowing.ALNUM_16),
-            "EMAIL_ADDRESS": ("at", windowing.AT_SIGN), "API_KEY": ("keyrun", windowing.KEY_RUN)}
+# With the shortest anchor match when it is long (see ``prefilter.Token``).
+_ANCHORS = {"IP_ADDRESS": ("ip", windowing.IP_CHARS, 1),
+            "IT_FISCAL_CODE": ("alnum16", windowing.ALNUM_16, 16),
+            "EMAIL_ADDRESS": ("at", windowing.AT_SIGN, 1),
+            "API_KEY": ("keyrun", windowing.KEY_RUN, 20)}
 _UNANCHORED = frozenset({"MAC_ADDRESS", "URL", "AWS_ACCESS_KEY_ID", "JWT", "BEARER_TOKEN"})
 _MARGIN = 8  # characters of look-around context each side of a radius window
 
@@ -212,9 +214,9 @@ def _cut(entity: str, recognizer: EntityRecognizer, cuts: dict[str, Cut]) -> Cut
     elif entity == "PHONE_NUMBER":
         cut = Radius(windowing.PHONE_DIGITS, windowing.PHONE_RADIUS + _MARGIN, "phone")
     else:
-        name, anchor = _ANCHORS.get(entity, ("digit", windowing.DIGITS))
+        name, anchor, shortest = _ANCHORS.get(entity, ("digit", windowing.DIGITS, 1))
         if name != "digit" and no_space(recognizer):
-            cut = Token(anchor, name)
+            cut = Token(anchor, name, shortest)
         else:
             width = max_width(recognizer)
             radius = windowing.RADIUS if width > windowing.RADIUS else width
