@@ -144,13 +144,13 @@ class Token:
             return seen[1]
         regions: list[tuple[int, int]] = []
         position = 0
-        for piece in text.split():
-            if len(piece) >= self._shortest:
-                # Found where it is: between ``position`` and it lie only shorter pieces
-                # and white space, which cannot hold it.
-                start = text.find(piece, position)
-                position = start + len(piece)
-                regions.append((start, position))
+        shortest = self._shortest
+        for piece in [p for p in text.split() if len(p) >= shortest]:
+            # Found where it is: between ``position`` and it lie only shorter pieces and
+            # white space, which cannot hold it.
+            start = text.find(piece, position)
+            position = start + len(piece)
+            regions.append((start, position))
         Token._pieces[self._shortest] = (text, regions)  # one assignment: thread-safe
         return regions
 
