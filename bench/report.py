@@ -16,6 +16,7 @@ from pathlib import Path
 from loadgen import LoadResult
 
 DIRECT, PASSTHROUGH, SIDECAR = "direct", "pass-through", "sidecar"
+BASELINE = "sidecar-baseline"  # bench/run.py --baseline-set: the same sidecar but settings
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,18 @@ def added_latency_line(paced: dict[str, dict[str, Summary]]) -> str:
 
     return (f"p99 added by the sidecar at half its peak rate: {added(SIDECAR)} "
             f"(by the minimal pass-through: {added(PASSTHROUGH)})")
+
+
+def baseline_line(peak: dict[str, dict[str, Summary]], paced: dict[str, dict[str, Summary]],
+                  baseline_set: list[str]) -> str:
+    """What the sidecar's settings cost over the baseline's (``baseline_set``), same run."""
+    share = ", ".join(f"{w} {by[SIDECAR].rps / by[BASELINE].rps:.0%}" if by[BASELINE].rps
+                      else f"{w} n/a" for w, by in peak.items())
+    added = ", ".join(f"{w} {by[SIDECAR].p99_ms - by[BASELINE].p99_ms:+.2f} ms "
+                      f"({by[BASELINE].p99_ms:.2f} -> {by[SIDECAR].p99_ms:.2f})"
+                      for w, by in paced.items())
+    return (f"Against the baseline sidecar ({', '.join(baseline_set)}), same rounds: peak "
+            f"req/s {share} of the baseline's; p99 at the same paced rate: {added}.")
 
 
 def notes(peak: dict[str, dict[str, Summary]], paced: dict[str, dict[str, Summary]],

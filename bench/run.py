@@ -9,6 +9,12 @@ peak req/s and p50/p99 straight to the upstream, through the pass-through and th
 the sidecar, then p50/p99 of all three at half the sidecar's peak rate; then checks that
 the events file holds an event for every request the sidecar answered. Prints tables
 and a markdown section for bench/RESULTS.md.
+
+    .venv/bin/python bench/run.py --baseline-set privacy_profile=metadata-only
+
+also starts a second sidecar, the *baseline*, with the same settings but these, measured
+in the same rounds and paced at the same rate: what those settings cost, in one run
+(e.g. masking's effect on p99 at load).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from procs import (
     run_command,
     wait_quiet,
 )
-from report import DIRECT, PASSTHROUGH, SIDECAR, Sample, Summary
+from report import BASELINE, DIRECT, PASSTHROUGH, SIDECAR, Sample, Summary
 
 BENCH_DIR = Path(__file__).resolve().parent
 TARGETS = (DIRECT, PASSTHROUGH, SIDECAR)
@@ -60,11 +66,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="A sidecar setting for this run (repeatable), e.g. "
                         "privacy_profile=metadata-only.")
+    p.add_argument("--baseline-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="Also measure a baseline sidecar: the same settings but these "
+                        "(repeatable).")
     p.add_argument("--quick", action="store_true", help="Smoke mode: 1 run of 2 s.")
     p.add_argument("--keep-workdir", action="store_true", help="Keep logs and events file.")
     args = p.parse_args(argv)
-    if any("=" not in item for item in args.set):
-        p.error("--set takes KEY=VALUE")
+    if any("=" not in item for item in args.set + args.baseline_set):
+        p.error("--set and --baseline-set take KEY=VALUE")
     if args.quick:
         args.runs, args.duration, args.warmup = 1, 2.0, 0.5
     if args.runs < 1 or args.duration <= 0 or args.connections < 1:
@@ -85,6 +94,7 @@ class Bench:
         self.quiet_budget = 0.0 if args.quick else QUIET_BUDGET_S
         self.redone = 0
         self.events_file = workdir / "events.jsonl"
+        self.targets = TARGETS + ((BASELINE,) if args.baseline_set else ())
         for name, stream in (("json", False), ("sse", True)):
             self.bodies[name] = workdir / f"{name}.json"
             self.bodies[name].write_bytes(chat_body(stream))
@@ -104,26 +114,38 @@ class Bench:
         self._service("pass-through", [py, str(BENCH_DIR / "passthrough.py"), "--listen-port",
                                        str(pt_port), "--upstream", upstream_url]
                       ).wait_tcp(pt_port)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-        env.update(IDENTITY, SIDECAR_UPSTREAM_URL=upstream_url,
-                   SIDECAR_LISTEN=f"127.0.0.1:{sc_port}",
-                   SIDECAR_ADMIN_LISTEN=f"127.0.0.1:{admin_port}",
-                   SIDECAR_EVENTS_FILE=str(self.events_file), SIDECAR_LOG_LEVEL="warning",
-                   SIDECAR_DRAIN_TIMEOUT="10s")  # keeps the final stop inside its bound
-        if self.args.durability:
-            env["SIDECAR_DURABILITY"] = self.args.durability
-        for item in self.args.set:
-            key, _, value = item.partition("=")
-            env[f"SIDECAR_{key.strip().upper()}"] = value.strip()
-        exe = Path(py).with_name("inference-sidecar")
-        cmd = [str(exe), "serve"] if exe.exists() else [py, "-m", "sidecar", "serve"]
-        sidecar = self._service(SIDECAR, cmd, env)
-        sidecar.wait_tcp(sc_port)
-        sidecar.wait_http_ok(f"http://127.0.0.1:{admin_port}/readyz")
+        sc_url = self._sidecar(SIDECAR, upstream_url, sc_port, admin_port, self.events_file, [])
         self.admin_url = f"http://127.0.0.1:{admin_port}"
         self.urls = {DIRECT: upstream_url + path, PASSTHROUGH: f"http://127.0.0.1:{pt_port}{path}",
-                     SIDECAR: f"http://127.0.0.1:{sc_port}{path}"}
+                     SIDECAR: sc_url + path}
+        if self.args.baseline_set:
+            self.urls[BASELINE] = self._sidecar(
+                BASELINE, upstream_url, free_port(), free_port(),
+                self.workdir / "baseline-events.jsonl", self.args.baseline_set) + path
         self._smoke_check()
+
+    def _sidecar(self, name: str, upstream_url: str, port: int, admin_port: int,
+                 events_file: Path, overrides: list[str]) -> str:
+        """Start a sidecar with the bench's settings, then ``overrides``; its base URL."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+        env.update(IDENTITY, SIDECAR_UPSTREAM_URL=upstream_url,
+                   SIDECAR_LISTEN=f"127.0.0.1:{port}",
+                   SIDECAR_ADMIN_LISTEN=f"127.0.0.1:{admin_port}",
+                   SIDECAR_EVENTS_FILE=str(events_file), SIDECAR_LOG_LEVEL="warning",
+                   SIDECAR_DRAIN_TIMEOUT="10s",  # keeps the final stop inside its bound
+                   SIDECAR_WAL_DIR=str(self.workdir / f"{name}-wal"))
+        if self.args.durability:
+            env["SIDECAR_DURABILITY"] = self.args.durability
+        for item in self.args.set + overrides:
+            key, _, value = item.partition("=")
+            env[f"SIDECAR_{key.strip().upper()}"] = value.strip()
+        py = sys.executable
+        exe = Path(py).with_name("inference-sidecar")
+        cmd = [str(exe), "serve"] if exe.exists() else [py, "-m", "sidecar", "serve"]
+        sidecar = self._service(name, cmd, env)
+        sidecar.wait_tcp(port)
+        sidecar.wait_http_ok(f"http://127.0.0.1:{admin_port}/readyz")
+        return f"http://127.0.0.1:{port}"
 
     def _smoke_check(self) -> None:
         """One request per target and workload, so a broken path fails fast and loudly."""
@@ -136,7 +158,8 @@ class Bench:
                     stamped = response.headers.get("x-inference-id") is not None
                 if target == SIDECAR:
                     self.sidecar_answered += 1
-                if response.status != 200 or not payload or stamped != (target == SIDECAR):
+                if response.status != 200 or not payload or \
+                        stamped != (target in (SIDECAR, BASELINE)):
                     raise RuntimeError(f"{target}/{workload}: status {response.status}, "
                                        f"{len(payload)} bytes, stamped={stamped}")
 
@@ -247,18 +270,20 @@ def _measure(args: argparse.Namespace, bench: Bench, date: str, command: str) ->
           f"{args.duration:g} s x {args.runs} runs; warm-up {args.warmup:g} s per target",
           flush=True)
     for workload in bench.bodies:
-        for target in TARGETS:
+        for target in bench.targets:
             bench.measure(target, workload, args.warmup, settle=False)
     print("peak throughput:", flush=True)
-    peak = bench.sweep(TARGETS)
+    peak = bench.sweep(bench.targets)
     rates = {w: peak[w][SIDECAR].rps / 2 for w in peak}
     delays = {w: args.connections * 1000.0 / rate for w, rate in rates.items() if rate > 0}
     print("paced at half the sidecar's peak rate:", flush=True)
-    paced = bench.sweep(TARGETS, delays)
+    paced = bench.sweep(bench.targets, delays)
     events_line, events_ok = bench.events_check()
 
     peak_md, paced_md = report.peak_table(peak), report.paced_table(paced, rates)
     share, added = report.sidecar_vs_passthrough(peak), report.added_latency_line(paced)
+    if args.baseline_set:
+        added += "\n\n" + report.baseline_line(peak, paced, args.baseline_set)
     print("\n".join(["", peak_md, "", share, "", paced_md, "", added, "", events_line]))
     setup = (f"{args.generator}, 1 thread, {args.connections} connections, {args.duration:g} s "
              f"per run, {args.runs} run(s) per target interleaved, medians. Requests: POST "
@@ -268,6 +293,9 @@ def _measure(args: argparse.Namespace, bench: Bench, date: str, command: str) ->
              "Sidecar on its default settings"
              + (f" except durability: {args.durability}" if args.durability else "")
              + "".join(f"; {item}" for item in args.set)
+             + (f". Baseline: a second sidecar with the same settings except "
+                f"{', '.join(args.baseline_set)}, measured in the same rounds"
+                if args.baseline_set else "")
              + f"; its files in {bench.workdir.parent} "
              f"({report.filesystem(bench.workdir)}). {bench.redone} run(s) redone because "
              "another job took CPU meanwhile.")

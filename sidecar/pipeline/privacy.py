@@ -83,6 +83,31 @@ class PrivacyStage(WorkerStage):
         self._on_failure = on_failure
         self._memo = HeaderMemo()
 
+    def settle(self, event: Any) -> None:
+        """Before the log append (on the loop, as ``_prepare``): answer a header-only event
+        the memo knows at once, so it is written once, whole, and skips the stage. Not
+        while detection is pending (``observed``): an alert may yet make it captured."""
+        capture = getattr(event, "capture", None)
+        if capture is None or getattr(event, "observed", None) is not None or \
+                not isinstance(event, InferenceEvent):
+            return
+        try:
+            chosen = _decide(event, capture)
+            if chosen.captured:
+                return
+            record = self._memo.get(self._key(capture, chosen))
+        except Exception:  # the stage meets it again, and says so
+            return
+        if record is not None:
+            del event.capture
+            self._apply(event, record)
+
+    def _key(self, capture: Capture, chosen: Decision) -> bytes:
+        profile = capture.profile
+        return self._memo.key(profile.digest, chosen.reason,
+                              recorded_headers(profile, capture.request_headers),
+                              recorded_headers(profile, capture.response_headers))
+
     async def process(self, batch: Batch) -> None:
         work = self._prepare(batch)  # on the loop: cheap, and no thread hop
         if work[0]:
@@ -107,10 +132,7 @@ class PrivacyStage(WorkerStage):
                 chosen = _decide(event, capture)
                 key = None
                 if not chosen.captured:  # headers only: maybe answered before
-                    profile = capture.profile
-                    key = memo.key(profile.digest, chosen.reason,
-                                   recorded_headers(profile, capture.request_headers),
-                                   recorded_headers(profile, capture.response_headers))
+                    key = self._key(capture, chosen)
                     record = memo.get(key)
                     if record is not None:
                         self._apply(event, record)

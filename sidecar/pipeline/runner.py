@@ -90,7 +90,9 @@ class Pipeline:
             on_appended=self.delivery.notify, on_disk_error=self._disk_error,
             on_drop=lambda reason, n: metrics.events_dropped.labels(reason).inc(n),
             durability_timeout=durability_timeout,
-            completion=None if source is to_stages else Completion(to_stages, source, ledger),
+            completion=None if source is to_stages else Completion(
+                to_stages, source, ledger,
+                settle=self.privacy.settle if self.privacy is not None else None),
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         metrics.bind_pipeline(queue_depth=lambda: len(queue), log_stats=event_log.stats,

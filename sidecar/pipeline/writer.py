@@ -77,6 +77,9 @@ class Completion:
     out: Handoff
     back: Handoff
     ledger: ahead.Ledger
+    # Completes what it can at once, before the append (the privacy stage's memo): such
+    # an event is written once, whole, and never goes to the stages.
+    settle: Callable[[AnyEvent], None] | None = None
 
 
 @dataclass
@@ -183,8 +186,12 @@ class LogWriter:
         room = ROOM - len(completion.ledger.open)
         completes: list[bool] = []
 
+        settle = completion.settle
+
         def admit(event: AnyEvent) -> bool:
             nonlocal room
+            if settle is not None:
+                settle(event)
             needed = needs_completion(event)
             if needed:
                 if room <= 0:

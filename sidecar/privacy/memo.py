@@ -8,13 +8,15 @@ skip the round trip to the worker (and its CPU) entirely.
 
 Keys are BLAKE2b digests under a random per-process key, so the memo holds no raw value;
 the values are masked records, which hold none by construction. Bounded, least recently
-used out first. One thread uses it (the privacy stage's).
+used out first. Thread-safe: the event loop reads it (the privacy stage's ``_prepare``
+and ``settle``), the stage's thread fills it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -27,6 +29,7 @@ class HeaderMemo:
         self.hits = self.misses = 0
         self._secret = os.urandom(16)
         self._items: OrderedDict[bytes, Record] = OrderedDict()
+        self._lock = threading.Lock()
 
     def key(self, profile_digest: str, reason: str,
             request: tuple[tuple[str, str], ...],
@@ -39,19 +42,21 @@ class HeaderMemo:
         return h.digest()
 
     def get(self, key: bytes) -> Record | None:
-        record = self._items.get(key)
-        if record is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._items.move_to_end(key)
-        return record
+        with self._lock:
+            record = self._items.get(key)
+            if record is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end(key)
+            return record
 
     def put(self, key: bytes, record: Record) -> None:
-        self._items[key] = record
-        self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items[key] = record
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -40,6 +40,7 @@ from sidecar.sinks.kafka_config import (
     CLIENT_ID,
     MAX_BLOCK_MS,
     MAX_REQUEST_SIZE,
+    DefaultPartitioner,
     KafkaNetClient,
     KafkaProducer,
     KafkaSettings,
@@ -48,6 +49,7 @@ from sidecar.sinks.kafka_config import (
     check_files,
     kafka_errors,
     kafka_settings_from,
+    murmur2,
     producer_config,
     read_credentials,
 )
@@ -101,6 +103,33 @@ def write_bound_s(settings: KafkaSettings) -> float:
             + settings.delivery_timeout_s)
 
 
+class KeyedPartitioner(DefaultPartitioner):  # type: ignore[misc]
+    """The default partitioner's choice (murmur2 of the key, as the Java client's), the
+    hash remembered per key: keys repeat (a client's pseudonym, the model name) and
+    kafka-python hashes in pure Python, with two metadata copies per call, about a tenth
+    of its CPU per record."""
+
+    MEMO_MAX: Final = 65536
+
+    def __init__(self) -> None:
+        self._hashes: dict[bytes, int] = {}
+
+    def partition(self, topic: str, key: Any, serialized_key: bytes | None, value: Any,
+                  serialized_value: Any, cluster: Any) -> int:
+        partitions = cluster.partitions_for_topic(topic)
+        if serialized_key is None or not partitions:
+            chosen: int = super().partition(topic, key, serialized_key, value,
+                                            serialized_value, cluster)
+            return chosen
+        hashed = self._hashes.get(serialized_key)
+        if hashed is None:
+            if len(self._hashes) >= self.MEMO_MAX:
+                self._hashes.clear()
+            hashed = self._hashes[serialized_key] = murmur2(serialized_key) & 0x7fffffff
+        ordered = sorted(partitions)
+        return int(ordered[hashed % len(ordered)])
+
+
 def create_producer(settings: KafkaSettings, config: dict[str, Any]) -> Producer:
     """A connected ``KafkaProducer`` (the default factory), or ``SinkError``."""
     _probe(settings)
@@ -111,7 +140,8 @@ def create_producer(settings: KafkaSettings, config: dict[str, Any]) -> Producer
         return clients[-1]
 
     try:
-        producer: Producer = KafkaProducer(kafka_client=client_factory, **config)
+        producer: Producer = KafkaProducer(kafka_client=client_factory,
+                                           partitioner=KeyedPartitioner(), **config)
     except Exception as exc:
         # The constructor bootstraps (ApiVersions, SASL, metadata) and does not close its
         # client when that fails.

@@ -26,8 +26,10 @@ with warnings.catch_warnings():
     from kafka import codec as kafka_codec
     from kafka import errors as kafka_errors
     from kafka.net.compat import KafkaNetClient  # type: ignore[import-untyped]
+    from kafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
+    from kafka.partitioner.default import murmur2  # type: ignore[import-untyped]
 
-__all__ = ["KafkaNetClient", "KafkaProducer", "kafka_errors"]
+__all__ = ["DefaultPartitioner", "KafkaNetClient", "KafkaProducer", "kafka_errors", "murmur2"]
 
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 from factories import make_event
 
@@ -176,3 +177,65 @@ async def run_stage_twice(first: list[InferenceEvent], second: list[InferenceEve
     out = [event for _, event in handoff.take(1000)][len(first):]
     stage.shutdown()
     return out
+
+
+async def test_events_the_memo_answers_are_written_once_whole_and_skip_the_stage() -> None:
+    # The log writer asks the stage first (``settle``): an unsampled event whose headers
+    # were masked before is completed at once, so it needs no ahead record, no final
+    # record and no trip through the stage.
+    from factories import IDENTITY, wait_until
+
+    from sidecar.durability.memory import MemoryLog
+    from sidecar.events.record import Record
+    from sidecar.pipeline import ahead
+    from sidecar.pipeline.runner import Pipeline
+    from sidecar.sinks.memory import MemorySink
+    from sidecar.telemetry import Metrics
+
+    class KeepingLog(MemoryLog):
+        def __init__(self) -> None:
+            super().__init__(1 << 30)
+            self.parts: dict[str, tuple[bool, int | None]] = {}
+
+        def append(self, records: list[Record]) -> None:  # type: ignore[override]
+            super().append(records)
+            for record in records:
+                self.parts.setdefault(orjson.loads(record.value)["id"], ahead.part(record))
+
+    def unsampled_or_not(n: int) -> InferenceEvent:
+        event = captured_event(n)
+        event.capture.request_headers = [("user-agent", "ua-1"), ("authorization", f"k{n}")]
+        return event
+
+    log, sink, worker = KeepingLog(), MemorySink(), StandIn()
+    queue = EventQueue(10_000, "block", first_seq=log.next_seq, on_accept=log.note_accepted)
+    pipeline = Pipeline(queue, log, sink, Metrics(IDENTITY), mode="sync",
+                        masking=worker)  # type: ignore[arg-type]
+    pipeline.start()
+    try:
+        first = [unsampled_or_not(n) for n in range(20)]
+        for event in first:
+            queue.put(event)
+        await wait_until(lambda: len(sink.records) >= 20)
+        calls_before = sum(len(items) for items in worker.calls)
+        second = [unsampled_or_not(100 + n) for n in range(60)]
+        sampled = {e.inference_id for e in second
+                   if decision(STRICT, e.inference_id, 200).captured}
+        assert 0 < len(sampled) < 30  # the ids give a mix; else the test says nothing
+        for event in second:
+            queue.put(event)
+        await wait_until(lambda: len(sink.records) >= 80)
+    finally:
+        assert await pipeline.stop(drain_s=5.0)
+    went = [c.inference_id for items in worker.calls for _, c, _ in items][calls_before:]
+    assert set(went) == sampled  # only the sampled ones went to the worker
+    for event in second:
+        written = log.parts[event.inference_id]
+        assert written == ((True, None) if event.inference_id in sampled else (False, None))
+    delivered = [orjson.loads(r.value) for r in sink.records]
+    assert len(delivered) == 80 and len({d["id"] for d in delivered}) == 80
+    by_id = {d["id"]: d["data"] for d in delivered}
+    for event in second:
+        data = by_id[event.inference_id]
+        assert data["headers"] == {"request": {"user-agent": "ua"}}
+        assert data["privacy"]["failure"] is None
