@@ -30,9 +30,10 @@ from sidecar.logs import get_logger
 from sidecar.pipeline.handoff import Batch, BatchSource, Handoff
 from sidecar.pipeline.stage import WorkerStage
 from sidecar.privacy.context import Capture, decision
-from sidecar.privacy.masker import Captured, recorded_headers
+from sidecar.privacy.masker import Captured
 from sidecar.privacy.memo import HeaderMemo
 from sidecar.privacy.sampling import Decision
+from sidecar.privacy.sections import recorded_headers
 from sidecar.privacy.service import Item
 from sidecar.workers.child import Child, WorkerError
 

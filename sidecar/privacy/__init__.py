@@ -18,9 +18,10 @@ order an event meets them:
                  windows per recognizer family, one scan per family, presidio's own
                  patterns and validation) in ``prefilter`` and ``windowing``;
                  repeated strings in ``cache``.
-- ``masker``     ``Masker(profile, analyzer, hash_key).mask(captured) -> MaskResult``;
-                 never raises. JSON paths in ``selection``, budgets in ``payload``,
-                 operators in ``operators``.
+- ``masker``     ``Masker(profile, analyzer, hash_key).mask(captured) -> MaskResult``
+                 (``mask_many`` for a batch); never raises. Sections and recorded
+                 headers in ``sections``, JSON paths in ``selection``, budgets in
+                 ``payload``, operators in ``operators``.
 - ``identity``   ``ClientIdentity(source, key_file).pseudonym(headers, remote)``.
 - ``streams``    ``StreamAssembler``: a stream's output, assembled for the event only.
 

@@ -12,28 +12,31 @@ result carries entity counts by type, never a value.
 
 Bodies: JSON (by content type, or sniffed when there is none) is reduced to the profile's
 ``keep`` paths minus ``drop``; text is masked whole when the profile allows text; binary
-is never captured. Bodies larger than ``max_parse_bytes`` are not parsed (omitted).
+is never captured. Bodies larger than ``max_parse_bytes`` are not parsed (omitted). How
+sections are read and headers chosen is ``sections.py``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
-
-import orjson
 
 from sidecar.privacy import operators
 from sidecar.privacy.analyzer import Analyzer
 from sidecar.privacy.payload import MARGIN, Collector, Fitter, Slot, Texts
 from sidecar.privacy.profile import PrivacyProfile
-from sidecar.privacy.rules import header_denied
 from sidecar.privacy.sampling import Decision, decide
-from sidecar.privacy.selection import MISSING, Selector, TooDeep, check_depth
+from sidecar.privacy.sections import (
+    Headers,
+    body_section,
+    byte_plan,
+    query_section,
+    recorded_headers,
+)
+from sidecar.privacy.selection import MISSING, Selector
 
-Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 _HEADER_MAX = 1024  # characters kept of one header value
 _WRAPPER = 64  # bytes reserved for the payload object's own keys and brackets
 # Text per analyzer call in ``mask_many``: past ~32 KiB (16 sampled chat events) a bigger
@@ -200,7 +203,7 @@ class Masker:
         if decision.captured:
             sections = self._sections(captured, omitted)
         budget = max(self.profile.max_captured_bytes - _WRAPPER, 0)
-        plan = _plan({name: _raw_size(captured, name) for name in sections}, budget)
+        plan = byte_plan({name: _raw_size(captured, name) for name in sections}, budget)
         collectors = {name: Collector(texts, cap) for name, cap in plan.items()}
         templates = {name: collectors[name].collect(value) for name, value in sections.items()}
         truncated = any(c.truncated for c in collectors.values()) or any(
@@ -259,110 +262,22 @@ class Masker:
                 for name, value in recorded_headers(self.profile, headers)}
 
     def _sections(self, captured: Captured, omitted: dict[str, str]) -> dict[str, Any]:
-        p = self.profile
         sections: dict[str, Any] = {}
-        if p.query_capture and captured.query:
-            pairs = parse_qsl(captured.query, keep_blank_values=True)
-            query: dict[str, Any] = {}
-            for key, value in pairs:
-                query.setdefault(key, []).append(value)
-            sections["query"] = {k: v[0] if len(v) == 1 else v for k, v in query.items()}
+        if self.profile.query_capture and captured.query:
+            sections["query"] = query_section(captured.query)
         for name, body, ctype, selector in (
                 ("request", captured.request_body, captured.request_content_type, self._request),
                 ("response", captured.response_body, captured.response_content_type,
                  self._response)):
-            value, why = self._body(body, ctype, selector)
+            value, why = body_section(body, ctype, selector, self._max_parse)
             if why is not None:
                 omitted[name] = why
             elif value is not MISSING:
                 sections[name] = value
         return sections
 
-    def _body(self, body: bytes | None, content_type: str | None,
-              selector: Selector) -> tuple[Any, str | None]:
-        if not body:
-            return MISSING, None
-        kind = _kind(body, content_type)
-        if kind == "binary":
-            return MISSING, "binary"
-        if len(body) > self._max_parse:
-            return MISSING, "too_large"
-        if kind == "json":
-            try:
-                document = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                if content_type is not None:  # declared JSON, but is not: not captured
-                    return MISSING, "invalid_json"
-                kind = "text"  # sniffed wrongly: it is text that starts with a bracket
-        if kind == "json":
-            if not selector.rule.keep:
-                return MISSING, "not_selected"
-            try:
-                check_depth(document, len(body))
-            except TooDeep:
-                return MISSING, "too_deep"
-            return selector.select(document), None
-        if not selector.rule.text:
-            return MISSING, "text_not_captured"
-        return body.decode("utf-8", "replace"), None
-
-
-def recorded_headers(profile: PrivacyProfile, headers: Headers | None
-                     ) -> tuple[tuple[str, str], ...]:
-    """The headers ``profile`` records, before masking: allow-listed, never a denied one
-    (credentials), names lower-cased, repeated ones joined, sorted by name."""
-    allow = profile.headers_allow
-    if headers is None or not allow:
-        return ()
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    values: dict[str, list[str]] = {}
-    for name, value in pairs:
-        lowered = name.lower()
-        if lowered in allow and not header_denied(lowered):
-            values.setdefault(lowered, []).append(value)
-    return tuple((name, ", ".join(v)) for name, v in sorted(values.items()))
-
 
 def _raw_size(captured: Captured, section: str) -> int:
     raw = {"query": captured.query, "request": captured.request_body,
            "response": captured.response_body}[section]
     return len(raw or "")
-
-
-def _kind(body: bytes, content_type: str | None) -> str:
-    """``json``, ``text`` or ``binary``, from the content type or, without one, the bytes."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    if media.endswith(("/json", "+json")):
-        return "json"
-    if media.startswith("text/") or media in ("application/x-www-form-urlencoded",
-                                               "application/xml", "application/x-ndjson"):
-        return "text"
-    if media:
-        return "binary"
-    head = body[:512]
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 3:  # not just a character cut at the sample's end
-            return "binary"
-    if b"\x00" in head:
-        return "binary"
-    return "json" if head.lstrip()[:1] in (b"{", b"[") else "text"
-
-
-def _plan(sizes: Mapping[str, int], budget: int) -> dict[str, int]:
-    """Byte caps per section, from the raw sizes: the query string at most a quarter; the
-    request whatever leaves the response its size, or at least half of the rest; the
-    response the rest (and, when fitting, whatever the others left)."""
-    caps: dict[str, int] = {}
-    remaining = budget
-    if "query" in sizes:
-        caps["query"] = min(remaining // 4, 2 * sizes["query"] + 64)
-        remaining -= caps["query"]
-    if "request" in sizes:
-        reserve = min(sizes.get("response", 0), remaining // 2)
-        caps["request"] = remaining - reserve
-        remaining -= caps["request"]
-    if "response" in sizes:
-        caps["response"] = remaining
-    return caps
