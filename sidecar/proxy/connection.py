@@ -41,7 +41,19 @@ class UpstreamResponse:
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._conn: Connection | None = None
-        self._head = head  # done when the head is in, or failed before that
+        self._head: asyncio.Future[UpstreamResponse] | None = head  # until resolved
+
+    def _resolve(self, error: Exception | None = None) -> None:
+        """Hand the head to the waiting request, or fail it, once; then let go of the
+        future. Its result is this response: kept, that reference cycle would leave every
+        request's response, headers and future to the cyclic collector, whose pauses
+        stop the event loop."""
+        head, self._head = self._head, None
+        if head is not None and not head.done():
+            if error is None:
+                head.set_result(self)
+            else:
+                head.set_exception(error)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -174,8 +186,7 @@ class Connection(asyncio.Protocol):
         if length is not None and length.isdigit():
             response.content_length = int(length)
         self._arm()  # from now on: idle and total
-        if not response._head.done():
-            response._head.set_result(response)
+        response._resolve()
         if response.method == "HEAD":
             self._done(None, reuse=False)
 
@@ -250,8 +261,8 @@ class Connection(asyncio.Protocol):
     def _fail(self, error: Exception) -> None:
         response = self.response
         self._done(error)
-        if response is not None and not response._head.done():
-            response._head.set_exception(error)
+        if response is not None:
+            response._resolve(error)
         if self.transport is not None:
             self.transport.abort()
 

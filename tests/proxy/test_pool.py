@@ -925,3 +925,47 @@ async def test_upstream_sends_through_the_pool(serve: Any) -> None:
     assert head == (f"POST /base/v1/x?q=1 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
                     f"X-T: t\r\nContent-Length: 4\r\n\r\n").encode()
     assert body == b"body"
+
+
+# -- no reference cycles ------------------------------------------------------------------
+
+
+async def test_an_exchange_leaves_no_garbage_for_the_cyclic_collector(
+    serve: Any, make_pool: PoolFactory
+) -> None:
+    # Every object of a request must be freed by reference counting: cyclic garbage per
+    # request (the head future held the response it resolves to) made the collector run
+    # ever more often, and its pauses stop the event loop (p99 at load). Failures may
+    # leave some (an exception's traceback holds its frames): they are rare.
+    import gc
+
+    chunks = b"".join(chunked(b"0123456789" * 10, 25)) + b"0\r\n\r\n"
+    answers = [OK_HELLO, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks]
+
+    async def alternate(conn: Conn) -> None:
+        for n in range(10_000):
+            await conn.request()
+            await conn.send(answers[n % 2])
+
+    server = await serve(alternate)
+    pool = make_pool(server.port, limit=1)
+    for _ in range(2):  # warm: connection made, lazy imports done
+        await fetch(pool)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for n in range(60):
+            if n % 2:
+                response = await send(pool)
+                assert await collect(response) == b"0123456789" * 10
+                response.release(failed=False)
+            else:
+                assert await fetch(pool) == (200, b"hello")
+        gc.collect()
+        found = [type(o).__qualname__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert found == []
