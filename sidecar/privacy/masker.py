@@ -177,7 +177,10 @@ class Masker:
                     results[index] = self._finish(work, masked, counts)
                 except Exception as exc:
                     results[index] = self._failed(exc, work.decision)
-        return [result for result in results if result is not None]
+        # Every item has its result by now; were one missing, the list must still line up
+        # with ``items``: a result in the wrong place would be another event's payload.
+        return [result if result is not None else self._failed(RuntimeError(), None)
+                for result in results]
 
     def _failed(self, exc: Exception, decision: Decision | None) -> MaskResult:
         """Fail closed: no payload, no header values, the failure recorded and counted."""
