@@ -139,17 +139,10 @@ def events_table(rows: list[EventsRow]) -> str:
 
 
 def notes(peak: dict[str, Summary], drains: list[Drain], generator: str) -> list[str]:
-    out = []
     busy = [name for name, s in peak.items() if s.other_cpu is not None and s.other_cpu > 0.25]
     busy += [f"drain {i}" for i, d in enumerate(drains, 1)
              if d.other_cpu is not None and d.other_cpu > 0.25]
-    if busy:
-        out.append("Other processes took over a quarter of a core during: " + ", ".join(busy)
-                   + "; those figures are understated.")
-    if generator == "python":
-        out.append("Python load generator: it saturates before the servers do; peak figures "
-                   "are lower bounds and not comparable with wrk runs.")
-    return out
+    return report.machine_notes(busy, generator, "peak figures")
 
 
 def markdown_section(*, date: str, command: str, code: str, setup: str, peak_md: str,

@@ -147,12 +147,18 @@ def notes(peak: dict[str, dict[str, Summary]], paced: dict[str, dict[str, Summar
     busy = [f"{w} {t}{suffix}" for table, suffix in ((peak, ""), (paced, " (paced)"))
             for w, by_target in table.items() for t, s in by_target.items()
             if s.other_cpu is not None and s.other_cpu > 0.25]
+    return out + machine_notes(busy, generator, "figures")
+
+
+def machine_notes(busy: Sequence[str], generator: str, figures: str) -> list[str]:
+    """The notes every bench adds: runs another job disturbed, and a Python generator."""
+    out = []
     if busy:
         out.append("Other processes took over a quarter of a core during: " + ", ".join(busy)
                    + "; those figures are understated.")
     if generator == "python":
-        out.append("Python load generator: it saturates before the servers do; figures are "
-                   "lower bounds and not comparable with wrk runs.")
+        out.append(f"Python load generator: it saturates before the servers do; {figures} "
+                   "are lower bounds and not comparable with wrk runs.")
     return out
 
 
