@@ -197,16 +197,19 @@ def _consume(consumer: Any, sink: KafkaSink, detectors: DetectorSet, args: argpa
     from kafka.errors import KafkaError  # type: ignore[import-untyped]
     from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 
-    last_new, generation = time.monotonic(), -1
+    last_new, seen = time.monotonic(), (-1, frozenset[int]())
     while not stop.is_set():
         limit = POLL_RECORDS if args.max_events is None else args.max_events - stats.records
         if limit <= 0:
             break
         polled = consumer.poll(timeout_ms=POLL_MS, max_records=min(limit, POLL_RECORDS))
-        if (joined := consumer.group_metadata().generation_id) != generation:
-            generation, last_new = joined, time.monotonic()  # a rebalance: the idle clock restarts
-            log.info("partitions assigned", extra={"fields": {"generation": joined, "partitions":
-                     sorted(p.partition for p in consumer.assignment())}})
+        # The generation can change a poll before the assignment that goes with it arrives.
+        now = (consumer.group_metadata().generation_id,
+               frozenset(p.partition for p in consumer.assignment()))
+        if now != seen:
+            seen, last_new = now, time.monotonic()  # a rebalance: the idle clock restarts
+            log.info("partitions assigned", extra={"fields": {"generation": now[0],
+                     "partitions": sorted(now[1])}})
         if not polled:
             if args.idle_exit is not None and time.monotonic() - last_new >= args.idle_exit:
                 break

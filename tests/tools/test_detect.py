@@ -176,10 +176,11 @@ def test_two_members_of_one_group_split_the_partitions(
     for log in logs:
         with log.open("w") as stderr:
             members.append(subprocess.Popen(
-                # idle-exit well above a rebalance on a busy machine (the group settles
-                # in one to three session timeouts): a member must not leave before it
+                # No --idle-exit: on a busy machine the second member can take longer to
+                # join than any idle clock, and the first must not leave meanwhile. The
+                # members stop on SIGTERM once the group has committed every record.
                 command(broker, "pair", "--detectors", str(detectors_file),
-                        "--session-timeout", "2", "--idle-exit", "8"),
+                        "--session-timeout", "2"),
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL))
     try:
         owned = wait_for_split(logs, members, 4)
@@ -188,6 +189,9 @@ def test_two_members_of_one_group_split_the_partitions(
                 send(producers[0], partition * 10 + i, f"k1:c{partition}", float(i),
                      partition=partition)
         producers[0].flush(10)
+        wait_for_commits(broker, "pair", {partition: 10 for partition in range(4)})
+        for member in members:
+            member.send_signal(signal.SIGTERM)
         statuses = [member.wait(RUN_TIMEOUT_S) for member in members]
     finally:
         for member in members:
@@ -196,9 +200,31 @@ def test_two_members_of_one_group_split_the_partitions(
                 member.wait()
     texts = [log.read_text() for log in logs]
     assert statuses == [0, 0], texts
+    assert all(logged(text, "partitions assigned")[-1]["partitions"] == sorted(partitions)
+               for text, partitions in zip(texts, owned, strict=True)), texts  # no rebalance
     read = [logged(text, "detect stopped")[0]["records"] for text in texts]
     assert read == [10 * len(partitions) for partitions in owned], (read, owned)
     assert sum(read) == 40
+
+
+def wait_for_commits(broker: EmbeddedBroker, group: str, offsets: dict[int, int]) -> None:
+    """Until the group's committed offsets on the events topic reach ``offsets``."""
+    from kafka.structs import TopicPartition
+
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        committed: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            found = admin.list_group_offsets(
+                {group: [TopicPartition(EVENTS, p) for p in offsets]})[group]
+            committed = {tp.partition: meta.offset for tp, meta in found.items()}
+            if committed == offsets:
+                return
+            time.sleep(0.2)
+    finally:
+        admin.close()
+    raise AssertionError(f"group {group} committed {committed}, expected {offsets}")
 
 
 def wait_for_split(logs: list[Path], members: list[Any], partitions: int) -> list[set[int]]:
@@ -215,7 +241,8 @@ def wait_for_split(logs: list[Path], members: list[Any], partitions: int) -> lis
             return owned
         assert all(m.poll() is None for m in members), [log.read_text() for log in logs]
         time.sleep(0.1)
-    raise AssertionError(f"the group did not split {partitions} partitions: {owned}")
+    raise AssertionError(f"the group did not split {partitions} partitions: {owned}",
+                         [log.read_text() for log in logs])
 
 
 def test_sigterm_stops_cleanly_and_commits_what_was_acknowledged(
