@@ -55,6 +55,7 @@ from sidecar.privacy import recognizers as ours
 from sidecar.privacy import windowing
 from sidecar.privacy.cache import DigestCache
 from sidecar.privacy.entities import CUSTOM_ENTITIES, NER_ENTITIES, PRESIDIO_PATTERN_ENTITIES
+from sidecar.privacy.fold import fold
 from sidecar.privacy.prefilter import Cut, Radius, Scanner, Token, Whole, max_width, no_space
 from sidecar.privacy.profile import PrivacyProfile
 
@@ -156,7 +157,9 @@ class Analyzer:
             results = self.engine.analyze(text=text, language=LANGUAGE, entities=entities,
                                           score_threshold=threshold)
         else:
-            results = [r for r in self.scanner.scan(text, entities) if r.score >= threshold]
+            # Same length as ``text``: the offsets hold for it (see fold.py).
+            scanned = self.scanner.scan(fold(text), entities)
+            results = [r for r in scanned if r.score >= threshold]
             ner = [e for e in entities if e in self._ner]
             if ner:
                 results += self.engine.analyze(text=text, language=LANGUAGE, entities=ner,

@@ -106,10 +106,11 @@ class FastPhoneRecognizer(LocalRecognizer):
     """
 
     SCORE = PhoneRecognizer.SCORE
-    # Digits and phone punctuation: "+1 (212) 555-0143", "212.555.0143", "030 / 1234567";
+    # Digits and phone punctuation: "+1 (212) 555-0143", "212.555.0143", "030 / 1234567",
+    # "03\u30fc1234\u30fc5678" (the text is folded: fold.py);
     # not ". (" or ", ": sentence punctuation must not glue two numbers into one run.
     _RUN = re.compile(r"(?<![\w+])\+?\(?[0-9]"
-                      r"(?:(?:\.|[ \t]?[-/(][ \t]?|\)[ \t-]?|[ \t])?[0-9]){6,}")
+                      r"(?:(?:\.|[ \t]?[-/(~\u30fc][ \t]?|\)[ \t-]?|[ \t])?[0-9]){6,}")
     _IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")  # an address, not a phone number
     _IBAN_HEAD = re.compile(r"[A-Z]{2}[0-9]{2} ?$")  # "DE89 3704 0044 0532 0130 00"
 

@@ -101,19 +101,44 @@ def test_a_finding_across_the_separator_masks_both_sides() -> None:
 
 def test_tuned_finds_everything_presidio_default_finds(analyzer: Analyzer,
                                                        strict: PrivacyProfile) -> None:
-    default = build_analyzer(strict, tuned=False)
-    texts = []
-    for sample in build_corpus(150, seed=11):
-        body = sample.captured.request_body or b""
-        texts.append(body.decode())
-    tuned_found = analyzer.analyze(texts, strict.entities, 0.3)
-    default_found = default.analyze(texts, strict.entities, 0.3)
+    texts = [(sample.captured.request_body or b"").decode()
+             for sample in build_corpus(150, seed=11)]
+    assert_covers(analyzer, build_analyzer(strict, tuned=False), strict, texts)
+
+
+# How numbers get written outside ASCII: full-width and Arabic-Indic digits, the no-break
+# space (French phone numbers), a non-breaking hyphen.
+VARIANTS = {
+    "full-width digits": {ord(d): chr(0xFF10 + int(d)) for d in "0123456789"},
+    "arabic-indic digits": {ord(d): chr(0x0660 + int(d)) for d in "0123456789"},
+    "no-break spaces": {ord(" "): "\u00a0"},
+    "unicode hyphens": {ord("-"): "\u2011"},
+    "prolonged sound marks": {ord("-"): "\u30fc"},  # Japanese: 03\u30fc1234\u30fc5678
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_tuned_finds_everything_presidio_default_finds_outside_ascii(
+        analyzer: Analyzer, strict: PrivacyProfile, variant: str) -> None:
+    # presidio's \\d and its phone recognizer read every script's digits and separators;
+    # the tuned anchors are ASCII, so they read the folded text (fold.py).
+    texts = [(sample.captured.request_body or b"").decode().translate(VARIANTS[variant])
+             for sample in build_corpus(60, seed=12)]
+    assert_covers(analyzer, build_analyzer(strict, tuned=False), strict, texts)
+
+
+def assert_covers(analyzer: Analyzer, default: Analyzer, profile: PrivacyProfile,
+                  texts: list[str]) -> None:
+    """Every span the default analyzer finds lies within one the tuned one finds."""
+    tuned_found = analyzer.analyze(texts, profile.entities, 0.3)
+    default_found = default.analyze(texts, profile.entities, 0.3)
+    assert any(default_found)  # the corpus holds what presidio finds
     for text, mine, theirs in zip(texts, tuned_found, default_found, strict=True):
         covered = [(f.start, f.end) for f in mine]
         for f in theirs:
             value = text[f.start:f.end]  # spans may differ by punctuation: "(+49 ..." or "+49"
-            start = f.start + len(value) - len(value.lstrip("(+ -"))
-            end = f.end - len(value) + len(value.rstrip(") -."))
+            start = f.start + len(value) - len(value.lstrip("(+ -\u00a0\u2011\u30fc"))
+            end = f.end - len(value) + len(value.rstrip(") -.\u00a0\u2011\u30fc"))
             assert any(s <= start and end <= e for s, e in covered), (f.entity_type, value)
 
 

@@ -71,6 +71,20 @@ def test_keep_and_drop_paths_shape_the_payload(make: Make) -> None:
     assert nothing.payload == {}
 
 
+def test_numbers_written_outside_ascii_are_masked_in_place(make: Make) -> None:
+    # The recognizers read folded text (fold.py); the masking is done on the original.
+    numbers = ["01\u00a023\u00a045\u00a067\u00a089",  # French, no-break spaces
+               "+\uff14\uff14 \uff12\uff10 \uff17\uff19\uff14\uff16 \uff10\uff19\uff15\uff18",
+               "+\u0664\u0664 \u0662\u0660 \u0667\u0669\u0664\u0666 \u0660\u0669\u0665\u0668",
+               "020\u20107946\u20100958"]
+    masker = make("request: {keep: ['$.messages[*].content']}\nentities: {PHONE_NUMBER: redact}\n")
+    chat = {"messages": [{"role": "user", "content": f"ring {n} \u00e0 midi"} for n in numbers]}
+    result = masker.mask(json_capture(chat), SAMPLED)
+    assert result.payload == {"request": {"messages": [
+        {"content": "ring <PHONE_NUMBER> \u00e0 midi"} for _ in numbers]}}
+    assert result.entity_counts == {"PHONE_NUMBER": len(numbers)}
+
+
 def test_dictionary_keys_and_long_integers_are_masked(make: Make) -> None:
     masker = make("request: {keep: ['$']}\nentities: {EMAIL_ADDRESS: redact, CREDIT_CARD: redact}")
     doc = {"jane@example.com": 1, "bob@example.com": 2, "card": 4111111111111111, "n": 1234567}
