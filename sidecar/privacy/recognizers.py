@@ -139,7 +139,9 @@ class FastPhoneRecognizer(LocalRecognizer):
             return []
         if sum(c.isdigit() for c in run) <= 15:
             return [(offset, offset + len(run))] if self._valid(run) else []
-        if iban_tail or _luhn(run):  # the IBAN's or card's recognizer's, and slow to rule out
+        # The IBAN's or card's recognizer's, and slow to rule out; a card number only when
+        # written as the card's recognizer reads one (digits, spaces, hyphens).
+        if iban_tail or (_luhn(run) and _CARD_CHARS.issuperset(run)):
             return []
         # Longer than any phone number: several numbers side by side. Rare; let
         # libphonenumber's matcher split them, as presidio would.
@@ -157,6 +159,9 @@ class FastPhoneRecognizer(LocalRecognizer):
             if phonenumbers.is_valid_number(number):
                 return True
         return False
+
+
+_CARD_CHARS = frozenset("0123456789 -")
 
 
 def _luhn(run: str) -> bool:

@@ -136,6 +136,18 @@ def _sample(index: int, rng: random.Random) -> Sample:
     return Sample(captured, plant.labels)
 
 
+# How numbers get written outside ASCII, as ``str.translate`` tables: full-width and
+# Arabic-Indic digits, the no-break space (French phone numbers), a non-breaking hyphen,
+# the prolonged sound mark (Japanese: 03\u30fc1234\u30fc5678).
+WRITINGS: dict[str, dict[int, str]] = {
+    "full-width digits": {ord(d): chr(0xFF10 + int(d)) for d in "0123456789"},
+    "arabic-indic digits": {ord(d): chr(0x0660 + int(d)) for d in "0123456789"},
+    "no-break spaces": {ord(" "): "\u00a0"},
+    "unicode hyphens": {ord("-"): "\u2011"},
+    "prolonged sound marks": {ord("-"): "\u30fc"},
+}
+
+
 def build_corpus(n: int = 1200, seed: int = 4) -> list[Sample]:
     """``n`` labelled samples, the same for the same seed."""
     rng = random.Random(seed)
