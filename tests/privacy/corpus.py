@@ -14,8 +14,8 @@ event can be traced to a planted value.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-from urllib.parse import urlencode
+from dataclasses import dataclass, field, replace
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from pii_values import GENERATORS, pick
@@ -146,6 +146,25 @@ WRITINGS: dict[str, dict[int, str]] = {
     "unicode hyphens": {ord("-"): "\u2011"},
     "prolonged sound marks": {ord("-"): "\u30fc"},
 }
+
+
+def written(sample: Sample, writing: dict[int, str]) -> Sample:
+    """``sample`` with its text, planted values included, written as ``writing`` says."""
+    captured = sample.captured
+
+    def body(raw: bytes | None) -> bytes | None:
+        return None if raw is None else raw.decode().translate(writing).encode()
+
+    def headers(pairs: list[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
+        return None if pairs is None else [(n, v.translate(writing)) for n, v in pairs]
+
+    query = None if captured.query is None else urlencode(
+        [(k, v.translate(writing)) for k, v in parse_qsl(captured.query, keep_blank_values=True)])
+    return Sample(replace(captured, request_body=body(captured.request_body),
+                          response_body=body(captured.response_body), query=query,
+                          request_headers=headers(captured.request_headers),  # type: ignore[arg-type]
+                          response_headers=headers(captured.response_headers)),  # type: ignore[arg-type]
+                  [(e, v.translate(writing), w) for e, v, w in sample.labels])
 
 
 def build_corpus(n: int = 1200, seed: int = 4) -> list[Sample]:

@@ -18,7 +18,7 @@ from urllib.parse import quote_plus
 
 import orjson
 import pytest
-from corpus import Sample, build_corpus
+from corpus import WRITINGS, Sample, build_corpus, written
 from pii_values import GENERATORS, HASH_KEY
 
 from sidecar.durability.wal import WriteAheadLog
@@ -102,6 +102,18 @@ def test_no_raw_value_in_events_logs_or_the_disk_log(
     assert len(on_disk) > sum(len(b) for b in head)
     assert _leaks(profile, corpus[:300], [on_disk.decode("utf-8", "replace")] * 300,
                   digit_runs=False) == []
+
+
+@pytest.mark.parametrize("writing", sorted(set(WRITINGS) - {"prolonged sound marks"}))
+def test_no_raw_value_when_numbers_are_written_outside_ascii(
+        writing: str, analyzer: Analyzer, corpus: list[Sample]) -> None:
+    # (Prolonged sound marks for every "-" turn keys and tokens into words: not here.)
+    samples = [written(sample, WRITINGS[writing]) for sample in corpus[:300]]
+    profile = load_profile("strict")
+    results = _masked(profile, analyzer, samples)
+    assert all(r.failure is None for r in results)
+    blobs = [orjson.dumps(r.record()).decode() for r in results]
+    assert _leaks(profile, samples, blobs, digit_runs=False) == []
 
 
 def test_kept_hashed_and_masked_entities_behave_as_the_profile_says(
