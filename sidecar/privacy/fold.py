@@ -60,32 +60,35 @@ def _table() -> dict[int, str]:
 
 
 @functools.cache
-def _foldable() -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """Classes of what the table folds, by ranges: the basic plane's, then the others'.
-    One class of single characters, or of both planes, searched ten to eighty times
-    slower (the regex engine has a fast lookup only for a class within the basic plane)."""
+def _foldable() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """Classes, by ranges: the table's basic-plane characters and any character past it
+    (the first test: one class within the basic plane and one range past it is as fast
+    as the basic class alone); then the table's basic-plane and past-plane characters.
+    One class of single characters, or of the table's ranges in both planes, searched ten
+    to eighty times slower: the regex engine's fast lookup is for the basic plane."""
     ranges: list[list[int]] = []
     for code in sorted(_table()):
         if ranges and ranges[-1][1] == code - 1:
             ranges[-1][1] = code
         else:
             ranges.append([code, code])
-    def char_class(spans: list[list[int]]) -> re.Pattern[str]:
-        return re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}"
-                                        for a, b in spans) + "]")
-    return (char_class([r for r in ranges if r[1] <= 0xFFFF]),
-            char_class([r for r in ranges if r[1] > 0xFFFF]))
 
-
-_ASTRAL: Final = re.compile("[\U00010000-\U0010ffff]")  # one range: as fast as the first
+    def spans(within: list[list[int]]) -> str:
+        return "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in within)
+    basic = spans([r for r in ranges if r[1] <= 0xFFFF])
+    astral = spans([r for r in ranges if r[1] > 0xFFFF])
+    return (re.compile(f"[{basic}\\U00010000-\\U0010ffff]"), re.compile(f"[{basic}]"),
+            re.compile(f"[{astral}]"))
 
 
 def fold(text: str) -> str:
     """``text`` with every character of the table in its ASCII form (same length)."""
     if text.isascii():
         return text
-    basic, astral = _foldable()
-    if basic.search(text) is None and (
-            _ASTRAL.search(text) is None or astral.search(text) is None):
-        return text
-    return text.translate(_table())
+    maybe, basic, astral = _foldable()
+    found = maybe.search(text)
+    if found is not None and found.group() > "\uffff" and astral.match(found.group()) is None:
+        # A character past the basic plane that does not fold (an emoji): search for
+        # each kind that does on its own.
+        found = basic.search(text, found.end()) or astral.search(text, found.end())
+    return text if found is None else text.translate(_table())

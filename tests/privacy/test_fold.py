@@ -24,6 +24,17 @@ def test_folding_keeps_the_length_so_offsets_hold(text: str) -> None:
 TABLE_CHARS = frozenset(map(chr, fold_module._table()))
 
 
+# Foldable characters of both planes, emoji, accents and ASCII, in any order: the fast
+# checks in ``fold`` must never skip a text the table would change.
+MIXED = st.text(st.sampled_from(["a", "1", " ", "-", "\u00e9", "\u00a0", "\u2011", "\uff15",
+                                 "\u0663", "\U0001d7cf", "\U0001f600", "\U00010000", "\u30fc"]))
+
+
+@given(MIXED)
+def test_folding_is_the_table_applied(text: str) -> None:
+    assert fold(text) == text.translate(fold_module._table())
+
+
 def test_every_folded_character_stays_in_the_classes_patterns_use() -> None:
     # \b and \w decide where presidio's patterns start and end: a character that was not
     # part of a word must not become one (nor the reverse), or a match presidio makes on
@@ -44,6 +55,8 @@ def test_digits_of_every_script_become_their_ascii_value() -> None:
     assert fold("\u0967\u0968\u0969") == "123"  # Devanagari
     assert fold("\uff11\uff12\uff13") == "123"  # full-width
     assert fold("\U0001d7cf\U0001d7d0") == "12"  # mathematical bold, outside the BMP
+    assert fold("\U0001f600 \U0001d7cf") == "\U0001f600 1"  # after an emoji, which stays
+    assert fold("\U0001f600 \uff11") == "\U0001f600 1"
 
 
 def test_separators_in_numbers_become_ascii() -> None:
