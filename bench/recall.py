@@ -30,7 +30,7 @@ from urllib.parse import unquote_plus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "privacy"))
 
-from corpus import WRITINGS, Sample, build_corpus
+from corpus import WRITINGS, Sample, build_corpus, written
 from pii_values import HASH_KEY
 
 from sidecar.privacy.analyzer import Analyzer, Finding, build_analyzer
@@ -38,15 +38,15 @@ from sidecar.privacy.masker import Masker
 from sidecar.privacy.profile import PrivacyProfile, load_profile
 
 
-def places(sample: Sample, writing: dict[int, str]) -> dict[str, str]:
-    """Each place a value was planted in, and the text there (as ``writing`` writes it)."""
+def places(sample: Sample) -> dict[str, str]:
+    """Each place a value was planted in, and the text there."""
     captured = sample.captured
     texts = {"request": (captured.request_body or b"").decode(),
              "response": (captured.response_body or b"").decode(),
              "query": unquote_plus(captured.query or "")}
     for name, value in captured.request_headers or []:  # type: ignore[misc]
         texts[f"header:{name.lower()}"] = value
-    return {where: text.translate(writing) for where, text in texts.items()}
+    return texts
 
 
 def score(analyzer: Analyzer, profile: PrivacyProfile, corpus: list[Sample],
@@ -61,7 +61,8 @@ def score(analyzer: Analyzer, profile: PrivacyProfile, corpus: list[Sample],
     raised = 0
     started = time.perf_counter()
     for sample in corpus:
-        texts = places(sample, writing)
+        sample = written(sample, writing)
+        texts = places(sample)
         names = list(texts)
         try:
             found_in = analyzer.analyze([texts[n] for n in names], profile.entities, floor)
@@ -70,7 +71,6 @@ def score(analyzer: Analyzer, profile: PrivacyProfile, corpus: list[Sample],
             raised += 1
         findings = dict(zip(names, found_in, strict=True))
         for entity, value, where in sample.labels:
-            value = value.translate(writing)
             planted[entity] += 1
             start = texts[where].find(value)
             if start < 0:
@@ -94,8 +94,8 @@ def main() -> None:
     analyzers = build_analyzer(profile, tuned=False), \
         build_analyzer(profile, tuned=True, cache_size=0)
     writings = list(WRITINGS) if args.written == "all" else [args.written]
-    for written in writings:
-        table(analyzers, profile, corpus, written, args.seed)
+    for name in writings:
+        table(analyzers, profile, corpus, name, args.seed)
 
 
 def table(analyzers: tuple[Analyzer, Analyzer], profile: PrivacyProfile,
