@@ -83,6 +83,8 @@ class LogStatsLike(Protocol):
     def bytes_used(self) -> int: ...
     @property
     def records_pending(self) -> int: ...
+    @property
+    def events_pending(self) -> int: ...
 
 
 class Metrics:
@@ -144,6 +146,12 @@ class Metrics:
         self.log_events = Gauge(
             f"{n}_log_events", "Events in the event log not yet delivered.", registry=registry,
         )
+        self.log_records = Gauge(
+            f"{n}_log_records",
+            "Records in the event log not yet delivered: an event written ahead of its "
+            "privacy and detection stages is two until the first is delivered.",
+            registry=registry,
+        )
         self.delivery_lag = Gauge(
             f"{n}_delivery_lag_seconds", "Age of the oldest undelivered event.",
             registry=registry,
@@ -199,5 +207,6 @@ class Metrics:
         """Gauges read at scrape time, so the hot path never updates them."""
         self.events_queued.set_function(lambda: float(queue_depth()))
         self.log_bytes.set_function(lambda: float(log_stats().bytes_used))
-        self.log_events.set_function(lambda: float(log_stats().records_pending))
+        self.log_events.set_function(lambda: float(log_stats().events_pending))
+        self.log_records.set_function(lambda: float(log_stats().records_pending))
         self.delivery_lag.set_function(lag)

@@ -45,6 +45,9 @@ class LogStats:
 
     bytes_used: int  # bytes not yet trimmed, framing included (see each log's docs)
     records_pending: int  # appended and not yet acked (dropped ones excluded)
+    # Of those, the records that start an event: an event written ahead (pipeline/ahead.py)
+    # is two records until the first is acked, and counts once here.
+    events_pending: int
     # Drops count events: records that start an event block (``starts_event``); a final
     # record (pipeline/ahead.py) is not an event of its own.
     dropped_oldest: int  # events deleted unacked by drop_oldest

@@ -39,6 +39,7 @@ class MemoryLog:
         self._entries: deque[tuple[Record, float, int]] = deque()  # unacked, in seq order
         self._ridx = 0  # index in _entries of the next record to read
         self._bytes_used = 0
+        self._events = 0  # entries that start an event
         self._cursor = 0
         self._last_seq = 0
         self._accepted = 0
@@ -78,10 +79,12 @@ class MemoryLog:
                     dropped, _, size = self._entries.popleft()
                     self._bytes_used -= size
                     self._dropped_oldest += starts_event(dropped.seq)
+                    self._events -= starts_event(dropped.seq)
                     self._ridx = max(0, self._ridx - 1)
             for i in range(keep_from, keep_to):
                 self._entries.append((records[i], ts, sizes[i]))
                 self._bytes_used += sizes[i]
+                self._events += starts_event(records[i].seq)
             if keep_to > keep_from:
                 self._last_seq = records[keep_to - 1].seq
             self._dropped_oldest += sum(starts_event(r.seq) for r in records[:keep_from])
@@ -129,8 +132,9 @@ class MemoryLog:
         with self._lock:
             self._cursor = max(self._cursor, min(seq, self._last_seq))
             while self._entries and self._entries[0][0].seq <= self._cursor:
-                _, _, size = self._entries.popleft()
+                acked, _, size = self._entries.popleft()
                 self._bytes_used -= size
+                self._events -= starts_event(acked.seq)
                 self._ridx = max(0, self._ridx - 1)
 
     def stats(self) -> LogStats:
@@ -138,6 +142,7 @@ class MemoryLog:
             return LogStats(
                 bytes_used=self._bytes_used,
                 records_pending=len(self._entries),
+                events_pending=self._events,
                 dropped_oldest=self._dropped_oldest,
                 dropped_newest=self._dropped_newest,
                 corrupt_skipped=0,

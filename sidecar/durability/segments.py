@@ -17,6 +17,7 @@ from typing import TypeAlias
 
 from sidecar.durability import framing
 from sidecar.durability.base import LogFull
+from sidecar.events.record import starts_event
 
 HEADER = len(framing.SEGMENT_HEADER)
 SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
@@ -50,6 +51,13 @@ class Segment:
     def pending(self, cursor: int) -> int:
         """Records in this segment above ``cursor`` (not yet acked)."""
         return len(self.seqs) - bisect_right(self.seqs, cursor)
+
+    def events(self, after: int, through: int | None = None) -> int:
+        """Records above ``after`` (and at most ``through``) that start an event."""
+        seqs = self.seqs
+        lo = bisect_right(seqs, after)
+        hi = len(seqs) if through is None else bisect_right(seqs, through)
+        return sum(1 for q in seqs[lo:hi] if starts_event(q))
 
 
 def first_unacked(segments: Sequence[Segment], cursor: int) -> tuple[Segment | None, int]:

@@ -114,6 +114,7 @@ class WriteAheadLog:
         self._cursor = self._cursor_file.load()
         self._last_seq = max(self._segs[-1].last if self._segs else 0, self._cursor)
         self._pending = sum(s.pending(self._cursor) for s in self._segs)
+        self._pending_events = sum(s.events(self._cursor) for s in self._segs)
         self._bytes_used = sum(s.size for s in self._segs)
         self._rseg, self._ridx = first_unacked(self._segs, self._cursor)
         for seg in self._take_trimmable():  # a crash between cursor write and delete
@@ -165,6 +166,7 @@ class WriteAheadLog:
             return LogStats(
                 bytes_used=self._bytes_used,
                 records_pending=self._pending,
+                events_pending=self._pending_events,
                 dropped_oldest=self._dropped_oldest,
                 dropped_newest=self._dropped_newest,
                 corrupt_skipped=self._corrupt,
@@ -224,6 +226,7 @@ class WriteAheadLog:
             self._bytes_used += sum(sizes[lo:hi])
         if kept:
             self._pending += len(kept)
+            self._pending_events += _events(records[kept.start:kept.stop])
             self._last_seq = records[kept.stop - 1].seq
         self._dropped_newest += _events(records[kept.stop:])
         self._dropped_oldest += _events(records[:kept.start])
@@ -232,10 +235,10 @@ class WriteAheadLog:
         if self.when_full == "drop_oldest":
             while self._segs and self._bytes_used > self.max_bytes and self._segs[0] not in touched:
                 seg = self._segs.pop(0)
-                lost = seg.pending(self._cursor)
-                self._dropped_oldest += sum(
-                    1 for q in seg.seqs[len(seg.seqs) - lost:] if starts_event(q))
-                self._pending -= lost
+                lost = seg.events(self._cursor)
+                self._dropped_oldest += lost
+                self._pending_events -= lost
+                self._pending -= seg.pending(self._cursor)
                 self._forget(seg)
                 doomed.append(seg)
         doomed += self._take_trimmable()
@@ -332,6 +335,7 @@ class WriteAheadLog:
                 if seg.seqs[0] > seq:
                     break
                 self._pending -= seg.pending(self._cursor) - seg.pending(seq)
+                self._pending_events -= seg.events(self._cursor, seq)
             self._cursor = seq
             if self._rseg is not None and self._rseg.live:  # never hand out acked records
                 first = first_unacked(self._segs, seq)

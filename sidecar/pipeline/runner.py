@@ -146,11 +146,11 @@ class Pipeline:
         delivery = self._tasks.get("delivery")
         drained = await self.delivery.stop(delivery, max(0.0, deadline - time.monotonic()))
         stats = self.log.stats()
-        if stats.records_pending and self.mode == "memory":
-            self._metrics.events_dropped.labels("shutdown").inc(stats.records_pending)
+        if stats.events_pending and self.mode == "memory":
+            self._metrics.events_dropped.labels("shutdown").inc(stats.events_pending)
         self.log.close()
         if stats.records_pending:
             log.warning("events not delivered at shutdown", extra={"fields": {
-                "pending": stats.records_pending,
+                "pending": stats.events_pending, "records": stats.records_pending,
                 "kept_in_log": self.mode != "memory"}})
         return drained

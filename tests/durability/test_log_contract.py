@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 from sidecar.durability import EventLog, LogFull, LogStats, MemoryLog, WriteAheadLog
 from sidecar.durability.base import full_headroom
 from sidecar.durability.framing import frame_size
-from sidecar.events.record import EVENT_SEQ_STEP, Record
+from sidecar.events.record import EVENT_SEQ_STEP, Record, next_event_seq, starts_event
 
 MAX_BYTES = 64 * 1024
 SEGMENT_BYTES = 4096
@@ -144,7 +144,7 @@ def test_empty_log_reads_nothing(make: Callable[..., EventLog]) -> None:
     log.rewind()
     assert log.read(10, 1000) == []
     assert log.last_seq == 0
-    assert log.stats() == LogStats(0, 0, 0, 0, 0, 0, None)
+    assert log.stats() == LogStats(0, 0, 0, 0, 0, 0, 0, None)
 
 
 def test_empty_append_is_a_no_op(make: Callable[..., EventLog]) -> None:
@@ -517,9 +517,13 @@ class LogMachine(RuleBasedStateMachine):
     def first_unacked(self) -> int:
         return next((i for i, s in enumerate(self.appended) if s > self.acked), len(self.appended))
 
-    @rule(n=st.integers(1, 12), gap=st.integers(0, 3), size=st.integers(0, 1500))
-    def append(self, n: int, gap: int, size: int) -> None:
-        records = [rec(self.next + gap + i, size) for i in range(n)]
+    @rule(n=st.integers(1, 12), gap=st.integers(0, 3), size=st.integers(0, 1500),
+          new_event=st.booleans())
+    def append(self, n: int, gap: int, size: int, new_event: bool) -> None:
+        """``new_event``: the batch starts an event block, the rest of it falls in that
+        block (as final records do), so the pending counts of events and records differ."""
+        first = next_event_seq(self.next - 1) if new_event else self.next + gap
+        records = [rec(first + i, size) for i in range(n)]
         self.log.append(records)
         self.appended += [r.seq for r in records]
         self.next = records[-1].seq + 1
@@ -564,6 +568,8 @@ class LogMachine(RuleBasedStateMachine):
     def pending_matches(self) -> None:
         stats = self.log.stats()
         assert stats.records_pending == len(self.appended) - self.first_unacked()
+        unacked = self.appended[self.first_unacked():]
+        assert stats.events_pending == sum(starts_event(s) for s in unacked)
         if self.case.restartable:
             on_disk = sum(p.stat().st_size for p in self.dir.glob("*.seg"))
             assert stats.bytes_used == on_disk
@@ -576,9 +582,9 @@ class LogMachine(RuleBasedStateMachine):
 
 class PolicyMachine(RuleBasedStateMachine):
     """Under every ``when_full`` policy, in a log small enough to fill: each append (of
-    event records only, so that drops, which count events, count records too) changes
-    ``records_pending`` by exactly the records it did not count as dropped, what can be read
-    is exactly what is pending, and no record is handed out twice between rewinds."""
+    events, some followed by a final record in their block) changes ``events_pending`` by
+    exactly the events it did not count as dropped, what can be read is exactly what is
+    pending, and no record is handed out twice between rewinds."""
 
     case: LogCase
 
@@ -595,10 +601,15 @@ class PolicyMachine(RuleBasedStateMachine):
         self.policy = policy
         self.log = self.case.make(self.dir, 16 * 1024, policy)
 
-    @rule(n=st.integers(1, 40), size=st.integers(0, 900))
-    def append(self, n: int, size: int) -> None:
+    @rule(n=st.integers(1, 40), size=st.integers(0, 900), finals=st.integers(0, 3))
+    def append(self, n: int, size: int, finals: int) -> None:
+        """``finals``: every ``finals``-th event gets a final record too (0: none)."""
         before = self.log.stats()
-        records = events(self.next, n, size)
+        records = []
+        for i, record in enumerate(events(self.next, n, size)):
+            records.append(record)
+            if finals and i % finals == 0:
+                records.append(rec(record.seq + 1, size))
         try:
             self.log.append(records)
         except LogFull:
@@ -610,7 +621,9 @@ class PolicyMachine(RuleBasedStateMachine):
         dropped = (after.dropped_oldest - before.dropped_oldest) + (
             after.dropped_newest - before.dropped_newest
         )
-        assert after.records_pending - before.records_pending == n - dropped
+        assert after.events_pending - before.events_pending == n - dropped
+        assert after.records_pending - before.records_pending <= len(records) - dropped
+        assert after.events_pending <= after.records_pending
         assert after.bytes_used <= 16 * 1024
         if self.policy == "block":
             assert dropped == 0

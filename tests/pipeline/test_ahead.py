@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from factories import IDENTITY, WAIT_S, harness_fixture, make_event, wait_until
+from factories import IDENTITY, WAIT_S, harness_fixture, make_event, sample, wait_until
 
 from sidecar.durability.base import EventLog
 from sidecar.durability.memory import MemoryLog
@@ -219,6 +219,29 @@ async def test_an_ahead_record_waiting_for_its_final_is_never_trimmed(
     h.stage.release.set()
     await wait_until(lambda: len(h.sink.records) == 3)
     await wait_until(lambda: h.log.stats().records_pending == 0)
+
+
+async def test_the_log_gauges_count_an_event_written_ahead_once(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """Until delivery takes them, a completed event is two records in the log (ahead and
+    final): ``log_events`` counts it once, ``log_records`` twice."""
+    h = make_harness()
+    h.metrics.bind_pipeline(lambda: len(h.queue), h.log.stats, lambda: 0.0)
+    loop = asyncio.get_running_loop()
+    h.tasks = [loop.create_task(h.stage.run()), loop.create_task(h.writer.run())]
+    h.put([completing(n) if n % 2 else make_event(n) for n in range(1, 11)])
+    await wait_until(lambda: len(appended(h.log)) == 15)  # 5 ahead + 5 final + 5 plain
+    stats = h.log.stats()
+    assert (stats.events_pending, stats.records_pending) == (10, 15)
+    assert sample(h.metrics, "inference_sidecar_log_events") == 10
+    assert sample(h.metrics, "inference_sidecar_log_records") == 15
+    h.tasks.append(loop.create_task(h.delivery.run()))
+    await wait_until(lambda: len(h.sink.records) == 10)
+    await wait_until(lambda: h.log.stats().records_pending == 0)
+    assert sample(h.metrics, "inference_sidecar_log_events") == 0
+    assert sample(h.metrics, "inference_sidecar_log_records") == 0
+    await h.stop()
 
 
 async def test_in_sync_mode_finals_ride_with_the_next_events_or_go_after_a_linger(
