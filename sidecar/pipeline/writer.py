@@ -45,7 +45,12 @@ from sidecar.pipeline.waiters import Durability
 log = get_logger("writer")
 
 BATCH_MAX = 1024
-LINGER_S = 0.002  # batch and memory modes only: sync responses wait for their batch
+# batch and memory modes only (sync responses wait for their batch): each round costs
+# a hand-off to the writer thread and back, and the context switches and GIL hand-overs
+# that come with it cost more CPU than encoding the round's events. 10 ms rather than
+# 2 ms took 20-25 us of CPU an event off the pipeline at 3,000-3,700 events/s
+# (bench/RESULTS.md). batch mode lingers at most a fifth of its fsync interval.
+LINGER_S = 0.010
 FINALS_LINGER_S = 0.02  # sync mode: finals wait this long for events to ride along with
 RETRY_S = 0.005
 DISK_RETRY_MAX_S = 1.0
@@ -111,6 +116,7 @@ class LogWriter:
         self.log = event_log
         self.mode = mode
         self.interval = interval
+        self.linger = LINGER_S if mode != "batch" else min(LINGER_S, interval / 5)
         self.durability = Durability(durability_timeout)
         self.completion = completion
         self._on_appended = on_appended
@@ -261,7 +267,7 @@ class LogWriter:
             if (self.mode != "sync" and len(work.events) < BATCH_MAX
                     and not self.queue.closed):
                 # Nothing waits on this round: let it grow, one hand-off for many events.
-                await asyncio.sleep(LINGER_S)
+                await asyncio.sleep(self.linger)
                 self._take(work)
             elif not work.events:
                 await self._wait_for_events(work)

@@ -371,6 +371,15 @@ async def test_batch_mode_does_not_fsync_each_batch_but_fsyncs_at_the_end(
     assert h.log.synced_through == ev(15)
 
 
+async def test_batch_mode_lingers_at_most_a_fifth_of_its_fsync_interval(
+    make_writer: Callable[..., WriterHarness],
+) -> None:
+    """The linger that lets a round grow must not eat the window a crash may lose."""
+    assert make_writer(mode="batch", interval=0.01).writer.linger == pytest.approx(0.002)
+    assert make_writer(mode="batch", interval=60.0).writer.linger == writer_module.LINGER_S
+    assert make_writer(mode="memory", interval=0.01).writer.linger == writer_module.LINGER_S
+
+
 async def test_batch_mode_fsyncs_inline_once_the_interval_has_passed(
     make_writer: Callable[..., WriterHarness],
 ) -> None:
