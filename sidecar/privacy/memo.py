@@ -34,12 +34,11 @@ class HeaderMemo:
     def key(self, profile_digest: str, reason: str,
             request: tuple[tuple[str, str], ...],
             response: tuple[tuple[str, str], ...]) -> bytes:
-        h = hashlib.blake2b(key=self._secret, digest_size=16)
-        for part in (profile_digest, reason, repr(request), repr(response)):
-            data = part.encode("utf-8", "surrogatepass")
-            h.update(len(data).to_bytes(4, "big"))  # unambiguous concatenation
-            h.update(data)
-        return h.digest()
+        # One call, one buffer: the digest is hex, the reason a name, and the repr of a
+        # tuple of strings never holds a raw line break, so the lines are unambiguous.
+        data = "\n".join((profile_digest, reason, repr(request), repr(response)))
+        return hashlib.blake2b(data.encode("utf-8", "surrogatepass"), key=self._secret,
+                               digest_size=16).digest()
 
     def get(self, key: bytes) -> Record | None:
         with self._lock:

@@ -43,6 +43,10 @@ class Decision(NamedTuple):
     reason: str
 
 
+_SAMPLED = Decision(True, "sampled")
+_NOT_SAMPLED = Decision(False, "not_sampled")
+
+
 def fraction(inference_id: str) -> float:
     """The id's fixed position in [0, 1): the first 8 bytes of BLAKE2b over its text."""
     digest = hashlib.blake2b(inference_id.encode("utf-8", "surrogatepass"), digest_size=8)
@@ -59,6 +63,10 @@ def decide(inference_id: str, rate: float, status: int = 0, flags: Collection[st
     """
     if not enabled:
         return Decision(False, "disabled")
+    if not flags and status < 500:  # the common case, once per event on the event loop
+        if rate > 0.0 and fraction(inference_id) < rate:
+            return _SAMPLED
+        return _NOT_SAMPLED
     fired = {_FLAG_RULES[f] for f in flags if f in _FLAG_RULES}
     if status >= 500:
         fired.add("errors")
@@ -66,5 +74,5 @@ def decide(inference_id: str, rate: float, status: int = 0, flags: Collection[st
         if rule in fired and rule in rules:
             return Decision(True, f"always_capture:{rule}")
     if rate > 0.0 and fraction(inference_id) < rate:
-        return Decision(True, "sampled")
-    return Decision(False, "not_sampled")
+        return _SAMPLED
+    return _NOT_SAMPLED

@@ -4,6 +4,7 @@ plan that shares the payload budget between them."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -63,13 +64,21 @@ def recorded_headers(profile: PrivacyProfile, headers: Headers | None
     allow = profile.headers_allow
     if headers is None or not allow:
         return ()
+    recordable = _recordable(allow)
     pairs = headers.items() if isinstance(headers, Mapping) else headers
     values: dict[str, list[str]] = {}
     for name, value in pairs:
         lowered = name.lower()
-        if lowered in allow and not header_denied(lowered):
+        if lowered in recordable:
             values.setdefault(lowered, []).append(value)
     return tuple((name, ", ".join(v)) for name, v in sorted(values.items()))
+
+
+@functools.lru_cache(maxsize=64)
+def _recordable(allow: tuple[str, ...]) -> frozenset[str]:
+    """The allow-listed names that are not denied: worked out once per allow list, not
+    once per header of every event (this runs on the event loop, for every event)."""
+    return frozenset(name for name in allow if not header_denied(name))
 
 
 def body_kind(body: bytes, content_type: str | None) -> str:

@@ -48,3 +48,27 @@ def test_always_capture_rules_win_over_the_rate() -> None:
     assert decide(rid, 0.0, status=503, rules={"alerts"}) == Decision(False, "not_sampled")
     assert decide(rid, 0.0, status=404) == Decision(False, "not_sampled")
     assert decide(rid, 1.0, status=503, enabled=False) == Decision(False, "disabled")
+
+
+def _reference(inference_id: str, rate: float, status: int, flags: frozenset[str],
+               rules: frozenset[str]) -> Decision:
+    """The rule as the README states it, written plainly."""
+    fired = {{"error": "errors", "alert": "alerts", "rejection": "rejections"}[f]
+             for f in flags}
+    if status >= 500:
+        fired.add("errors")
+    for rule in ("errors", "alerts", "rejections"):
+        if rule in fired and rule in rules:
+            return Decision(True, f"always_capture:{rule}")
+    if rate > 0.0 and sampling.fraction(inference_id) < rate:
+        return Decision(True, "sampled")
+    return Decision(False, "not_sampled")
+
+
+@pytest.mark.parametrize("status", [200, 404, 500, 503])
+@pytest.mark.parametrize("flags", [frozenset(), frozenset({"alert"}), frozenset({"rejection"})])
+def test_decide_agrees_with_the_plain_rule(status: int, flags: frozenset[str]) -> None:
+    for rules in (frozenset(), frozenset({"errors", "alerts", "rejections"})):
+        for i in IDS[:300]:
+            assert decide(i, 0.2, status, flags, rules=rules) == \
+                _reference(i, 0.2, status, flags, rules)
