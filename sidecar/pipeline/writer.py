@@ -48,8 +48,8 @@ BATCH_MAX = 1024
 # batch and memory modes only (sync responses wait for their batch): each round costs
 # a hand-off to the writer thread and back, and the context switches and GIL hand-overs
 # that come with it cost more CPU than encoding the round's events. 10 ms rather than
-# 2 ms took 20-25 us of CPU an event off the pipeline at 3,000-3,700 events/s
-# (bench/RESULTS.md). batch mode lingers at most a fifth of its fsync interval.
+# 2 ms (and delivery's 25 ms) took 8-30 us of CPU an event off the sidecar at 2,300-3,900
+# events/s (bench/RESULTS.md). batch mode lingers at most a fifth of its fsync interval.
 LINGER_S = 0.010
 FINALS_LINGER_S = 0.02  # sync mode: finals wait this long for events to ride along with
 RETRY_S = 0.005
