@@ -63,16 +63,13 @@ def decide(inference_id: str, rate: float, status: int = 0, flags: Collection[st
     """
     if not enabled:
         return Decision(False, "disabled")
-    if not flags and status < 500:  # the common case, once per event on the event loop
-        if rate > 0.0 and fraction(inference_id) < rate:
-            return _SAMPLED
-        return _NOT_SAMPLED
-    fired = {_FLAG_RULES[f] for f in flags if f in _FLAG_RULES}
-    if status >= 500:
-        fired.add("errors")
-    for rule in ALWAYS_CAPTURE_RULES:  # a fixed order: the reason is reproducible
-        if rule in fired and rule in rules:
-            return Decision(True, f"always_capture:{rule}")
+    if flags or status >= 500:  # else no rule can fire: skip the set (every event, on the loop)
+        fired = {_FLAG_RULES[f] for f in flags if f in _FLAG_RULES}
+        if status >= 500:
+            fired.add("errors")
+        for rule in ALWAYS_CAPTURE_RULES:  # a fixed order: the reason is reproducible
+            if rule in fired and rule in rules:
+                return Decision(True, f"always_capture:{rule}")
     if rate > 0.0 and fraction(inference_id) < rate:
         return _SAMPLED
     return _NOT_SAMPLED
