@@ -78,8 +78,9 @@ class MemoryLog:
                 while self._entries and self._bytes_used + need > self.max_bytes:
                     dropped, _, size = self._entries.popleft()
                     self._bytes_used -= size
-                    self._dropped_oldest += starts_event(dropped.seq)
-                    self._events -= starts_event(dropped.seq)
+                    lost = starts_event(dropped.seq)
+                    self._dropped_oldest += lost
+                    self._events -= lost
                     self._ridx = max(0, self._ridx - 1)
             for i in range(keep_from, keep_to):
                 self._entries.append((records[i], ts, sizes[i]))
