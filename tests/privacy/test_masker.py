@@ -256,6 +256,26 @@ def test_an_analyzer_failure_in_a_batch_costs_only_the_event_that_causes_it(
             assert result.entity_counts == {"EMAIL_ADDRESS": 1}
 
 
+def test_a_pattern_that_runs_too_long_fails_the_event_closed(
+        make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crafted token keeps the e-mail pattern busy for seconds; skipping the pattern (as
+    presidio does on a timeout) would let the real address in the same text through."""
+    from sidecar.privacy import windowing
+    monkeypatch.setattr(windowing, "TIMEOUT_S", 0.02)
+    failures: list[str] = []
+    masker = make("request: {keep: ['$']}\nentities: {EMAIL_ADDRESS: redact}\n",
+                  on_failure=failures.append)
+    crafted = "mail jane@example.com please. " + "a!" * 6000 + "@b"
+    items = [(json_capture({"m": "write to ann@example.com"}), SAMPLED),
+             (json_capture({"m": crafted}), SAMPLED)]
+    fine, crafted_result = masker.mask_many(items)
+    assert fine.payload == {"request": {"m": "write to <EMAIL_ADDRESS>"}}
+    assert crafted_result.failure == "analyzer_error:ScanTimeout"
+    assert crafted_result.payload is None and not crafted_result.payload_captured
+    assert failures == ["analyzer_error"]
+    assert b"jane" not in orjson.dumps(crafted_result.record())
+
+
 def test_a_batch_is_cut_into_analyzer_calls_of_bounded_text(
         strict: PrivacyProfile, analyzer: Analyzer, monkeypatch: pytest.MonkeyPatch) -> None:
     from sidecar.privacy import masker as module
