@@ -92,6 +92,8 @@ class WriteAheadLog:
         self._dir_dirty = False  # segments created or deleted since the last sync
         self._rgen = 0  # bumped when drop_oldest moves the read position under a reader
         self._dropped_oldest = self._dropped_newest = 0
+        self._unlink_later: list[str] = []  # trimmed segments a failed unlink left behind
+        self._cursor_stale = False  # the cursor file is behind ``_cursor``: a store failed
         os.makedirs(directory, exist_ok=True)
         self._lockfd = disk.lock_directory(directory)
         try:
@@ -117,8 +119,8 @@ class WriteAheadLog:
         self._pending_events = sum(s.events(self._cursor) for s in self._segs)
         self._bytes_used = sum(s.size for s in self._segs)
         self._rseg, self._ridx = first_unacked(self._segs, self._cursor)
-        for seg in self._take_trimmable():  # a crash between cursor write and delete
-            os.unlink(seg.path)
+        # A crash between cursor write and delete:
+        self._remove([seg.path for seg in self._take_trimmable()])
         self._mm = disk.map_hwm(self.directory)
         accepted, settled = (int(v) for v in disk.HWM.unpack_from(self._mm, 0))
         written = max(self._last_seq, settled)
@@ -197,9 +199,7 @@ class WriteAheadLog:
             chunks = self._writer.write(records, frames, layout, active)
         with self._lock:
             doomed = self._commit(records, sizes, kept, chunks, ts)
-        for seg in doomed:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(seg.path)
+        self._remove([seg.path for seg in doomed])  # never raises: the batch is in
         with contextlib.suppress(ValueError):
             _ACCEPTED.pack_into(self._mm, 8, records[-1].seq)  # settled: written or dropped
 
@@ -330,25 +330,60 @@ class WriteAheadLog:
         with self._lock:
             seq = min(seq, self._last_seq)
             if seq <= self._cursor:
-                return
-            for seg in self._segs:
-                if seg.seqs[0] > seq:
-                    break
-                self._pending -= seg.pending(self._cursor) - seg.pending(seq)
-                self._pending_events -= seg.events(self._cursor, seq)
-            self._cursor = seq
-            if self._rseg is not None and self._rseg.live:  # never hand out acked records
-                first = first_unacked(self._segs, seq)
-                if segments.position_key(self._segs, first) > segments.position_key(
-                    self._segs, (self._rseg, self._ridx)
-                ):
-                    self._rseg, self._ridx = first
-            doomed = self._take_trimmable()
-        self._cursor_file.store(seq, force_sync=False)
-        for seg in doomed:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(seg.path)
+                if not self._cursor_stale:
+                    return
+                seq, doomed = self._cursor, []  # only the store that failed is left to do
+            else:
+                doomed = self._advance(seq)
+            self._cursor_stale = True
+        try:
+            self._cursor_file.store(seq, force_sync=False)
+        except OSError:
+            # The cursor has moved in memory: the records are acked, and a later ack
+            # stores it (a restart before that redelivers them: at-least-once).
+            with self._lock:
+                self._unlink_later += [seg.path for seg in doomed]
+            raise
+        with self._lock:
+            if self._cursor == seq:
+                self._cursor_stale = False
+        self._remove([seg.path for seg in doomed])
         self._close_stale_fds()
+
+    def _advance(self, seq: int) -> list[Segment]:
+        """Move the cursor to ``seq`` in memory; under lock. Returns segments to delete."""
+        for seg in self._segs:
+            if seg.seqs[0] > seq:
+                break
+            self._pending -= seg.pending(self._cursor) - seg.pending(seq)
+            self._pending_events -= seg.events(self._cursor, seq)
+        self._cursor = seq
+        if self._rseg is not None and self._rseg.live:  # never hand out acked records
+            first = first_unacked(self._segs, seq)
+            if segments.position_key(self._segs, first) > segments.position_key(
+                self._segs, (self._rseg, self._ridx)
+            ):
+                self._rseg, self._ridx = first
+        return self._take_trimmable()
+
+    def _remove(self, paths: list[str]) -> None:
+        """Delete trimmed segment files, and any an earlier failure left behind. Never
+        raises: their records are already settled in the index, so an error here (EIO,
+        EROFS, EPERM) must not fail the append or ack it follows, which a retry would then
+        repeat; the files are tried again next time (and by recovery at the next open)."""
+        with self._lock:
+            paths, self._unlink_later = self._unlink_later + paths, []
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                with self._lock:
+                    self._unlink_later.append(path)
+                log.warning("trimmed event log segment not deleted; will retry",
+                            extra={"fields": {"segment": os.path.basename(path),
+                                              "reason": exc.strerror or type(exc).__name__}})
 
     def _close_stale_fds(self) -> None:
         for seg in [s for s in self._rfds if not s.live]:

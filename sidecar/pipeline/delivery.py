@@ -125,27 +125,39 @@ class Delivery:
         loop = asyncio.get_running_loop()
         failures = self._metrics.delivery_failures.labels(self.sink.name)
         retried = self._metrics.events_retried.labels(self.sink.name)
+        log_errors = self._metrics.log_read_errors
         delay, attempt = RETRY_INITIAL_S, 0
         while True:
             self._wakeup.clear()
             try:
                 delivered = await loop.run_in_executor(self._executor, self._step)
-            except SinkError as exc:
+            except Exception as exc:
+                # Any failure, of the sink or of the log (EIO or ENOSPC reading a segment
+                # or storing the cursor): the batch in hand is kept and tried again. Ending
+                # here would stop delivery for good while the proxy keeps serving.
                 attempt += 1
                 batch = len(self._pending[0]) if self._pending else 0
-                failures.inc(batch)
-                log.warning("sink write failed; batch kept for retry", extra={"fields": {
-                    "sink": self.sink.name, "reason": str(exc), "batch": batch,
+                if isinstance(exc, SinkError):
+                    failures.inc(batch)
+                    message, reason = "sink write failed; batch kept for retry", str(exc)
+                else:
+                    log_errors.inc()
+                    message = "event log read or acknowledgement failed; retrying"
+                    reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror
+                              else type(exc).__name__)
+                log.warning(message, extra={"fields": {
+                    "sink": self.sink.name, "reason": reason, "batch": batch,
                     "attempt": attempt, "retry_in_s": delay}})
                 if self._stopping and attempt >= 3:
-                    raise SinkError("sink failing at shutdown; events stay in the log") from exc
+                    raise SinkError("delivery failing at shutdown; events stay in the log") \
+                        from exc
                 await asyncio.sleep(delay)
-                retried.inc(batch)
+                retried.inc(batch)  # a batch kept after a failed ack goes to the sink again
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             if attempt:
-                log.info("sink recovered", extra={"fields": {"sink": self.sink.name,
-                                                             "attempts": attempt + 1}})
+                log.info("delivery recovered", extra={"fields": {"sink": self.sink.name,
+                                                                 "attempts": attempt + 1}})
                 delay, attempt = RETRY_INITIAL_S, 0
             if delivered == 0:
                 if self._stopping:

@@ -140,6 +140,55 @@ def test_ack_trims_whole_segments_and_never_the_active_one(opened: Opened, tmp_p
     assert seqs(drain(log)) == list(range(231, 401))
 
 
+def test_a_failed_delete_fails_neither_append_nor_ack(
+        opened: Opened, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records of a trimmed or dropped segment are settled before its file goes: an
+    EIO there must not fail the append (the writer would append the batch again) or the
+    ack; the file is deleted by a later call."""
+    real_unlink = os.unlink
+    failing = [True]
+
+    def unlink(path: str) -> None:
+        if failing[0]:
+            raise OSError(errno.EIO, "Input/output error")
+        real_unlink(path)
+    monkeypatch.setattr(os, "unlink", unlink)
+    log = wal(opened, tmp_path, max_bytes=4 * SEG, when_full="drop_oldest")
+    log.append(events(1, 40))
+    first = segment_files(tmp_path)[0]
+    log.append(events(41, 200))  # drops the oldest segments: their deletes fail
+    assert log.stats().dropped_oldest > 0 and first.exists()
+    log.ack(ev(240))  # trims: its deletes fail too
+    assert first.exists() and log.read(10, 1 << 20) == []
+    failing[0] = False
+    log.append(events(241, 1))
+    assert first not in segment_files(tmp_path)
+    assert sum(f.stat().st_size for f in segment_files(tmp_path)) == log.stats().bytes_used
+
+
+def test_a_failed_cursor_store_is_stored_by_a_later_ack(
+        opened: Opened, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = wal(opened, tmp_path)
+    log.append(batch(1, 100))
+    real_store = disk.CursorFile.store
+    failing = [True]
+
+    def store(self: disk.CursorFile, seq: int, force_sync: bool) -> None:
+        if failing[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_store(self, seq, force_sync)
+    monkeypatch.setattr(disk.CursorFile, "store", store)
+    with pytest.raises(OSError):
+        log.ack(60)
+    assert log.stats().records_pending == 40  # acked in memory all the same
+    assert disk.CursorFile(str(tmp_path)).load() == 0
+    failing[0] = False
+    log.ack(60)  # nothing new to ack, but the file is behind: stored now
+    assert disk.CursorFile(str(tmp_path)).load() == 60
+    log = reopen(opened, log)
+    assert seqs(drain(log)) == list(range(61, 101))
+
+
 def test_bytes_used_matches_the_files_through_every_operation(
     opened: Opened, tmp_path: Path
 ) -> None:

@@ -9,10 +9,12 @@ backoff, counters per sink, ``stop`` drains within ``drain_s`` or says it did no
 from __future__ import annotations
 
 import asyncio
+import errno
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from factories import (
@@ -29,6 +31,7 @@ from factories import (
     make_event,
     record_sleeps,
     retried,
+    sample,
     wait_until,
 )
 from factories import fast_retries as fast_retries  # a fixture
@@ -255,6 +258,50 @@ async def test_sink_failures_are_retried_without_loss_or_duplicates(
     assert h.sink.records == appended
 
 
+@pytest.mark.parametrize("where", ["read", "ack"])
+async def test_a_disk_error_in_read_or_ack_is_retried_not_fatal(
+    tmp_path: Path, make_harness: Callable[..., Harness], fast_retries: None,
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """EIO reading a segment, or storing the cursor after the sink took the batch: the
+    batch is kept and tried again, and delivery carries on with what comes later."""
+    from sidecar.durability import disk
+    wal = WriteAheadLog(str(tmp_path / "wal"), 1 << 20, 8 * 1024, "block")
+    h = make_harness(log=wal)
+    h.start()
+    first = h.append(range(3))
+    await wait_until(lambda: h.delivery.delivered >= 3)
+    faults = [OSError(errno.EIO, "Input/output error")]
+    if where == "read":
+        real_fetch = disk.fetch
+
+        def fetch(*args: Any) -> Any:
+            if faults:
+                raise faults.pop()
+            return real_fetch(*args)
+        monkeypatch.setattr(disk, "fetch", fetch)
+    else:
+        real_store = disk.CursorFile.store
+
+        def store(self: Any, *args: Any, **kwargs: Any) -> None:
+            if faults:
+                raise faults.pop()
+            real_store(self, *args, **kwargs)
+        monkeypatch.setattr(disk.CursorFile, "store", store)
+    second = h.append(range(3, 6))
+    await wait_until(lambda: not faults and h.delivery.delivered >= 6)
+    third = h.append(range(6, 9))
+    await wait_until(lambda: h.delivery.delivered >= 9)
+    assert h.task is not None and not h.task.done()
+    assert sample(h.metrics, "inference_sidecar_log_read_errors_total") == 1
+    assert delivered(h.metrics) == 9 and wal.stats().records_pending == 0
+    # Once each; after a failed ack the batch the sink already took goes again.
+    again = second if where == "ack" else []
+    assert h.sink.records == first + second + again + third
+    assert await h.stop() is True
+    wal.close()
+
+
 async def test_records_appended_during_retries_keep_their_order(
     make_harness: Callable[..., Harness], fast_retries: None
 ) -> None:
@@ -304,7 +351,7 @@ async def test_sink_failures_and_recovery_are_logged(
     logged = [r for r in caplog.records if r.name == DELIVERY_LOGGER]
     assert [(r.levelname, r.getMessage()) for r in logged] == [
         ("WARNING", "sink write failed; batch kept for retry"),
-        ("INFO", "sink recovered"),
+        ("INFO", "delivery recovered"),
     ]
     fields = logged[0].fields  # type: ignore[attr-defined]
     assert fields["sink"] == "memory"
