@@ -35,6 +35,7 @@ from sidecar.pipeline.waiters import Durability
 from sidecar.privacy.context import Capture, PrivacyContext
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.filters import read_request_body
+from sidecar.proxy.protocol import OWNED
 from sidecar.proxy.relay import Relay, error_body
 from sidecar.proxy.routes import RouteTable
 from sidecar.proxy.stamp import Stamp
@@ -137,6 +138,7 @@ class ProxyHandler:
         return event
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        request[OWNED] = True  # see protocol.py: this handler records the one event
         exchange = Exchange(self, self._new_event(request), time.perf_counter())
         event = exchange.event
         self._stats.in_flight += 1

@@ -15,6 +15,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from sidecar.logs import get_logger
+
+log = get_logger("proxy")
+
+# Set on a request once the proxy handler has taken it: from then on that handler owns
+# its one event, and an exception escaping it is not a parse error.
+OWNED = web.RequestKey("inference_sidecar_owned", bool)
+
 
 class ErrorResponder(Protocol):
     def __call__(self, request: web.BaseRequest, status: int, code: str) -> web.StreamResponse:
@@ -49,6 +57,17 @@ class _StampedRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if request.get(OWNED):
+            # The handler let an exception out: on purpose (ConnectionResetError cuts off
+            # a response whose event is not durable), or a bug. Its event is recorded; a
+            # reply here would be a second answer with a second event. Cut the connection.
+            if not isinstance(exc, ConnectionResetError):
+                log.error("request handler failed; connection closed",
+                          extra={"fields": {"reason": type(exc).__name__}})
+            self.force_close()
+            if self.transport is not None:
+                self.transport.abort()
+            return web.Response(status=status)  # never written: the transport is gone
         if request.writer.output_size > 0 or not isinstance(self._manager, ProxyServer):
             return super().handle_error(request, status, exc, message)
         status, code = classify_parse_error(status, exc)

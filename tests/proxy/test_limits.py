@@ -101,3 +101,28 @@ async def test_connect_timeout_gives_504(make_sidecar: Any, client: aiohttp.Clie
         for sock in (*fillers, listener):
             sock.close()
 
+
+
+async def test_a_response_cut_off_for_durability_is_one_event_and_no_reply(
+    make_sidecar: Any, client: aiohttp.ClientSession, monkeypatch: Any
+) -> None:
+    """The handler cuts the connection (ConnectionResetError) when the event is not
+    durable in time; aiohttp would hand that exception to its error path, which must not
+    answer with a second, stamped 500 and record a second event."""
+    import time
+
+    import pytest
+
+    from sidecar.durability.wal import WriteAheadLog
+    real_sync = WriteAheadLog.sync
+
+    def slow_sync(self: WriteAheadLog) -> None:
+        time.sleep(0.6)
+        real_sync(self)
+    monkeypatch.setattr(WriteAheadLog, "sync", slow_sync)
+    sc = await make_sidecar(durability="sync", durability_timeout="200ms")
+    with pytest.raises(aiohttp.ClientConnectionError):  # POST: the client does not retry
+        async with client.post(sc.url + "/text", data=b"hello") as response:
+            await response.read()
+    events = await sc.events(2, timeout=3.0)
+    assert [(e.status, e.outcome) for e in events] == [(200, "ok")]
