@@ -1,7 +1,7 @@
 """The sidecar's exceptions, and how each becomes a status code and an event outcome.
 
     SidecarError                  (a local, stamped JSON reply while headers are unsent)
-    ├── RequestRejected           the request broke a limit: 413, 414, 431, 400
+    ├── RequestRejected           the request broke a limit: 413, 414, 431, 408, 400
     ├── UpstreamError
     │   ├── UpstreamUnavailable   refused, reset, DNS, closed early: 502
     │   └── UpstreamTimeout       connect, headers, idle or total timeout: 504

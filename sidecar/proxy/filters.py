@@ -15,10 +15,14 @@ from aiohttp import web
 from sidecar.errors import RequestRejected
 
 
-async def read_request_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The whole request body, or ``RequestRejected`` (413) past ``limit`` bytes.
+async def read_request_body(request: web.BaseRequest, limit: int, idle_s: float) -> bytes:
+    """The whole request body, or ``RequestRejected``: 413 past ``limit`` bytes, 408 when
+    no byte of it arrives for ``idle_s`` (a stalled client, or a chunk aiohttp's parser
+    refused mid-body, after which the body never ends), 400 when it ends short.
 
-    A declared Content-Length over the limit is refused before a byte of body is read.
+    A declared Content-Length over the limit is refused before a byte of body is read;
+    below it, a client waiting for ``100 Continue`` gets one (RFC 9110, 10.1.1): curl, for
+    one, waits a second for it before sending a body over 1 KiB.
     """
     if not request.body_exists:
         return b""
@@ -28,20 +32,28 @@ async def read_request_body(request: web.BaseRequest, limit: int) -> bytes:
             f"request body of {declared} bytes is over the {limit}-byte limit",
             status=413, code="body_too_large",
         )
-    if declared is not None:
-        try:
-            return await request.content.readexactly(declared)
-        except asyncio.IncompleteReadError as exc:
-            raise RequestRejected("request body shorter than its Content-Length",
-                                  code="incomplete_body") from exc
+    if request.version >= (1, 1) and \
+            request.headers.get("expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise RequestRejected(
-                f"request body is over the {limit}-byte limit", status=413,
-                code="body_too_large",
-            )
-        chunks.append(chunk)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(idle_s) as silence:
+            async for chunk in request.content.iter_any():
+                silence.reschedule(loop.time() + idle_s)
+                size += len(chunk)
+                if size > limit:
+                    raise RequestRejected(
+                        f"request body is over the {limit}-byte limit", status=413,
+                        code="body_too_large",
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestRejected(f"no request body data for {idle_s:g} s", status=408,
+                              code="client_body_timeout") from None
+    if declared is not None and size < declared:
+        raise RequestRejected("request body shorter than its Content-Length",
+                              code="incomplete_body")
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -180,7 +180,7 @@ class ProxyHandler:
             self._metrics.overloaded.labels(refusal).inc()
             raise Overloaded("the sidecar cannot record more events right now", code=refusal)
         event = exchange.event
-        body = await read_request_body(request, self._max_body)
+        body = await read_request_body(request, self._max_body, self._settings.idle_timeout)
         event.request_bytes = len(body)
         capture: Capture | None = getattr(event, "capture", None)
         if capture is not None:
@@ -225,7 +225,7 @@ class ProxyHandler:
             content_type="application/json",
         )
         self._stamp.headers(response.headers, inference_id)
-        if status in (413, 414, 431):
+        if status in (408, 413, 414, 431):
             response.force_close()  # the rest of the request was not read
         return response
 

@@ -34,7 +34,7 @@ HOP_BY_HOP = frozenset(
 )
 # Recomputed from the bytes we send; forwarding the client's could contradict them. The
 # body is complete before it is sent, so a client's "Expect: 100-continue" is answered
-# already (by the server side) and must not make the model server wait.
+# already (by filters.read_request_body) and must not make the model server wait.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect", *STAMP_HEADERS}
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", *STAMP_HEADERS}

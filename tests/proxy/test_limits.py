@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+import pytest
+
+from sidecar.durability.wal import WriteAheadLog
 
 
 async def test_declared_body_over_limit_is_refused_without_calling_upstream(
@@ -102,18 +108,12 @@ async def test_connect_timeout_gives_504(make_sidecar: Any, client: aiohttp.Clie
             sock.close()
 
 
-
 async def test_a_response_cut_off_for_durability_is_one_event_and_no_reply(
     make_sidecar: Any, client: aiohttp.ClientSession, monkeypatch: Any
 ) -> None:
     """The handler cuts the connection (ConnectionResetError) when the event is not
     durable in time; aiohttp would hand that exception to its error path, which must not
     answer with a second, stamped 500 and record a second event."""
-    import time
-
-    import pytest
-
-    from sidecar.durability.wal import WriteAheadLog
     real_sync = WriteAheadLog.sync
 
     def slow_sync(self: WriteAheadLog) -> None:
@@ -126,3 +126,69 @@ async def test_a_response_cut_off_for_durability_is_one_event_and_no_reply(
             await response.read()
     events = await sc.events(2, timeout=3.0)
     assert [(e.status, e.outcome) for e in events] == [(200, "ok")]
+
+
+async def _raw(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    parts = urlsplit(url)
+    return await asyncio.open_connection(parts.hostname, parts.port)
+
+
+async def test_expect_100_continue_is_answered_before_the_body(
+    make_sidecar: Any, upstream: Any
+) -> None:
+    sc = await make_sidecar()
+    reader, writer = await _raw(sc.url)
+    try:
+        writer.write(b"POST /text HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200") and b"x-inference-id" in head.lower()
+    finally:
+        writer.close()
+    (event,) = await sc.events(1)
+    assert (event.status, event.request_bytes) == (200, 5)
+
+
+async def test_a_body_over_the_limit_gets_413_instead_of_100_continue(
+    make_sidecar: Any, upstream: Any
+) -> None:
+    sc = await make_sidecar(max_body_bytes="1KiB")
+    reader, writer = await _raw(sc.url)
+    try:
+        writer.write(b"POST /text HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 413")
+    finally:
+        writer.close()
+    assert upstream.hits == 0
+
+
+@pytest.mark.parametrize("body,later", [
+    (b"Content-Length: 100\r\n\r\n" + b"x" * 10, b""),  # a client that stalls mid-body
+    # A chunk the parser refuses once the handler reads the body: aiohttp then ends
+    # neither the body nor the request.
+    (b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", b"zz\r\n"),
+], ids=["stalled", "broken-chunk"])
+async def test_a_body_that_stops_coming_gets_408_within_idle_timeout(
+    make_sidecar: Any, upstream: Any, body: bytes, later: bytes
+) -> None:
+    sc = await make_sidecar(idle_timeout="300ms")
+    reader, writer = await _raw(sc.url)
+    started = time.monotonic()
+    try:
+        writer.write(b"POST /text HTTP/1.1\r\nHost: x\r\n" + body)
+        if later:
+            await asyncio.sleep(0.1)  # the handler is reading the body by now
+            writer.write(later)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    finally:
+        writer.close()
+    assert time.monotonic() - started < 5
+    assert head.startswith(b"HTTP/1.1 408") and b"x-inference-id" in head.lower()
+    (event,) = await sc.events(1)
+    assert event.outcome == "rejected" and event.status in (400, 408)
+    assert upstream.hits == 0
