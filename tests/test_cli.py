@@ -280,7 +280,8 @@ def test_nul_byte_in_a_secret_path_exits_2_without_traceback(tmp_path: Path) -> 
     assert result.returncode == 2
     lines = stderr_lines(result)
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("inference-sidecar: config error: kafka_ssl_cafile: ")
+    assert lines[0].startswith(f"inference-sidecar: config error: config file {config}, "
+                               "key 'kafka_ssl_cafile': ")
 
 
 # --- help and usage ---------------------------------------------------------------------

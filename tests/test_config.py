@@ -702,6 +702,36 @@ def test_numeric_yaml_text_becomes_a_string(tmp_path: Path) -> None:
     assert s.model_version == "3"
 
 
+def test_numbers_in_yaml_text_keep_the_text_they_were_written_as(tmp_path: Path) -> None:
+    """The stamped identity is what the operator wrote, not what YAML makes of it."""
+    path = write_yaml(tmp_path, "model_name: m\nmodel_version: 1.10\npolicy_version: 0x1F\n"
+                                "evidence_bundle_id: 1_000\nmax_body_bytes: 2048\n")
+    s = load(config_path=path, identity=False)
+    assert (s.model_version, s.policy_version, s.evidence_bundle_id) == ("1.10", "0x1F", "1_000")
+    assert s.max_body_bytes == 2048  # numbers stay numbers where numbers are expected
+
+
+@pytest.mark.parametrize("via", ["flag", "env", "file"])
+@pytest.mark.parametrize("raw", ["v1\nx-injected: 1", "v1\rx", "a\tb", "nul\x00"])
+def test_control_characters_in_text_are_rejected(raw: str, via: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_one("stamp_body_key", raw, via, tmp_path)
+    assert "without control characters" in str(info.value)
+
+
+def test_upstream_url_with_credentials_is_refused_without_quoting_them() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(env={"SIDECAR_UPSTREAM_URL": "https://svc:S3cretPass@model:8000"})
+    assert "without user:password@" in str(info.value)
+    assert "S3cretPass" not in str(info.value) and "svc" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://model:8000/v1?key=x", "http://model:8000/#top"])
+def test_upstream_url_with_query_or_fragment_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="without [?]query or #fragment"):
+        load(env={"SIDECAR_UPSTREAM_URL": url})
+
+
 @pytest.mark.parametrize("raw", ["", "   "])
 def test_blank_text_from_env_is_rejected(raw: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -956,12 +986,13 @@ def test_a_directory_is_not_a_readable_secret_file(
 
 
 def test_a_nul_byte_in_a_secret_file_path_is_a_config_error(tmp_path: Path) -> None:
-    # YAML spells a NUL byte as \0 in a double-quoted string; os.access() raises
-    # ValueError on it, which must come out as the one-line ConfigError naming the key.
+    # YAML spells a NUL byte as \0 in a double-quoted string (os.access() would raise
+    # ValueError on it): the one-line ConfigError naming the file and the key.
     path = write_yaml(tmp_path, 'kafka_ssl_cafile: "ca\\0.pem"\n')
     with pytest.raises(ConfigError) as info:
         load(config_path=path)
-    assert str(info.value).startswith("kafka_ssl_cafile: expected a readable file")
+    assert str(info.value).startswith(f"config file {path}, key 'kafka_ssl_cafile': expected a "
+                                      "string without control characters")
 
 
 def test_readable_secret_files_are_accepted(secrets: dict[str, str]) -> None:

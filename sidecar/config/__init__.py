@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from sidecar.config.parsers import SecretInValue, YamlFloat, YamlInt
 from sidecar.config.settings import REQUIRED, Settings
 
 __all__ = [
@@ -39,10 +40,29 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+class _Loader(yaml.SafeLoader):
+    """``safe_load``, with numbers that remember how they were written (see
+    ``parsers.text``)."""
+
+
+def _number(kind: type[YamlInt] | type[YamlFloat], construct: Any) -> Any:
+    def constructor(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        value = kind(construct(loader, node))
+        value.source = str(node.value)
+        return value
+    return constructor
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int",
+                        _number(YamlInt, yaml.SafeLoader.construct_yaml_int))
+_Loader.add_constructor("tag:yaml.org,2002:float",
+                        _number(YamlFloat, yaml.SafeLoader.construct_yaml_float))
+
+
 def _read_file(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_Loader)  # noqa: S506 - a SafeLoader
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
     except UnicodeDecodeError:
@@ -90,7 +110,8 @@ def load_settings(
         try:
             values[key] = spec.metadata["parse"](raw)
         except ValueError as exc:
-            raise ConfigError(f"{source}: expected {exc}, got {raw!r}") from None
+            got = "a value not shown" if isinstance(exc, SecretInValue) else repr(raw)
+            raise ConfigError(f"{source}: expected {exc}, got {got}") from None
     settings = Settings(**values)
     _cross_check(settings)
     return settings

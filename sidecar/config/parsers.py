@@ -17,10 +17,38 @@ _INT_MAX = 2**31 - 1
 _NUM_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
+class YamlInt(int):
+    """An integer read from YAML, with the text it was written as (``source``)."""
+
+    source: str
+
+
+class YamlFloat(float):
+    """A float read from YAML, with the text it was written as (``source``)."""
+
+    source: str
+
+
+class SecretInValue(ValueError):  # noqa: N818 - a ValueError, as every parser raises
+    """The value holds a credential: the error must not quote it."""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def text(raw: Any) -> str:
-    if not isinstance(raw, str | int | float) or isinstance(raw, bool) or str(raw).strip() == "":
+    """A non-empty string without control characters. A number from YAML keeps the text
+    it was written as: ``model_version: 1.10`` is "1.10", not the float's "1.1" (the
+    stamped identity must be what the operator wrote). Line breaks and other control
+    characters are refused: these values go into response headers and log lines."""
+    if not isinstance(raw, str | int | float) or isinstance(raw, bool):
         raise ValueError("a non-empty string")
-    return str(raw).strip()
+    value = str(getattr(raw, "source", raw)).strip()
+    if value == "":
+        raise ValueError("a non-empty string")
+    if _CONTROL.search(value):
+        raise ValueError("a string without control characters (line breaks, tabs, NUL)")
+    return value
 
 
 def optional_text(raw: Any) -> str | None:
@@ -103,6 +131,13 @@ def http_url(raw: Any) -> str:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise ValueError("an http:// or https:// URL with a valid port") from None
+    if parts.username is not None or parts.password is not None:
+        # They would be logged at start and sent in the Host header; credentials for the
+        # model server travel in the client's own headers.
+        raise SecretInValue("an http:// or https:// URL without user:password@")
+    if parts.query or parts.fragment:
+        raise ValueError("an http:// or https:// URL without ?query or #fragment (each "
+                         "request's own path and query are appended to it)")
     return url
 
 
