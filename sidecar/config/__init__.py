@@ -62,7 +62,7 @@ _Loader.add_constructor("tag:yaml.org,2002:float",
 def _read_file(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.load(fh, Loader=_Loader)  # noqa: S506 - a SafeLoader
+            data = yaml.load(fh, Loader=_Loader)  # a SafeLoader: no arbitrary objects
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
     except UnicodeDecodeError:

@@ -29,7 +29,7 @@ class YamlFloat(float):
     source: str
 
 
-class SecretInValue(ValueError):  # noqa: N818 - a ValueError, as every parser raises
+class SecretInValue(ValueError):
     """The value holds a credential: the error must not quote it."""
 
 
