@@ -119,6 +119,7 @@ async def upstream() -> AsyncIterator[TestUpstream]:
     app.middlewares.append(record)
     app.router.add_get("/gated", gated)
     app.router.add_route("*", "/echo-headers", echo_headers)
+    app.router.add_route("*", "/echo-headers/{tail:.*}", echo_headers)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -36,6 +36,7 @@ from sidecar.privacy.context import Capture, PrivacyContext
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.filters import read_request_body
 from sidecar.proxy.protocol import OWNED
+from sidecar.proxy.recorded import request_id, safe_path, trace_id
 from sidecar.proxy.relay import Relay, error_body
 from sidecar.proxy.routes import RouteTable
 from sidecar.proxy.stamp import Stamp
@@ -67,22 +68,6 @@ def utc_timestamp() -> str:
     if _second_cache[0] != second:
         _second_cache = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
     return f"{_second_cache[1]}.{micros:06d}+00:00"
-
-
-def trace_id(traceparent: str | None) -> str | None:
-    """The trace id of a W3C ``traceparent`` header, if it is well formed.
-
-    >>> trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-    '4bf92f3577b34da6a3ce929d0e0e4736'
-    >>> trace_id("garbage") is None
-    True
-    """
-    if traceparent is None:
-        return None
-    parts = traceparent.split("-")
-    if len(parts) < 4 or len(parts[1]) != 32:
-        return None
-    return parts[1]
 
 
 class ProxyHandler:
@@ -124,10 +109,10 @@ class ProxyHandler:
             timestamp=utc_timestamp(),
             method=request.method,
             route=self._routes.classify(path),
-            path=path,
+            path=safe_path(request.raw_path),
             client_address=request.remote,
             trace_id=trace_id(headers.get("traceparent")),
-            request_id=headers.get("x-request-id"),
+            request_id=request_id(headers.get("x-request-id")),
             model_name=self._identity["model_name"],
             model_version=self._identity["model_version"],
             policy_version=self._identity["policy_version"],

@@ -107,6 +107,26 @@ async def test_hop_by_hop_headers_are_not_forwarded(
     assert event["request_id"] == "req-7"
 
 
+async def test_recorded_path_trace_and_request_ids_carry_no_personal_data(
+    sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    """Every event, under every profile, records these: they must not copy what a client
+    put in them. The upstream still gets everything as it was sent."""
+    secret = "sk_live_0123456789abcdefghijklmn"
+    headers = {"traceparent": f"00-{secret}-00f067aa0ba902b7-01",
+               "x-request-id": "user=alice.smith@example.com ssn=078-05-1120"}
+    url = sidecar.url + "/echo-headers/alice.smith%40example.com/4111111111111111/x%3Fkey=v"
+    async with client.get(url, headers=headers) as response:
+        seen = {k.lower(): v for k, v in (await response.json()).items()}
+    assert seen["traceparent"] == headers["traceparent"]
+    assert seen["x-request-id"] == headers["x-request-id"]
+    (event,) = await sidecar.validated_events(1)
+    assert event["path"] == "/echo-headers/*/*/*"
+    assert event["trace_id"] is None and event["request_id"] is None
+    for value in ("alice", "example", "4111", "078-05", "sk_live", "key=v"):
+        assert value not in str(event)
+
+
 async def test_sidecar_errors_are_stamped(
     make_sidecar: Any, client: aiohttp.ClientSession, upstream: Any
 ) -> None:
