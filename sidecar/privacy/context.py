@@ -152,6 +152,14 @@ def build_privacy(settings: Settings) -> PrivacyContext:
             identity = ClientIdentity(settings.client_id_source, settings.client_id_key_file)
         except IdentityError as exc:
             raise ConfigError(f"client_id_key_file: {exc}") from None
+        source = settings.client_id_source
+        header = source[len("header:"):].strip().lower() if source.startswith("header:") else ""
+        for profile in selector.profiles:
+            if header and header in profile.headers_allow:
+                raise ConfigError(
+                    f"privacy_profile: profile {profile.name!r} records the {header} header, "
+                    f"which client_id_source pseudonymises: the raw identity would be "
+                    f"recorded next to its pseudonym; remove it from headers.allow")
     return PrivacyContext(selector, identity, _hash_key(settings))
 
 

@@ -29,8 +29,11 @@ HARD_DENIED_HEADERS = frozenset({
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
     "x-auth-token", "x-amz-security-token", "x-goog-api-key", "x-csrf-token",
 })
-_DENIED_FRAGMENTS = ("auth", "cookie", "api-key", "api_key", "apikey", "token", "secret",
-                     "password", "passwd", "session", "credential", "signature")
+# "key" covers api-key, x-functions-key, ocp-apim-subscription-key, private-key; a
+# header that merely mentions one (idempotency-key) is a price worth paying.
+_DENIED_FRAGMENTS = ("auth", "cookie", "key", "token", "secret", "password", "passwd",
+                     "passcode", "session", "credential", "signature", "jwt", "assertion",
+                     "principal", "private", "bearer", "saml", "csrf", "xsrf")
 
 # RFC 9535 mode: the path syntax other tools (and readers) share, no library extensions.
 JSONPATH = JSONPathEnvironment(strict=True)

@@ -134,6 +134,22 @@ def test_a_bad_profile_file_names_file_key_and_reason(tmp_path: Path) -> None:
     assert str(bad) in message and "sample_rate" in message
 
 
+def test_a_profile_may_not_record_the_identity_header(tmp_path: Path, key_file: Path) -> None:
+    """The raw client identity is never recorded: not even beside its pseudonym."""
+    profile = tmp_path / "p.yaml"
+    profile.write_text(Path(load_profile("strict").source).read_text()
+                       .replace("allow: [content-type,", "allow: [X-Client-Id, content-type,"))
+    assert "x-client-id" in load_profile(profile).headers_allow
+    with pytest.raises(ConfigError, match="records the x-client-id header, which "
+                                          "client_id_source pseudonymises"):
+        build_privacy(settings_with(privacy_profile=str(profile),
+                                    client_id_source="header:X-Client-Id",
+                                    client_id_key_file=str(key_file)))
+    assert build_privacy(settings_with(privacy_profile=str(profile),
+                                       client_id_source="client_address",
+                                       client_id_key_file=str(key_file))).identity
+
+
 def test_identity_settings_are_checked(tmp_path: Path, key_file: Path) -> None:
     with pytest.raises(ConfigError, match="SIDECAR_CLIENT_ID_SOURCE: expected header:<name>"):
         settings_with(client_id_source="cookie")

@@ -131,7 +131,9 @@ def test_unknown_name_and_missing_file_are_refused(tmp_path: Path) -> None:
 
 def test_hard_deny_list_cannot_be_overridden() -> None:
     for name in ("Authorization", "proxy-authorization", "Cookie", "set-cookie", "X-API-Key",
-                 "api-key", "x-goog-api-key", "x-my-session-id", "x-auth-request-user"):
+                 "api-key", "x-goog-api-key", "x-my-session-id", "x-auth-request-user",
+                 "ocp-apim-subscription-key", "x-functions-key", "x-access-key", "private-key",
+                 "x-goog-iap-jwt-assertion", "x-ms-client-principal", "x-xsrf-token"):
         assert header_denied(name), name
     for name in ("user-agent", "content-type", "x-forwarded-for", "accept"):
         assert not header_denied(name), name
