@@ -233,6 +233,8 @@ class Masker:
                     payload[name] = fitted
         headers = {side: {name: masked[slot.index][:_HEADER_MAX] for name, slot in slots.items()}
                    for side, slots in work.header_slots.items() if slots}
+        if work.texts.secrets:
+            counts["SECRET"] += work.texts.secrets
         return MaskResult(p.name, p.digest, p.retention_class,
                           payload_captured=work.decision.captured,
                           capture_reason=work.decision.reason, payload=payload,

@@ -15,6 +15,9 @@ payload is never larger than the budget.
 
 from __future__ import annotations
 
+import functools
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -24,6 +27,31 @@ from sidecar.privacy.selection import MAX_DEPTH, MISSING
 
 MARGIN: Final = 4096
 _BIG_INT: Final = 100_000  # six digits and up may be an account or card number: analysed
+SECRET: Final = "<SECRET>"
+# Keys whose value is a credential whatever it looks like: a hex key in ``?key=`` or a
+# password in a form matches no recognizer. Compared with letters and digits only.
+_SECRET_KEYS: Final = frozenset({
+    "key", "apikey", "secret", "password", "passwd", "pwd", "pass", "passphrase", "token",
+    "auth", "authorization", "sig", "signature", "jwt", "bearer", "cookie", "session",
+    "sessionid", "credential", "credentials", "privatekey", "clientsecret"})
+_SECRET_ENDINGS: Final = ("apikey", "token", "secret", "password", "passwd", "privatekey",
+                          "accesskey", "secretkey", "signature", "credentials")
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")
+
+
+def secret_key(key: object) -> bool:
+    """Whether a JSON, query or form key names a credential.
+
+    >>> [secret_key(k) for k in ("api_key", "X-Access-Token", "password", "keywords")]
+    [True, True, True, False]
+    """
+    return isinstance(key, str) and _secret_name(key)
+
+
+@functools.lru_cache(maxsize=4096)  # keys repeat: "role", "content", "messages"
+def _secret_name(key: str) -> bool:
+    name = _NOT_ALNUM.sub("", key.lower())
+    return name in _SECRET_KEYS or name.endswith(_SECRET_ENDINGS)
 
 
 class Slot:
@@ -41,7 +69,8 @@ class Texts:
 
     items: list[str] = field(default_factory=list)
     limits: list[int | None] = field(default_factory=list)
-    ints: dict[int, int] = field(default_factory=dict)  # slot -> original integer
+    ints: dict[int, int | float] = field(default_factory=dict)  # slot -> original number
+    secrets: int = 0  # values replaced by SECRET for their key alone
 
     def add(self, text: str, limit: int | None = None) -> Slot:
         self.items.append(clean(text))
@@ -91,6 +120,10 @@ class Collector:
             out: dict[Any, Any] = {}
             for key, child in value.items():
                 key_slot = self.string(str(key))
+                if key_slot is not MISSING and secret_key(key) and child not in (None, ""):
+                    self.texts.secrets += 1
+                    out[key_slot] = SECRET  # never analysed: no recognizer reads every key
+                    continue
                 collected = self.collect(child, depth + 1) if key_slot is not MISSING else MISSING
                 if collected is MISSING:
                     if self.remaining <= 0:
@@ -110,8 +143,11 @@ class Collector:
         if self.remaining <= 0:
             self.truncated = True
             return MISSING
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _BIG_INT:
-            slot = self.string(str(value))
+        number = value if isinstance(value, int) and not isinstance(value, bool) else (
+            int(value) if isinstance(value, float) and math.isfinite(value)
+            and value.is_integer() else None)  # 4111111111111111.0, or an int past 64 bits
+        if number is not None and abs(number) >= _BIG_INT:
+            slot = self.string(str(number))
             if isinstance(slot, Slot):
                 self.texts.ints[slot.index] = value
             return slot

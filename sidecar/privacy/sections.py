@@ -4,6 +4,7 @@ plan that shares the payload budget between them."""
 
 from __future__ import annotations
 
+import codecs
 import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -54,7 +55,26 @@ def body_section(body: bytes | None, content_type: str | None, selector: Selecto
         return selector.select(document), None
     if not selector.rule.text:
         return MISSING, "text_not_captured"
-    return body.decode("utf-8", "replace"), None
+    codec = _charset(content_type)
+    if codec is None:
+        # Decoded as UTF-8, UTF-16 text is NUL-spaced letters no recognizer reads.
+        return MISSING, "unknown_charset"
+    text = body.decode(codec, "replace")
+    if kind == "form":  # decoded, so "a%40b.com" is seen (and masked) as "a@b.com"
+        return query_section(text), None
+    return text, None
+
+
+def _charset(content_type: str | None) -> str | None:
+    """The codec of the declared charset (UTF-8 when none is declared), or None."""
+    for param in (content_type or "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            try:
+                return codecs.lookup(value.strip().strip('"')).name
+            except LookupError:
+                return None
+    return "utf-8"
 
 
 def recorded_headers(profile: PrivacyProfile, headers: Headers | None
@@ -82,12 +102,14 @@ def _recordable(allow: tuple[str, ...]) -> frozenset[str]:
 
 
 def body_kind(body: bytes, content_type: str | None) -> str:
-    """``json``, ``text`` or ``binary``, from the content type or, without one, the bytes."""
+    """``json``, ``form``, ``text`` or ``binary``, from the content type or, without one,
+    the bytes."""
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media.endswith(("/json", "+json")):
         return "json"
-    if media.startswith("text/") or media in ("application/x-www-form-urlencoded",
-                                               "application/xml", "application/x-ndjson"):
+    if media == "application/x-www-form-urlencoded":
+        return "form"
+    if media.startswith("text/") or media in ("application/xml", "application/x-ndjson"):
         return "text"
     if media:
         return "binary"

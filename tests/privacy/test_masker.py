@@ -114,6 +114,49 @@ def test_text_binary_and_broken_bodies(make: Make) -> None:
     assert run(deep, "application/json").omitted == {"request": "too_deep"}
 
 
+def test_form_bodies_and_declared_charsets_are_decoded_before_detection(make: Make) -> None:
+    masker = make("request: {keep: ['$'], text: true}\n"
+                  "entities: {EMAIL_ADDRESS: redact, CREDIT_CARD: redact}\n")
+
+    def run(body: bytes, ctype: str) -> Any:
+        return masker.mask(Captured("id", request_body=body, request_content_type=ctype),
+                           SAMPLED)
+    form = run(b"prompt=mail+me+at+jane%40example.com&card=4111+1111+1111+1111",
+               "application/x-www-form-urlencoded")
+    assert form.payload == {"request": {"prompt": "mail me at <EMAIL_ADDRESS>",
+                                        "card": "<CREDIT_CARD>"}}
+    text = "Contact jane@example.com, card 4111 1111 1111 1111"
+    utf16 = run(text.encode("utf-16-le"), "text/plain; charset=utf-16le")
+    assert utf16.payload == {"request": "Contact <EMAIL_ADDRESS>, card <CREDIT_CARD>"}
+    latin = run("Grüße an jane@example.com".encode("latin-1"), "text/plain; charset=ISO-8859-1")
+    assert latin.payload == {"request": "Grüße an <EMAIL_ADDRESS>"}
+    unknown = run(text.encode("utf-16-le"), "text/plain; charset=x-made-up")
+    assert (unknown.payload, unknown.omitted) == ({}, {"request": "unknown_charset"})
+
+
+def test_values_of_credential_keys_are_never_recorded(make: Make) -> None:
+    """A hex key in ?key= or a password matches no recognizer: the key names it."""
+    masker = make("request: {keep: ['$']}\nquery: {capture: true}\n"
+                  "entities: {EMAIL_ADDRESS: redact}\n")
+    result = masker.mask(json_capture(
+        {"user": "jane@example.com", "api_key": "8f14e45fceea167a5a36dedd4bea2543",
+         "auth": {"password": "hunter2", "client_secret": "s3cr3t"}, "keywords": ["a", "b"]},
+        query="key=AIzaSyA-shortkey&access_token=abcdEFGH1234.xyz&q=hello"), SAMPLED)
+    assert result.payload == {
+        "query": {"key": "<SECRET>", "access_token": "<SECRET>", "q": "hello"},
+        "request": {"user": "<EMAIL_ADDRESS>", "api_key": "<SECRET>", "auth": "<SECRET>",
+                    "keywords": ["a", "b"]}}
+    assert result.entity_counts == {"EMAIL_ADDRESS": 1, "SECRET": 4}
+
+
+def test_integral_floats_are_analysed_like_long_integers(make: Make) -> None:
+    masker = make("request: {keep: ['$']}\nentities: {CREDIT_CARD: redact}\n")
+    result = masker.mask(json_capture({"card": 4111111111111111.0, "ratio": 0.5,
+                                       "count": 250000.0}), SAMPLED)
+    assert result.payload == {"request": {"card": "<CREDIT_CARD>", "ratio": 0.5,
+                                          "count": 250000.0}}
+
+
 def test_headers_allow_list_minus_hard_deny_list(make: Make, analyzer: Analyzer) -> None:
     masker = make("headers: {allow: [user-agent, x-forwarded-for]}\n"
                   "entities: {EMAIL_ADDRESS: redact, IP_ADDRESS: redact}\n")
