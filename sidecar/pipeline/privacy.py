@@ -68,6 +68,7 @@ def _captured(event: InferenceEvent, capture: Capture, chosen: Decision) -> Item
         request_content_type=capture.request_type,
         response_body=capture.response_body if keep else None,
         response_content_type=capture.response_type,
+        response_omitted=capture.response_omitted if keep else None,
         query=capture.query if keep else None,
         request_headers=capture.request_headers,
         response_headers=capture.response_headers,

@@ -69,7 +69,8 @@ class Capture:
     """
 
     __slots__ = ("profile", "query", "request_body", "request_headers", "request_type",
-                 "response_body", "response_headers", "response_type", "stream")
+                 "response_body", "response_headers", "response_omitted", "response_type",
+                 "stream")
 
     def __init__(self, profile: PrivacyProfile, request_headers: Pairs) -> None:
         self.profile = profile
@@ -80,6 +81,7 @@ class Capture:
         self.response_headers: Pairs | None = None
         self.response_body: bytes | None = None
         self.response_type: str | None = None
+        self.response_omitted: str | None = None  # why a stream's payload cannot be kept
         self.stream: StreamAssembler | None = None
 
     def request(self, body: bytes, content_type: str | None, query: str) -> None:
@@ -99,7 +101,8 @@ class Capture:
 
     def finish_stream(self) -> None:
         if self.stream is not None:
-            self.response_body, self.response_type = self.stream.assembled()
+            self.response_body, self.response_type, self.response_omitted = \
+                self.stream.assembled()
             self.stream = None
 
 

@@ -55,6 +55,7 @@ class Captured:
     request_content_type: str | None = None
     response_body: bytes | None = None
     response_content_type: str | None = None
+    response_omitted: str | None = None  # a stream that could not be assembled: why
     query: str | None = None
     request_headers: Headers | None = None
     response_headers: Headers | None = None
@@ -274,6 +275,9 @@ class Masker:
                 ("request", captured.request_body, captured.request_content_type, self._request),
                 ("response", captured.response_body, captured.response_content_type,
                  self._response)):
+            if name == "response" and captured.response_omitted:
+                omitted[name] = captured.response_omitted
+                continue
             value, why = body_section(body, ctype, selector, self._max_parse)
             if why is not None:
                 omitted[name] = why

@@ -3,12 +3,23 @@
 The relay hands every chunk it has already written to the client to ``feed``: a bounded
 copy into a buffer, nothing parsed, no await, so the live stream is never delayed or
 altered. When the stream ends, ``assembled()`` (in the pipeline, off the event loop)
-turns Server-Sent Events from OpenAI-style servers into the shape of the non-streamed
-response, so a profile's response paths (``$.choices[*].message.content``,
-``$.choices[*].text``) apply to streams unchanged; any other SSE becomes the text of its
-``data:`` lines; a non-SSE stream is returned as it came (the masker judges it).
+turns the stream into one text the recognizers can read whole: a value the model wrote
+over several tokens ("jane", "@exam", "ple.com") is only found once its pieces are
+joined again.
 
-Only ``content``/``text`` deltas, roles and finish reasons are assembled; tool-call
+- Server-Sent Events of a known token format become the shape of the non-streamed
+  response, so a profile's response paths apply to streams unchanged: OpenAI chat and
+  completions (``$.choices[*].message.content``, ``$.choices[*].text``), Hugging Face TGI
+  (``$.generated_text``), Anthropic messages (``$.content[*].text``).
+- Other events whose data is plain text are joined into one text.
+- Events of JSON in an unknown shape cannot be joined safely: their payload is omitted
+  (``stream_unassembled``), never recorded as the raw pieces.
+- A non-SSE stream is returned as it came (the masker judges it by its content type).
+
+Cut streams (past ``max_bytes``): only complete lines are read, and the last
+``TAIL_MARGIN`` characters of each assembled text are dropped back to a word boundary:
+a value the cut went through would otherwise be recorded in part, too short to be
+recognised. Only content/text deltas, roles and finish reasons are assembled; tool-call
 argument deltas are not (they are dropped, never recorded unmasked).
 """
 
@@ -17,6 +28,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+TAIL_MARGIN = 64
+UNASSEMBLED = "stream_unassembled"
 
 
 class StreamAssembler:
@@ -36,29 +50,93 @@ class StreamAssembler:
             chunk = chunk[:max(room, 0)]
         self._buffer += chunk
 
-    def assembled(self) -> tuple[bytes, str | None]:
-        """The body to mask and its content type."""
+    def assembled(self) -> tuple[bytes | None, str | None, str | None]:
+        """The body to mask, its content type, and why there is none (or None)."""
         media = (self.content_type or "").split(";", 1)[0].strip().lower()
+        raw = bytes(self._buffer)
         if media != "text/event-stream":
-            return bytes(self._buffer), self.content_type
-        data = [line[5:].strip() for line in bytes(self._buffer).splitlines()
-                if line.startswith(b"data:")]
-        data = [d for d in data if d and d != b"[DONE]"]
-        merged = _openai(data)
-        if merged is not None:
-            return orjson.dumps(merged), "application/json"
-        return b"\n".join(data), "text/plain; charset=utf-8"
+            if self.truncated and not media.endswith(("/json", "+json")):
+                # Text (NDJSON, plain): its tail is untrusted. Cut JSON fails to parse.
+                text = _trusted(raw.decode("utf-8", "replace"))
+                return text.encode(), self.content_type, None
+            return raw, self.content_type, None
+        if self.truncated:
+            raw = raw[:raw.rfind(b"\n") + 1]  # complete lines only
+        events = _events(raw)
+        if not events:
+            return None, None, None
+        parsed = [_structured(data) for data in events]
+        if all(chunk is not None for chunk in parsed):
+            for merge in (_openai, _tgi, _anthropic):
+                merged = merge(parsed)
+                if merged is not None:
+                    if self.truncated:
+                        _trust_texts(merged)
+                    return orjson.dumps(merged), "application/json", None
+        if any(chunk is not None for chunk in parsed):
+            return None, None, UNASSEMBLED  # JSON of a shape we cannot join
+        text = "".join(data.decode("utf-8", "replace") for data in events)
+        if self.truncated:
+            text = _trusted(text)
+        return text.encode(), "text/plain; charset=utf-8", None
 
 
-def _openai(data: list[bytes]) -> dict[str, Any] | None:
+def _structured(data: bytes) -> Any:
+    """The JSON object or array ``data`` holds, else None (a plain-text token, even one
+    such as ``42`` that is valid JSON)."""
+    if data[:1] not in (b"{", b"["):
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _events(raw: bytes) -> list[bytes]:
+    """The data of each event (its ``data:`` lines joined by a line feed, as the SSE
+    standard says), without the ``[DONE]`` sentinel."""
+    events: list[bytes] = []
+    lines: list[bytes] = []
+    for line in [*raw.splitlines(), b""]:
+        if not line:
+            if lines:
+                data = b"\n".join(lines)
+                if data.strip() != b"[DONE]":
+                    events.append(data)
+                lines = []
+        elif line.startswith(b"data:"):
+            value = line[5:]
+            lines.append(value[1:] if value.startswith(b" ") else value)
+    return events
+
+
+def _trusted(text: str) -> str:
+    """``text`` without its last ``TAIL_MARGIN`` characters, cut back to white space."""
+    end = len(text) - TAIL_MARGIN
+    if end <= 0:
+        return ""
+    space = max(text.rfind(c, 0, end) for c in " \n\t")
+    return text[:space + 1] if space >= 0 else ""
+
+
+def _trust_texts(value: Any) -> None:
+    """Apply ``_trusted`` to every assembled text of a merged response, in place."""
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if key in ("content", "text", "generated_text") and isinstance(child, str):
+                value[key] = _trusted(child)
+            else:
+                _trust_texts(child)
+    elif isinstance(value, list):
+        for child in value:
+            _trust_texts(child)
+
+
+def _openai(chunks: list[Any]) -> dict[str, Any] | None:
     """OpenAI chat/completions chunks merged into one response, or None if they are not."""
     choices: dict[int, dict[str, Any]] = {}
     model: str | None = None
-    for item in data:
-        try:
-            chunk = orjson.loads(item)
-        except orjson.JSONDecodeError:
-            return None
+    for chunk in chunks:
         if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
             return None
         if isinstance(chunk.get("model"), str):
@@ -93,3 +171,37 @@ def _openai(data: list[bytes]) -> dict[str, Any] | None:
             entry["text"] = "".join(merged["text"])
         out.append(entry)
     return {"model": model, "choices": out, "stream": True}
+
+
+def _tgi(chunks: list[Any]) -> dict[str, Any] | None:
+    """Hugging Face TGI ``/generate_stream`` tokens joined, as ``/generate`` answers."""
+    pieces: list[str] = []
+    for chunk in chunks:
+        token = chunk.get("token") if isinstance(chunk, dict) else None
+        if not isinstance(token, dict) or not isinstance(token.get("text"), str):
+            return None
+        if not token.get("special"):
+            pieces.append(token["text"])
+    return {"generated_text": "".join(pieces), "stream": True} if pieces else None
+
+
+def _anthropic(chunks: list[Any]) -> dict[str, Any] | None:
+    """Anthropic messages events: the text deltas of each content block joined."""
+    blocks: dict[int, list[str]] = {}
+    model: str | None = None
+    for chunk in chunks:
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("type"), str):
+            return None
+        message = chunk.get("message")
+        if isinstance(message, dict) and isinstance(message.get("model"), str):
+            model = message["model"]
+        delta = chunk.get("delta")
+        if chunk["type"] == "content_block_delta" and isinstance(delta, dict) \
+                and isinstance(delta.get("text"), str):
+            index = chunk.get("index", 0)
+            blocks.setdefault(index if isinstance(index, int) else 0, []).append(delta["text"])
+    if not any(isinstance(c, dict) and c.get("type") == "message_start" for c in chunks) \
+            and not blocks:
+        return None
+    return {"model": model, "content": [{"type": "text", "text": "".join(blocks[i])}
+                                        for i in sorted(blocks)], "stream": True}

@@ -9,7 +9,7 @@ from sidecar.privacy.analyzer import Analyzer
 from sidecar.privacy.masker import Captured, Masker
 from sidecar.privacy.profile import PrivacyProfile
 from sidecar.privacy.sampling import Decision
-from sidecar.privacy.streams import StreamAssembler
+from sidecar.privacy.streams import TAIL_MARGIN, UNASSEMBLED, StreamAssembler
 
 
 def sse(*chunks: object) -> list[bytes]:
@@ -30,8 +30,8 @@ def test_openai_chat_stream_is_assembled_and_masked(strict: PrivacyProfile,
                    chat_delta("ple.com today"), chat_delta(finish="stop")):
         for i in range(0, len(raw), 7):  # chunk boundaries anywhere
             assembler.feed(raw[i:i + 7])
-    body, content_type = assembler.assembled()
-    assert content_type == "application/json"
+    body, content_type, omitted = assembler.assembled()
+    assert (content_type, omitted) == ("application/json", None) and body is not None
     assert orjson.loads(body)["choices"] == [{"index": 0, "finish_reason": "stop", "message": {
         "role": "assistant", "content": "Write to jane@example.com today"}}]
     result = Masker(strict, analyzer, HASH_KEY).mask(
@@ -46,17 +46,74 @@ def test_completions_stream_and_other_streams() -> None:
     for raw in sse({"choices": [{"index": 0, "text": "a"}]}, {"choices": [{"index": 0,
                                                                           "text": "b"}]}):
         completions.feed(raw)
-    assert orjson.loads(completions.assembled()[0])["choices"][0]["text"] == "ab"
-    other = StreamAssembler(4096, "text/event-stream")
-    other.feed(b"event: token\ndata: hello\n\ndata: world\n\n")
-    assert other.assembled() == (b"hello\nworld", "text/plain; charset=utf-8")
+    body, _, _ = completions.assembled()
+    assert body is not None and orjson.loads(body)["choices"][0]["text"] == "ab"
+    # Plain-text tokens are joined as the model wrote them: "jane" "@exam" "ple.com".
+    tokens = StreamAssembler(4096, "text/event-stream")
+    tokens.feed(b"event: token\ndata: mail jane\n\ndata: @exam\n\ndata: ple.com\n\n")
+    assert tokens.assembled() == (b"mail jane@example.com", "text/plain; charset=utf-8", None)
     chunked = StreamAssembler(4096, "application/x-ndjson")
     chunked.feed(b'{"a": 1}\n')
-    assert chunked.assembled() == (b'{"a": 1}\n', "application/x-ndjson")
+    assert chunked.assembled() == (b'{"a": 1}\n', "application/x-ndjson", None)
+
+
+def test_tgi_and_anthropic_streams_are_joined_token_by_token() -> None:
+    tgi = StreamAssembler(4096, "text/event-stream")
+    for piece in ("Call +1 212", " 555", " 0143", "</s>"):
+        tgi.feed(b"data: " + orjson.dumps({"token": {"id": 1, "text": piece,
+                                                     "special": piece == "</s>"}}) + b"\n\n")
+    body, ctype, _ = tgi.assembled()
+    assert body is not None and ctype == "application/json"
+    assert orjson.loads(body)["generated_text"] == "Call +1 212 555 0143"
+    anthropic = StreamAssembler(4096, "text/event-stream")
+    for event in ({"type": "message_start", "message": {"model": "claude"}},
+                  {"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": "jane@exa"}},
+                  {"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": "mple.com"}},
+                  {"type": "message_stop"}):
+        anthropic.feed(b"event: x\ndata: " + orjson.dumps(event) + b"\n\n")
+    body, _, _ = anthropic.assembled()
+    assert body is not None
+    assert orjson.loads(body)["content"] == [{"type": "text", "text": "jane@example.com"}]
+
+
+def test_json_events_of_an_unknown_shape_are_omitted_not_recorded_in_pieces(
+        strict: PrivacyProfile, analyzer: Analyzer) -> None:
+    assembler = StreamAssembler(4096, "text/event-stream")
+    for piece in ("write to jane", "@example", ".com"):
+        assembler.feed(b"data: " + orjson.dumps({"out": {"piece": piece}}) + b"\n\n")
+    assert assembler.assembled() == (None, None, UNASSEMBLED)
+    result = Masker(strict, analyzer, HASH_KEY).mask(
+        Captured("id", response_omitted=UNASSEMBLED), Decision(True, "sampled"))
+    assert result.omitted == {"response": UNASSEMBLED}
+    assert b"jane" not in orjson.dumps(result.record())
+
+
+def test_a_cut_stream_keeps_complete_lines_and_drops_its_untrusted_tail(
+        strict: PrivacyProfile, analyzer: Analyzer) -> None:
+    """A stream cut at max_bytes may end inside a value: "card 4111 1111 1111 11" is too
+    short to be a card number, and would be recorded as it is."""
+    chunks = sse(*[chat_delta(f"word{i} ") for i in range(30)], chat_delta("card 4111"),
+                 chat_delta(" 1111"), chat_delta(" 1111 11"), chat_delta("11 thanks"))
+    raw = b"".join(chunks)
+    cut = raw.index(b"11 thanks")  # inside the last delta's JSON
+    assembler = StreamAssembler(cut, "text/event-stream")
+    assembler.feed(raw)
+    body, ctype, omitted = assembler.assembled()
+    assert assembler.truncated and body is not None and omitted is None
+    content = orjson.loads(body)["choices"][0]["message"]["content"]
+    assert content.startswith("word0 word1 ") and "4111" not in content
+    assert len("".join(f"word{i} " for i in range(30)) + "card 4111 1111 1111 11") - \
+        len(content) >= TAIL_MARGIN
+    plain = StreamAssembler(50, "text/plain")
+    plain.feed(b"x" * 20 + b" my card is 4111 1111 1111 1111 thanks")
+    text, _, _ = plain.assembled()
+    assert text is not None and b"4111" not in text
 
 
 def test_feeding_is_bounded() -> None:
-    assembler = StreamAssembler(10, "text/plain")
+    assembler = StreamAssembler(10, "application/json")
     assembler.feed(b"0123456789abcdef")
     assembler.feed(b"more")
     assert assembler.truncated and assembler.assembled()[0] == b"0123456789"
