@@ -100,7 +100,7 @@ def test_a_cut_stream_keeps_complete_lines_and_drops_its_untrusted_tail(
     cut = raw.index(b"11 thanks")  # inside the last delta's JSON
     assembler = StreamAssembler(cut, "text/event-stream")
     assembler.feed(raw)
-    body, ctype, omitted = assembler.assembled()
+    body, _, omitted = assembler.assembled()
     assert assembler.truncated and body is not None and omitted is None
     content = orjson.loads(body)["choices"][0]["message"]["content"]
     assert content.startswith("word0 word1 ") and "4111" not in content
