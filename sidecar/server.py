@@ -117,7 +117,7 @@ class Sidecar:
             return None
         if not self.queue.accepting:
             return "event_queue_full"
-        if self.log.full:
+        if self.log.full or self.pipeline.writer.blocked:
             return "event_log_full"
         return None
 

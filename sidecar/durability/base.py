@@ -81,6 +81,8 @@ def check_increasing(records: Sequence[Record], after: int) -> None:
 
 
 class EventLog(Protocol):
+    max_bytes: int  # the bound on bytes_used
+
     def append(self, records: Sequence[Record]) -> None:
         """Store ``records`` (no fsync) applying ``when_full``; writer thread only."""
         ...

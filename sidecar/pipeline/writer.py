@@ -32,7 +32,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sidecar.durability.base import EventLog, LogFull
+from sidecar.durability.base import EventLog, LogFull, full_headroom
+from sidecar.durability.framing import frame_size
 from sidecar.events.cloudevents import to_record
 from sidecar.events.model import AnyEvent, InferenceEvent
 from sidecar.events.queue import EventQueue
@@ -129,6 +130,16 @@ class LogWriter:
         self._last_seq = event_log.last_seq  # the last seq given to a record
         self._on_drop = on_drop
         self.give_up_at: float | None = None  # monotonic deadline, set at shutdown
+        # A round takes at most half of what the log holds below its ``full`` mark, and no
+        # more than is free below it, going by the largest record seen lately: a round
+        # bigger than the log would never fit (the writer would hold it for ever), and
+        # one bigger than the free room would be held while the log is not yet ``full``,
+        # which admission control reads. While the writer holds a round a full log
+        # refused, ``blocked`` tells admission control to refuse new requests (503s).
+        self._headroom = full_headroom(event_log.max_bytes)
+        self._room = (event_log.max_bytes - self._headroom) // 2
+        self._record_max = 4096.0  # the largest record frame lately (decays per round)
+        self.blocked = False  # holding a round the full log refused (``block``)
 
     # --- writer thread -----------------------------------------------------------------
 
@@ -148,7 +159,11 @@ class LogWriter:
 
     def _append(self, work: _Round) -> None:
         before = self.log.stats()
-        self.log.append(self._encode(work))
+        records = self._encode(work)
+        if records:
+            largest = max(frame_size(r) for r in records)
+            self._record_max = max(self._record_max * 0.99, largest)
+        self.log.append(records)
         self._dirty = True
         after = self.log.stats()
         self._dropped_newest = after.dropped_newest - before.dropped_newest
@@ -211,14 +226,23 @@ class LogWriter:
     def _take_finals(self, max_items: int) -> Batch:
         return [] if self.completion is None else self.completion.back.take(max_items)
 
+    @property
+    def round_max(self) -> int:
+        """Records in a round: ``BATCH_MAX``, fewer when the log (or what is free in it)
+        is too small for that many."""
+        free = self.log.max_bytes - self._headroom - self.log.stats().bytes_used
+        return max(1, min(BATCH_MAX, int(min(self._room, free) / self._record_max)))
+
     def _take(self, work: _Round | None = None) -> _Round:
         if work is None:
             work = _Round([], [], [], [])
+        cap = self.round_max
         # Finals and notices must fit in the rest of the last event's seq block; never
         # short in practice (ROOM events with a few alerts each), but never wrong either.
         space = next_event_seq(self._last_seq) - self._last_seq - 1 - len(work.finals)
-        finals = self._take_finals(min(BATCH_MAX - len(work.finals), space))
-        events, completes = self._take_events(BATCH_MAX - len(work.events))
+        finals = self._take_finals(max(0, min(cap - len(work.finals), space)))
+        room = cap - len(work.finals) - len(finals) - len(work.events)
+        events, completes = self._take_events(room) if room > 0 else ([], [])
         work.finals += finals
         work.events += events
         work.completes += completes
@@ -264,7 +288,7 @@ class LogWriter:
                     return
                 await self._wait()
                 continue
-            if (self.mode != "sync" and len(work.events) < BATCH_MAX
+            if (self.mode != "sync" and len(work.events) < self.round_max
                     and not self.queue.closed):
                 # Nothing waits on this round: let it grow, one hand-off for many events.
                 await asyncio.sleep(self.linger)
@@ -336,6 +360,7 @@ class LogWriter:
                 await loop.run_in_executor(self._executor, step)
                 break
             except LogFull:
+                self.blocked = True  # admission control refuses new requests meanwhile
                 drop, pause = "log_full_at_shutdown", RETRY_S  # block: wait for a trim
             except OSError as exc:
                 drop, pause, delay = "disk_error_at_shutdown", delay, min(delay * 2,
@@ -349,6 +374,7 @@ class LogWriter:
                           extra={"fields": {"reason": drop, "events": events}})
                 return drop
             await asyncio.sleep(pause)
+        self.blocked = False
         if failing:
             self._on_disk_error(False)
         return None

@@ -103,6 +103,13 @@ class WriterHarness:
         assert all(out)
         return out
 
+    def whole_rounds(self) -> WriterHarness:
+        """Let the first round take every event queued, however small the log: these tests
+        are about a round the log has no room for (the writer otherwise cuts rounds to
+        half of what the log holds, by the largest record seen)."""
+        self.writer._record_max = 1.0
+        return self
+
     def wait_for(self, seqs: list[int]) -> list[asyncio.Future[None]]:
         futures = [self.writer.durability.wait(s) for s in seqs]
         assert all(f is not None for f in futures)
@@ -517,7 +524,7 @@ async def test_an_fsync_error_is_retried_without_appending_the_batch_twice(
 async def test_log_full_under_block_is_retried_and_the_batch_is_kept(
     make_writer: Callable[..., WriterHarness],
 ) -> None:
-    h = make_writer(mode="sync", log=nearly_full_log("block"))
+    h = make_writer(mode="sync", log=nearly_full_log("block")).whole_rounds()
     futures = h.wait_for(h.put(range(5)))
     h.start()
     await wait_until(lambda: h.log.refused_full >= 3)  # LogFull, retried, still full
@@ -536,10 +543,42 @@ async def test_log_full_under_block_is_retried_and_the_batch_is_kept(
     await h.finish()
 
 
+async def test_a_round_never_outgrows_the_log(make_writer: Callable[..., WriterHarness]) -> None:
+    """Thirty events in the queue and a log that holds twenty: taken as one round, they
+    would never fit, however much delivery trims. Rounds are cut to what the log holds."""
+    h = make_writer(mode="sync", log=RecordingLog(20 * EVENT_FRAME, "block"))
+    futures = h.wait_for(h.put(range(30)))
+    h.start()
+    for _ in range(200):  # delivery, trimming whatever is in the log
+        if all(f.done() for f in futures):
+            break
+        h.log.ack(h.log.last_seq)
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
+    assert len(h.log.appended) >= 2 and not h.writer.blocked
+    await h.finish()
+
+
+async def test_while_a_full_log_refuses_a_round_the_writer_says_it_is_blocked(
+    make_writer: Callable[..., WriterHarness],
+) -> None:
+    """Admission control reads ``blocked``: new requests get a 503 at once instead of
+    waiting out their durability timeout behind the held round."""
+    h = make_writer(mode="sync", log=nearly_full_log("block"))
+    futures = h.wait_for(h.put(range(2)))
+    h.start()
+    await wait_until(lambda: h.log.refused_full >= 1)
+    assert h.writer.blocked
+    h.log.ack(ev(2))
+    await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
+    assert not h.writer.blocked
+    await h.finish()
+
+
 async def test_log_full_at_shutdown_gives_up_at_the_deadline_and_counts_the_drops(
     make_writer: Callable[..., WriterHarness], caplog: pytest.LogCaptureFixture
 ) -> None:
-    h = make_writer(mode="sync", log=nearly_full_log("block"))
+    h = make_writer(mode="sync", log=nearly_full_log("block")).whole_rounds()
     h.put(range(3))
     h.queue.close()
     started = time.monotonic()
@@ -567,7 +606,7 @@ async def test_log_full_at_shutdown_gives_up_at_the_deadline_and_counts_the_drop
 async def test_log_drops_are_reported_with_their_reason(
     make_writer: Callable[..., WriterHarness], when_full: str, reason: str, kept: list[int]
 ) -> None:
-    h = make_writer(mode="sync", log=nearly_full_log(when_full))
+    h = make_writer(mode="sync", log=nearly_full_log(when_full)).whole_rounds()
     futures = h.wait_for(h.put(range(5)))
     h.start()
     await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)

@@ -192,3 +192,21 @@ async def test_a_body_that_stops_coming_gets_408_within_idle_timeout(
     (event,) = await sc.events(1)
     assert event.outcome == "rejected" and event.status in (400, 408)
     assert upstream.hits == 0
+
+
+async def test_a_writer_held_by_a_full_log_makes_new_requests_fail_fast(
+    make_sidecar: Any, upstream: Any, client: aiohttp.ClientSession
+) -> None:
+    """``when_full: block``: while the writer holds a round the log refused, a new
+    request gets a stamped 503 at once, not a wait for its durability timeout."""
+    sc = await make_sidecar(durability="sync", when_full="block")
+    sc.sidecar.pipeline.writer.blocked = True
+    started = time.monotonic()
+    async with client.post(sc.url + "/text", data=b"hello") as response:
+        assert response.status == 503
+        assert (await response.json())["error"] == "event_log_full"
+        assert "x-inference-id" in response.headers
+    assert time.monotonic() - started < 1.0 and upstream.hits == 0
+    sc.sidecar.pipeline.writer.blocked = False
+    async with client.post(sc.url + "/text", data=b"hello") as response:
+        assert response.status == 200
