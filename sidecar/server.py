@@ -132,7 +132,11 @@ class Sidecar:
         server = ProxyServer(
             self.handler,
             on_error=self.handler.on_parse_error,
-            max_line_size=s.max_request_line_bytes,
+            # The parser reports which limit a line broke, the only way to tell a long
+            # request line (414) from a long header (431); equal limits (the defaults)
+            # would not say, so the request line's is one byte more then.
+            max_line_size=s.max_request_line_bytes + (
+                s.max_request_line_bytes == s.max_header_bytes),
             max_field_size=s.max_header_bytes,
             max_headers=s.max_headers,
             auto_decompress=False,  # forward request bodies byte for byte

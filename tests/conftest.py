@@ -110,9 +110,16 @@ async def upstream() -> AsyncIterator[TestUpstream]:
         return response
 
     async def echo_headers(request: web.Request) -> web.Response:
-        return web.json_response(dict(request.headers), headers={
+        # Every value of every header, in order (a dict would keep one of a repeated one).
+        seen: dict[str, str] = {}
+        for name, value in request.headers.items():
+            key = name.lower()
+            seen[key] = f"{seen[key]} | {value}" if key in seen else value
+        return web.json_response(seen, headers={
             "Connection": "X-Hop", "X-Hop": "secret", "Keep-Alive": "timeout=5",
             "x-model-version": "forged", "x-inference-id": "forged",
+            "Content-Disposition": 'attachment; filename="caf\u00e9.txt"',
+            "Proxy-Authentication-Info": "nextnonce=1",
         })
 
     app = build_app()

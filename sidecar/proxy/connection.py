@@ -158,8 +158,9 @@ class Connection(asyncio.Protocol):
         response = self.response
         if response is None:
             return
-        if response.status and response.content_length is None and not self._chunked():
-            self._done(None)  # a body delimited by the close
+        if (exc is None and response.status and response.content_length is None
+                and not self._chunked()):
+            self._done(None)  # a body delimited by the close (a reset is no such end)
         else:
             self._fail(UpstreamUnavailable("upstream closed the connection"))
 
@@ -167,11 +168,11 @@ class Connection(asyncio.Protocol):
 
     def on_status(self, status: bytes) -> None:
         assert self.response is not None
-        self.response.reason = (self.response.reason or "") + status.decode("latin-1")
+        self.response.reason = (self.response.reason or "") + _text(status)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
-        self.response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        self.response.headers.add(_text(name), _text(value))
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -210,14 +211,17 @@ class Connection(asyncio.Protocol):
 
     # -- the exchange ------------------------------------------------------------------
 
-    def send(self, head: bytes, body: bytes, response: UpstreamResponse) -> None:
+    def send(self, head: bytes, body: bytes, response: UpstreamResponse,
+             deadline: float | None = None) -> None:
+        """Write the request; ``deadline`` (loop time) bounds the whole exchange, by
+        default ``total_timeout`` from now."""
         assert self.transport is not None
         self.response = response
         response._conn = self
         self.received = self.paused = self._interim = False
         self.pausable = True
         now = self.loop.time()
-        self._deadline = now + self.pool.total_timeout
+        self._deadline = now + self.pool.total_timeout if deadline is None else deadline
         self._head_deadline = now + self.pool.read_timeout
         self._last_byte = now
         self._arm()
@@ -231,6 +235,8 @@ class Connection(asyncio.Protocol):
         self._last_byte = self.loop.time()  # the silence was ours, not the upstream's
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
+        if self.response is not None:
+            self._arm()  # paused, the timer was set for the total deadline only
 
     def abort(self) -> None:
         self._cancel_timer()
@@ -300,3 +306,13 @@ class Connection(asyncio.Protocol):
             return
         phase = "answer in time" if not self.response.status else "send more in time"
         self._fail(UpstreamTimeout(f"upstream did not {phase}"))
+
+
+def _text(raw: bytes) -> str:
+    """Header bytes as aiohttp's writer wants them: it encodes ``str`` as UTF-8 (strict),
+    so UTF-8 gives the client the very bytes the upstream sent. Bytes that are not UTF-8
+    (a legacy Latin-1 value) are taken as Latin-1: changed on the way, but never a crash."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")

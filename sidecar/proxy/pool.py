@@ -55,11 +55,12 @@ class Pool:
 
     async def request(self, method: str, head: bytes, body: bytes) -> UpstreamResponse:
         """Send; return the response once its head is in. Raises ``UpstreamError``s."""
+        deadline = self.loop.time() + self.total_timeout  # the wait for a slot counts too
         for attempt in (0, 1):
-            conn, reused = await self._acquire()
+            conn, reused = await self._acquire(deadline)
             future: asyncio.Future[UpstreamResponse] = self.loop.create_future()
             response = UpstreamResponse(method, future)
-            conn.send(head, body, response)
+            conn.send(head, body, response, deadline)
             try:
                 return await future
             except UpstreamUnavailable:
@@ -70,7 +71,7 @@ class Pool:
                 raise
         raise AssertionError("unreachable")
 
-    async def _acquire(self) -> tuple[Connection, bool]:
+    async def _acquire(self, deadline: float) -> tuple[Connection, bool]:
         now = self.loop.time()
         while True:
             while self._idle:
@@ -83,11 +84,15 @@ class Pool:
             slot: asyncio.Future[None] = self.loop.create_future()
             self._slots.append(slot)
             try:
-                await slot
-            except asyncio.CancelledError:
-                if slot.done() and not slot.cancelled():
-                    self._wake_one()  # woken, then cancelled: the wake-up is someone else's
-                raise
+                async with asyncio.timeout_at(deadline):
+                    try:
+                        await slot
+                    except asyncio.CancelledError:
+                        if slot.done() and not slot.cancelled():
+                            self._wake_one()  # woken, then cancelled: someone else's turn
+                        raise
+            except TimeoutError:
+                raise UpstreamTimeout("no upstream connection was free in time") from None
 
     async def _connect(self) -> Connection:
         conn = Connection(self)

@@ -29,11 +29,19 @@ class ErrorResponder(Protocol):
         ...
 
 
-def classify_parse_error(status: int, exc: BaseException | None) -> tuple[int, str]:
+def classify_parse_error(status: int, exc: BaseException | None,
+                         line_limit: int | None = None,
+                         field_limit: int | None = None) -> tuple[int, str]:
     """HTTP status and error code for a request the parser refused."""
     if isinstance(exc, LineTooLong):
-        # The parser names no field; the overlong text itself tells a request target
-        # (origin-form "/..." or absolute-form "http...") from a header line.
+        # The parser names the limit it hit: the request line's or a header field's.
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if line_limit != field_limit and limit in (line_limit, field_limit):
+            if limit == line_limit:
+                return 414, "request_line_too_long"
+            return 431, "header_too_large"
+        # Both limits equal: the overlong text itself tells a request target (origin-form
+        # "/..." or absolute-form "http...") from a header line, mostly.
         line = exc.args[0] if exc.args else b""
         if isinstance(line, str):
             line = line.encode("latin-1", "replace")
@@ -70,7 +78,9 @@ class _StampedRequestHandler(RequestHandler):
             return web.Response(status=status)  # never written: the transport is gone
         if request.writer.output_size > 0 or not isinstance(self._manager, ProxyServer):
             return super().handle_error(request, status, exc, message)
-        status, code = classify_parse_error(status, exc)
+        manager = self._manager
+        status, code = classify_parse_error(status, exc, manager.line_limit,
+                                            manager.field_limit)
         response = self._manager.on_error(request, status, code)
         response.force_close()
         return response
@@ -87,6 +97,8 @@ class ProxyServer(web.Server):
     ) -> None:
         super().__init__(handler, handler_cancellation=True, **kwargs)
         self.on_error = on_error
+        self.line_limit: int | None = kwargs.get("max_line_size")
+        self.field_limit: int | None = kwargs.get("max_field_size")
 
     def __call__(self) -> RequestHandler:
         return _StampedRequestHandler(self, loop=self._loop, **self._kwargs)

@@ -50,29 +50,40 @@ def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
 def end_to_end(
     headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: frozenset[str]
 ) -> CIMultiDict[str]:
-    """Copy ``headers`` without hop-by-hop fields and without the names in ``drop``.
+    """Copy ``headers`` without hop-by-hop fields, ``Proxy-*`` fields (they concern the
+    connection to a proxy) and the names in ``drop``.
 
-    >>> h = CIMultiDict([("Connection", "close, X-Secret"), ("X-Secret", "1"), ("A", "b")])
+    >>> h = CIMultiDict([("Connection", "close, X-Secret"), ("X-Secret", "1"), ("A", "b"),
+    ...                  ("Proxy-Authentication-Info", "x")])
     >>> list(end_to_end(h, HOP_BY_HOP).items())
     [('A', 'b')]
     """
     if "connection" in headers:
         drop = drop | _connection_tokens(headers)
-    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
+    return CIMultiDict([(k, v) for k, v in headers.items()
+                        if (name := k.lower()) not in drop and not name.startswith("proxy-")])
 
 
 def request_headers(
     headers: CIMultiDictProxy[str], inference_id: str, client: str | None
 ) -> CIMultiDict[str]:
     """What the upstream gets: end-to-end headers, the sidecar's inference id (so the
-    model server can log the same id), and the X-Forwarded-* trio."""
+    model server can log the same id), and the X-Forwarded-* trio.
+
+    As a proxy that is not the edge (an ingress or a mesh is in front of the pod), the
+    sidecar keeps the proto and host the proxy before it set, adding its own only when
+    there are none, and appends the client address to the one X-Forwarded-For list (all
+    of a client's X-Forwarded-For fields merged): one value each, never a second one a
+    first-value reader would miss."""
     out = end_to_end(headers, _REQUEST_DROP)
-    extra = [(HEADER_INFERENCE_ID, inference_id), ("x-forwarded-proto", "http")]
+    extra = [(HEADER_INFERENCE_ID, inference_id)]
+    if "x-forwarded-proto" not in out:
+        extra.append(("x-forwarded-proto", "http"))
     host = headers.get("host")
-    if host is not None:
+    if host is not None and "x-forwarded-host" not in out:
         extra.append(("x-forwarded-host", host))
     if client:
-        prior = out.pop("x-forwarded-for", None)
+        prior = ", ".join(out.popall("x-forwarded-for", ()))
         extra.append(("x-forwarded-for", f"{prior}, {client}" if prior else client))
     out.extend(extra)
     return out
@@ -120,13 +131,16 @@ class Upstream:
 
     def head(self, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes) -> bytes:
         """The request line and header block, encoded once. Header names and values come
-        from a parsed request or from the sidecar, so they hold no CR or LF."""
+        from a parsed request or from the sidecar, so they hold no CR or LF. aiohttp
+        decoded the client's bytes as UTF-8 with surrogate escapes: encoding the same way
+        forwards them unchanged (Latin-1 turned "Jos\xc3\xa9" into "Jos\xe9", and failed
+        on "\xe2\x82\xac")."""
         lines = [f"{method} {self._prefix}{path_qs} HTTP/1.1", f"Host: {self._host_header}"]
         lines.extend([f"{name}: {value}" for name, value in headers.items()])
         if body or method not in _NO_BODY_METHODS:
             lines.append(f"Content-Length: {len(body)}")
         lines.append("\r\n")
-        return "\r\n".join(lines).encode("latin-1")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
 def finish(response: UpstreamResponse, failed: bool) -> None:

@@ -969,3 +969,73 @@ async def test_an_exchange_leaves_no_garbage_for_the_cyclic_collector(
         gc.garbage.clear()
         gc.enable()
     assert found == []
+
+
+async def test_an_upstream_silent_after_a_pause_is_cut_at_idle_timeout(
+    serve: Any, make_pool: PoolFactory
+) -> None:
+    """The timer a pause set for the total deadline must be brought back to the idle one
+    when reading resumes: a stalled upstream is cut after idle_timeout, not total."""
+    body = pattern(4 * 2**20)
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in chunked(body):
+            await conn.send(piece)
+        await conn.until_closed()  # then nothing: no terminating chunk
+
+    server = await serve(handler)
+    pool = make_pool(server.port, idle_timeout=0.3, total_timeout=30.0)
+    response = await send(pool)
+    conn = response._conn
+    assert conn is not None
+    await until(lambda: conn.paused)
+    await asyncio.sleep(0.6)  # a consumer slower than idle_timeout: not the upstream's fault
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        await asyncio.wait_for(collect(response), 10)
+    assert time.monotonic() - started < 5  # idle_timeout after the last byte, not 30 s
+    response.release(failed=True)
+
+
+async def test_a_reset_is_not_the_end_of_a_body_delimited_by_the_close(
+    serve: Any, make_pool: PoolFactory
+) -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial-")
+        await asyncio.sleep(0.05)
+        sock = conn.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.writer.transport.abort()  # RST, not FIN
+
+    server = await serve(handler)
+    pool = make_pool(server.port)
+    response = await send(pool)
+    with pytest.raises(UpstreamUnavailable):
+        await asyncio.wait_for(collect(response), WAIT)
+    response.release(failed=True)
+
+
+async def test_the_wait_for_a_free_connection_counts_against_total_timeout(
+    serve: Any, make_pool: PoolFactory
+) -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.until_closed()  # never answers
+
+    server = await serve(handler)
+    pool = make_pool(server.port, limit=1, read_timeout=0.3, total_timeout=0.3)
+    started = time.monotonic()
+
+    async def timed() -> tuple[BaseException | None, float]:
+        try:
+            await send(pool)
+        except UpstreamTimeout as exc:
+            return exc, time.monotonic() - started
+        return None, time.monotonic() - started
+    results = await asyncio.gather(*(timed() for _ in range(3)))
+    assert all(isinstance(exc, UpstreamTimeout) for exc, _ in results), results
+    # Each within total_timeout of its start, queued or not (before: 0.3, 0.6, 0.9 s).
+    assert max(elapsed for _, elapsed in results) < 0.55

@@ -107,6 +107,26 @@ async def test_hop_by_hop_headers_are_not_forwarded(
     assert event["request_id"] == "req-7"
 
 
+async def test_header_bytes_pass_unchanged_and_forwarding_headers_stay_single(
+    sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    """UTF-8 header bytes both ways, one value per X-Forwarded-* header (the proxy in
+    front keeps its proto and host; the client address is appended to the one list), no
+    Proxy-* field either way."""
+    headers = [("X-Name", "Jos\u00e9 5\u20ac"), ("X-Forwarded-Proto", "https"),
+               ("X-Forwarded-Host", "public.example"), ("X-Forwarded-For", "203.0.113.7"),
+               ("X-Forwarded-For", "10.0.0.1"), ("Proxy-Token", "p")]
+    async with client.get(sidecar.url + "/echo-headers", headers=headers) as response:
+        seen = await response.json()
+        assert response.headers["content-disposition"] == 'attachment; filename="caf\u00e9.txt"'
+        assert "proxy-authentication-info" not in response.headers
+    assert seen["x-name"] == "Jos\u00e9 5\u20ac"
+    assert seen["x-forwarded-proto"] == "https"
+    assert seen["x-forwarded-host"] == "public.example"
+    assert seen["x-forwarded-for"] == "203.0.113.7, 10.0.0.1, 127.0.0.1"
+    assert "proxy-token" not in seen
+
+
 async def test_recorded_path_trace_and_request_ids_carry_no_personal_data(
     sidecar: Any, client: aiohttp.ClientSession
 ) -> None:
@@ -210,6 +230,9 @@ async def test_parse_errors_get_stamped_json_and_an_event(sidecar: Any) -> None:
         (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
             b"X-H%d: 1\r\n" % i for i in range(150)) + b"\r\n", 431),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        # a header value that looks like a request target is still a header
+        (b"GET / HTTP/1.1\r\nHost: x\r\nReferer: https://" + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Original-URL: /" + b"a" * 9000 + b"\r\n\r\n", 431),
     ]
     for raw, status in cases:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
