@@ -153,9 +153,13 @@ def recover(directory: str) -> Recovered:
             os.unlink(path)
             out.changed = True
             continue
-        if not header_ok and len(data) >= HEADER and data.startswith(b"SCWAL"):
+        other_version = not header_ok and len(data) >= HEADER and data.startswith(b"SCWAL")
+        scan = framing.scan(data, HEADER if header_ok or other_version else 0, prev)
+        if other_version and not scan.seqs:
+            # No record this version can read behind the header: another format's file,
+            # kept for the software that wrote it. (With readable records, the header's
+            # version bytes were damaged: the records are kept, the damage logged.)
             raise ValueError(f"{path}: segment format {data[5:8].hex()} is not supported")
-        scan = framing.scan(data, HEADER if header_ok else 0, prev)
         out.corrupt += scan.corrupt
         if scan.corrupt or (data and not header_ok):
             log.warning(

@@ -403,6 +403,23 @@ def test_a_segment_of_another_format_version_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / f"{1:020d}.seg").stat().st_size == 58  # left alone
 
 
+@pytest.mark.parametrize("byte", [5, 6, 7])
+def test_a_damaged_version_byte_over_readable_records_keeps_them(
+        opened: Opened, tmp_path: Path, byte: int, caplog: pytest.LogCaptureFixture) -> None:
+    """One flipped bit in a segment header must not stop the log (and the sidecar) from
+    opening: the records behind it are checked one by one anyway."""
+    log = wal(opened, tmp_path)
+    log.append(batch(1, 5))
+    log.close()
+    path = segment_files(tmp_path)[0]
+    data = bytearray(path.read_bytes())
+    data[byte] ^= 0x08
+    path.write_bytes(bytes(data))
+    log = wal(opened, tmp_path)
+    assert seqs(drain(log)) == [1, 2, 3, 4, 5]
+    assert any("corrupt" in r.getMessage() for r in caplog.records)
+
+
 def test_unreadable_cursor_redelivers_everything(
     opened: Opened, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
