@@ -125,7 +125,11 @@ async def upstream() -> AsyncIterator[TestUpstream]:
     app = build_app()
     app.middlewares.append(record)
     app.router.add_get("/gated", gated)
+    async def echo_json(request: web.Request) -> web.Response:  # the body, as JSON
+        return web.Response(body=await request.read(), content_type="application/json")
+
     app.router.add_route("*", "/echo-headers", echo_headers)
+    app.router.add_post("/echo-json", echo_json)
     app.router.add_route("*", "/echo-headers/{tail:.*}", echo_headers)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
     await runner.setup()

@@ -47,7 +47,9 @@ class Stamp:
         >>> s = load_settings(environ={"SIDECAR_MODEL_NAME": "m", "SIDECAR_MODEL_VERSION": "1",
         ...     "SIDECAR_POLICY_VERSION": "p", "SIDECAR_EVIDENCE_BUNDLE_ID": "e"})
         >>> Stamp(s).body(b'{"a": 1}', "application/json", "id-1")
-        b'{"a":1,"compliance":{"model_version":"1","policy_version":"p","evidence_bundle_id":"e","inference_id":"id-1"}}'
+        b'{"a": 1,"compliance":{"model_version":"1","policy_version":"p","evidence_bundle_id":"e","inference_id":"id-1"}}'
+        >>> Stamp(s).body(b'{} ', "application/json", "id-1")[:15]
+        b'{"compliance":{'
         >>> Stamp(s).body(b'[1]', "application/json", "id-1") is None
         True
         """
@@ -59,5 +61,13 @@ class Stamp:
             return None  # malformed JSON passes through untouched
         if not isinstance(document, dict):
             return None
-        document[self._body_key] = {**self._identity, "inference_id": inference_id}
-        return orjson.dumps(document)
+        stamp = {**self._identity, "inference_id": inference_id}
+        if self._body_key in document:  # the upstream's own key of that name: replaced
+            document[self._body_key] = stamp
+            return orjson.dumps(document)
+        # Spliced into the bytes, not re-serialised: the model's output stays byte for
+        # byte (orjson would turn an integer past 64 bits into a float, and refuse to
+        # write a document nested deeper than it reads).
+        end = body.rindex(b"}")
+        member = orjson.dumps(self._body_key) + b":" + orjson.dumps(stamp)
+        return body[:end] + (b"," if document else b"") + member + body[end:]

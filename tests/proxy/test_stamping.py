@@ -205,6 +205,24 @@ async def test_stamp_body_adds_object_with_correct_length(
     assert "audit" not in text and text.endswith("data: [DONE]\n\n")
 
 
+async def test_stamp_body_keeps_the_model_output_byte_for_byte(
+    make_sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    """The stamp is added, nothing else changes: an integer past 64 bits stays an integer,
+    a document nested deeper than orjson writes still gets its 200 and its stamp."""
+    sc = await make_sidecar(stamp_body="true")
+    big = b'{"id": 123456789012345678901234567890, "x": 1.10}'
+    deep = b'{"a": ' + b"[" * 300 + b"]" * 300 + b"}"
+    for body in (big, deep, b"{}"):
+        async with client.post(sc.url + "/echo-json", data=body) as response:
+            assert response.status == 200
+            raw = await response.read()
+            iid = assert_stamped(response.headers)
+        head, sep, stamp = raw.rpartition(b'"compliance":')
+        assert sep and raw.startswith(body[:-1]) and head.rstrip(b",") == body[:-1]
+        assert json.loads(stamp[:-1])["inference_id"] == iid
+
+
 async def test_malformed_json_is_proxied_untouched_and_recorded(
     make_sidecar: Any, client: aiohttp.ClientSession
 ) -> None:
