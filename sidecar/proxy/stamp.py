@@ -47,7 +47,7 @@ class Stamp:
         >>> s = load_settings(environ={"SIDECAR_MODEL_NAME": "m", "SIDECAR_MODEL_VERSION": "1",
         ...     "SIDECAR_POLICY_VERSION": "p", "SIDECAR_EVIDENCE_BUNDLE_ID": "e"})
         >>> Stamp(s).body(b'{"a": 1}', "application/json", "id-1")
-        b'{"a": 1,"compliance":{"model_version":"1","policy_version":"p","evidence_bundle_id":"e",...
+        b'{"a": 1,"compliance":{"model_version":"1","policy_version":"p",...'
         >>> Stamp(s).body(b'{} ', "application/json", "id-1")[:15]
         b'{"compliance":{'
         >>> Stamp(s).body(b'[1]', "application/json", "id-1") is None
