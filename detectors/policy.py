@@ -37,6 +37,7 @@ only when ``required``. Statistic: the number of violated constraints (threshold
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ from typing import Any
 from detectors.abuse import _Abuse
 from detectors.base import Alert, Observation, ParamError
 from detectors.clients import features, number
+
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,40}/[a-z0-9][a-z0-9!#$&^_.+-]{0,40}")
 
 _RULE_KEYS = ("min", "max", "allowed", "required")
 
@@ -141,7 +144,10 @@ class Policy(_Abuse):
         if self.content_types:
             ctype = (_header(event, "content-type") or "").split(";")[0].strip().lower()
             if ctype not in self.content_types:
-                v.append(f"content type {ctype[:64] or '(none)'} not allowed")
+                # Named only when it is a media type: the client wrote it, and alerts
+                # must not carry what a client can put in them.
+                shown = ctype if _MEDIA_TYPE.fullmatch(ctype) else "(not a media type)"
+                v.append(f"content type {shown if ctype else '(none)'} not allowed")
         if self.purpose_header:
             purpose = _header(event, self.purpose_header)
             if purpose is None:

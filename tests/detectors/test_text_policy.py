@@ -84,6 +84,12 @@ def test_policy_example_validates_and_flags_requests_outside_intended_use() -> N
         "method GET not allowed", "content type text/plain not allowed",
         "no x-intended-purpose header", "max_tokens 4096 > max 1024", "user missing"]
     assert alert.statistic == 5.0 and alert.kind == "policy"
+    # What a client writes there is named only when it is a media type.
+    crafted = {**ok, "headers": {"request": {"content-type": "x alice@example.com",
+                                             "x-intended-purpose": "customer-support"}}}
+    [alert] = det.update(crafted)
+    assert alert.details["violations"] == ["content type (not a media type) not allowed"]
+    assert "alice" not in str(alert.to_dict())
 
 
 @pytest.mark.parametrize(("params", "key"), [
