@@ -18,6 +18,8 @@ Every event carries the request's path, trace id and request id, under every pro
 '/v1/users/*/*'
 >>> safe_path("/v1/accounts/4111111111111111/score")
 '/v1/accounts/*/score'
+>>> safe_path("http://public.example/v1/models?x=1")
+'/v1/models'
 >>> trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 '4bf92f3577b34da6a3ce929d0e0e4736'
 >>> trace_id("00-sk_live_0123456789abcdefghijklmn-00f067aa0ba902b7-01") is None
@@ -41,6 +43,9 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 @lru_cache(maxsize=4096)  # paths repeat: one split per distinct path
 def safe_path(raw_path: str) -> str:
     path = raw_path.partition("?")[0]
+    scheme, sep, rest = path.partition("://")
+    if sep and not path.startswith("/"):  # absolute form: the path only, as upstream gets
+        path = "/" + rest.partition("/")[2]
     return "/".join(segment if _identifier(segment) else "*" for segment in path.split("/"))
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.config import Settings
-from sidecar.errors import UpstreamUnavailable
+from sidecar.errors import RequestRejected
 from sidecar.proxy.pool import Pool, UpstreamResponse
 from sidecar.telemetry import HEADER_INFERENCE_ID, STAMP_HEADERS
 
@@ -124,9 +124,8 @@ class Upstream:
         """Send the request; return the response once its head has arrived. The caller
         must ``finish`` it."""
         assert self._pool is not None, "Upstream.start() was not awaited"
-        if not path_qs.startswith("/"):  # absolute-form or "*": not for a reverse proxy
-            raise UpstreamUnavailable("the request target must be a path", status=400,
-                                      code="bad_request_target")
+        if not path_qs.startswith("/"):
+            path_qs = origin_form(path_qs)
         return await self._pool.request(method, self.head(method, path_qs, headers, body), body)
 
     def head(self, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes) -> bytes:
@@ -141,6 +140,19 @@ class Upstream:
             lines.append(f"Content-Length: {len(body)}")
         lines.append("\r\n")
         return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+def origin_form(target: str) -> str:
+    """The path and query of an absolute-form request target, which a server must accept
+    (RFC 9112, 3.2.2); anything else (``*``, authority-form) is a 400.
+
+    >>> origin_form("http://model:8000/v1/models?x=1"), origin_form("https://h")
+    ('/v1/models?x=1', '/')
+    """
+    parts = urlsplit(target)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise RequestRejected("the request target must be a path", code="bad_request_target")
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def finish(response: UpstreamResponse, failed: bool) -> None:

@@ -210,3 +210,24 @@ async def test_a_writer_held_by_a_full_log_makes_new_requests_fail_fast(
     sc.sidecar.pipeline.writer.blocked = False
     async with client.post(sc.url + "/text", data=b"hello") as response:
         assert response.status == 200
+
+
+async def test_absolute_form_targets_are_accepted_and_asterisk_is_a_400(
+    make_sidecar: Any, upstream: Any
+) -> None:
+    """RFC 9112, 3.2.2: a server must accept the absolute form; "*" is not for a proxy
+    of one model server, and is the client's error (rejected), not the upstream's."""
+    sc = await make_sidecar()
+    for target, status in ((b"http://public.example/v1/models?x=1", b"200"), (b"*", b"400")):
+        reader, writer = await _raw(sc.url)
+        try:
+            writer.write(b"OPTIONS " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                         if target == b"*" else
+                         b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        finally:
+            writer.close()
+        assert head.split(b" ")[1] == status and b"x-inference-id" in head.lower()
+    events = await sc.events(2)
+    assert [(e.status, e.outcome) for e in events] == [(200, "ok"), (400, "rejected")]
+    assert events[0].path == "/v1/models" and events[0].route == "/v1/models"
