@@ -43,7 +43,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 @lru_cache(maxsize=4096)  # paths repeat: one split per distinct path
 def safe_path(raw_path: str) -> str:
     path = raw_path.partition("?")[0]
-    scheme, sep, rest = path.partition("://")
+    _, sep, rest = path.partition("://")
     if sep and not path.startswith("/"):  # absolute form: the path only, as upstream gets
         path = "/" + rest.partition("/")[2]
     return "/".join(segment if _identifier(segment) else "*" for segment in path.split("/"))
