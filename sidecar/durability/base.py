@@ -50,11 +50,14 @@ class LogStats:
     events_pending: int
     # Drops count events: records that start an event block (``starts_event``); a final
     # record (pipeline/ahead.py) is not an event of its own.
-    dropped_oldest: int  # events deleted unacked by drop_oldest
+    dropped_oldest: int  # events deleted by drop_oldest before delivery read them
     dropped_newest: int  # events refused by drop_newest
     corrupt_skipped: int  # records skipped because their checksum/framing was bad
     lost_on_crash: int  # accepted by the producer, never written before a crash
     oldest_pending_ts: float | None  # time.time() at append of the oldest pending record
+    # Events drop_oldest deleted after ``read`` had handed them out (not counted in
+    # ``dropped_oldest``): delivery holds them and still sends them; not lost.
+    dropped_in_flight: int = 0
 
 
 def full_headroom(max_bytes: int) -> int:

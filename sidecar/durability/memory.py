@@ -38,6 +38,7 @@ class MemoryLog:
         self._lock = threading.Lock()
         self._entries: deque[tuple[Record, float, int]] = deque()  # unacked, in seq order
         self._ridx = 0  # index in _entries of the next record to read
+        self._dropped_in_flight = 0
         self._bytes_used = 0
         self._events = 0  # entries that start an event
         self._cursor = 0
@@ -78,10 +79,13 @@ class MemoryLog:
                 while self._entries and self._bytes_used + need > self.max_bytes:
                     dropped, _, size = self._entries.popleft()
                     self._bytes_used -= size
-                    lost = starts_event(dropped.seq)
-                    self._dropped_oldest += lost
-                    self._events -= lost
-                    self._ridx = max(0, self._ridx - 1)
+                    event = starts_event(dropped.seq)
+                    self._events -= event
+                    if self._ridx > 0:  # read already: delivery holds it and sends it
+                        self._dropped_in_flight += event
+                        self._ridx -= 1
+                    else:
+                        self._dropped_oldest += event
             for i in range(keep_from, keep_to):
                 self._entries.append((records[i], ts, sizes[i]))
                 self._bytes_used += sizes[i]
@@ -149,6 +153,7 @@ class MemoryLog:
                 corrupt_skipped=0,
                 lost_on_crash=0,
                 oldest_pending_ts=self._entries[0][1] if self._entries else None,
+                dropped_in_flight=self._dropped_in_flight,
             )
 
     def _check_open(self) -> None:

@@ -91,7 +91,8 @@ class WriteAheadLog:
         self._rfds: dict[Segment, int] = {}  # delivery thread's read fds
         self._dir_dirty = False  # segments created or deleted since the last sync
         self._rgen = 0  # bumped when drop_oldest moves the read position under a reader
-        self._dropped_oldest = self._dropped_newest = 0
+        self._dropped_oldest = self._dropped_newest = self._dropped_in_flight = 0
+        self._read_seq = 0  # the highest seq ``read`` handed out since the last rewind
         self._unlink_later: list[str] = []  # trimmed segments a failed unlink left behind
         self._cursor_stale = False  # the cursor file is behind ``_cursor``: a store failed
         os.makedirs(directory, exist_ok=True)
@@ -174,6 +175,7 @@ class WriteAheadLog:
                 corrupt_skipped=self._corrupt,
                 lost_on_crash=self._lost,
                 oldest_pending_ts=oldest,
+                dropped_in_flight=self._dropped_in_flight,
             )
 
     # --- writer thread -----------------------------------------------------------------
@@ -235,9 +237,11 @@ class WriteAheadLog:
         if self.when_full == "drop_oldest":
             while self._segs and self._bytes_used > self.max_bytes and self._segs[0] not in touched:
                 seg = self._segs.pop(0)
-                lost = seg.events(self._cursor)
-                self._dropped_oldest += lost
-                self._pending_events -= lost
+                gone = seg.events(self._cursor)
+                unread = seg.events(max(self._cursor, self._read_seq))
+                self._dropped_oldest += unread
+                self._dropped_in_flight += gone - unread  # delivery holds and sends these
+                self._pending_events -= gone
                 self._pending -= seg.pending(self._cursor)
                 self._forget(seg)
                 doomed.append(seg)
@@ -315,6 +319,8 @@ class WriteAheadLog:
                     continue
                 self._rseg, self._ridx = end
                 self._corrupt += corrupt
+                if out:
+                    self._read_seq = max(self._read_seq, out[-1].seq)
             self._close_stale_fds()
             return out
         return []
@@ -323,6 +329,7 @@ class WriteAheadLog:
         self._check_open()
         with self._lock:
             self._rseg, self._ridx = first_unacked(self._segs, self._cursor)
+            self._read_seq = self._cursor
 
     def ack(self, seq: int) -> None:
         """Advance the cursor to ``seq`` (capped at ``last_seq``), trim finished segments."""

@@ -450,7 +450,9 @@ def test_a_read_racing_drop_oldest_returns_no_dropped_record(
 
     monkeypatch.setattr(disk, "fetch", fetch_after_a_drop)
     got = seqs(log.read(3, 1 << 20))
-    assert raced and log.stats().dropped_oldest == 4  # read, but never acked
+    stats = log.stats()
+    # Event 1 was handed out: delivery holds it and sends it, so it is not lost.
+    assert raced and (stats.dropped_oldest, stats.dropped_in_flight) == (3, 1)
     assert got == evs([5, 6, 7])
     assert seqs(drain(log)) == evs(range(8, 17))
 
@@ -593,7 +595,8 @@ def test_exact_drop_oldest(opened: Opened, tmp_path: Path) -> None:
     log.ack(ev(1))
     log.append(events(13, 1))  # needs a new segment: the oldest (events 1-4, 3 unacked) goes
     stats = log.stats()
-    assert (stats.dropped_oldest, stats.records_pending) == (3, 9)
+    # Of the three unacked, event 2 was read (in flight, still delivered): two are lost.
+    assert (stats.dropped_oldest, stats.dropped_in_flight, stats.records_pending) == (2, 1, 9)
     assert [int(f.stem) for f in segment_files(tmp_path)] == evs([5, 9, 13])
     assert seqs(drain(log)) == evs(range(5, 14))
 
@@ -606,7 +609,9 @@ def test_exact_drop_oldest_including_the_active_segment(opened: Opened, tmp_path
     assert seqs(drain(log)) == evs(range(13, 25))
     log.append(events(25, 13))  # bigger than the whole log: keep the newest 12
     stats = log.stats()
-    assert (stats.dropped_oldest, stats.records_pending) == (12 + 13, 12)
+    # 13-24 were read (drain), so they are in flight, not lost; 25 never got in.
+    assert (stats.dropped_oldest, stats.dropped_in_flight, stats.records_pending) == (
+        12 + 1, 12, 12)
     log.rewind()
     assert seqs(drain(log)) == evs(range(26, 38))
 

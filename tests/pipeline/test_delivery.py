@@ -302,6 +302,29 @@ async def test_a_disk_error_in_read_or_ack_is_retried_not_fatal(
     wal.close()
 
 
+async def test_drop_oldest_counts_exactly_while_a_batch_is_with_the_sink(
+    tmp_path: Path, make_harness: Callable[..., Harness]
+) -> None:
+    """Events delivery has read and is writing are not lost when drop_oldest deletes their
+    segment: counting them dropped too would count them twice (they are delivered)."""
+    wal = WriteAheadLog(str(tmp_path / "wal"), 128 * 1024, 64 * 1024, "drop_oldest")
+    h = make_harness(log=wal)
+    h.sink.gate = threading.Event()
+    h.append(range(60))  # a segment and a half
+    h.start()
+    assert await asyncio.to_thread(h.sink.entered.wait, WAIT_S)  # a batch is in flight
+    h.append(range(60, 140))  # the log overflows: its oldest segment is deleted
+    assert wal.stats().dropped_oldest + wal.stats().dropped_in_flight > 0
+    h.sink.gate.set()
+    await wait_until(lambda: wal.stats().records_pending == 0)
+    stats = wal.stats()
+    sent = {r.value for r in h.sink.records}
+    assert delivered(h.metrics) == len(sent)  # each once
+    assert delivered(h.metrics) + stats.dropped_oldest == 140
+    assert await h.stop() is True
+    wal.close()
+
+
 async def test_records_appended_during_retries_keep_their_order(
     make_harness: Callable[..., Harness], fast_retries: None
 ) -> None:
