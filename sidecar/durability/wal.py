@@ -20,7 +20,8 @@ error it truncates back and deletes segments it created, so a failed append leav
 and may be retried. ``sync`` fdatasyncs written segments, then the directory if segments
 were created or deleted. ``ack`` rewrites the cursor in place and fsyncs it at most every
 ``CURSOR_FSYNC_INTERVAL`` seconds: after a crash a few acked records may be redelivered.
-Whole segments are deleted once every record in them is acked (never the active one).
+Whole segments are deleted once every record in them is acked (never the active one); a
+delete that fails is retried later and never fails the append or ack it follows.
 
 Recovery (on open) scans every segment and checks every checksum. A bad frame in the middle
 is skipped by resynchronising on the next magic; a bad or torn tail of the last segment is
