@@ -142,8 +142,8 @@ class Metrics:
         )
         self.log_read_errors = Counter(
             f"{n}_log_read_errors_total",
-            "Failed reads or acknowledgements of the event log by delivery (disk errors); "
-            "retried.", registry=registry,
+            "Failed reads of the event log by delivery (disk errors); retried.",
+            registry=registry,
         )
         self.log_bytes = Gauge(
             f"{n}_log_bytes", "Bytes in the event log not yet delivered.", registry=registry,

@@ -719,9 +719,12 @@ def test_control_characters_in_text_are_rejected(raw: str, via: str, tmp_path: P
     assert "without control characters" in str(info.value)
 
 
-def test_upstream_url_with_credentials_is_refused_without_quoting_them() -> None:
+@pytest.mark.parametrize("url", ["https://svc:S3cretPass@model:8000",
+                                 "http://svc:S3cretPass@model:99999", "http://svc:S3cretPass@[::1",
+                                 "http://svc:S3cretPass@model\t:8000"])
+def test_upstream_url_with_credentials_is_refused_without_quoting_them(url: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load(env={"SIDECAR_UPSTREAM_URL": "https://svc:S3cretPass@model:8000"})
+        load(env={"SIDECAR_UPSTREAM_URL": url})
     assert "without user:password@" in str(info.value)
     assert "S3cretPass" not in str(info.value) and "svc" not in str(info.value)
 

@@ -120,6 +120,9 @@ def host_port(raw: Any) -> tuple[str, int]:
 
 
 def http_url(raw: Any) -> str:
+    if isinstance(raw, str) and "@" in raw.partition("://")[2].partition("/")[0]:
+        # Checked before anything else, so no other error quotes the credentials.
+        raise SecretInValue("an http:// or https:// URL without user:password@")
     url = text(raw).rstrip("/")
     try:
         parts = urlsplit(url)

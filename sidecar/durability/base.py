@@ -85,6 +85,12 @@ def check_increasing(records: Sequence[Record], after: int) -> None:
 
 class EventLog(Protocol):
     max_bytes: int  # the bound on bytes_used
+    when_full: str  # one of WHEN_FULL
+
+    @property
+    def bytes_used(self) -> int:
+        """As in ``stats()``, without its lock: a hint that may be a moment old."""
+        ...
 
     def append(self, records: Sequence[Record]) -> None:
         """Store ``records`` (no fsync) applying ``when_full``; writer thread only."""

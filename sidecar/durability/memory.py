@@ -61,6 +61,10 @@ class MemoryLog:
         return self._last_seq
 
     @property
+    def bytes_used(self) -> int:
+        return self._bytes_used  # one int read: no lock (a hint, as ``full``)
+
+    @property
     def full(self) -> bool:
         """Same rule as the write-ahead log: ``bytes_used`` + headroom > ``max_bytes``."""
         return self._bytes_used + self._headroom > self.max_bytes

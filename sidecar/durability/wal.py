@@ -159,6 +159,10 @@ class WriteAheadLog:
         return self._last_seq
 
     @property
+    def bytes_used(self) -> int:
+        return self._bytes_used  # one int read: no lock (a hint, as ``full``)
+
+    @property
     def full(self) -> bool:
         """True when ``bytes_used`` plus ``full_headroom(max_bytes)`` exceeds ``max_bytes``."""
         return self._bytes_used + self._headroom > self.max_bytes
@@ -346,12 +350,15 @@ class WriteAheadLog:
             self._cursor_stale = True
         try:
             self._cursor_file.store(seq, force_sync=False)
-        except OSError:
-            # The cursor has moved in memory: the records are acked, and a later ack
-            # stores it (a restart before that redelivers them: at-least-once).
+        except OSError as exc:
+            # The records are acked (in memory) and delivered: raising would make delivery
+            # send them again for as long as the disk fails. The next ack stores the
+            # cursor; a restart before that redelivers them (at-least-once).
             with self._lock:
                 self._unlink_later += [seg.path for seg in doomed]
-            raise
+            log.warning("event log cursor not stored; the next ack retries",
+                        extra={"fields": {"reason": exc.strerror or type(exc).__name__}})
+            return
         with self._lock:
             if self._cursor == seq:
                 self._cursor_stale = False

@@ -140,11 +140,14 @@ class Delivery:
                 if isinstance(exc, SinkError):
                     failures.inc(batch)
                     message, reason = "sink write failed; batch kept for retry", str(exc)
-                else:
+                elif isinstance(exc, OSError):
                     log_errors.inc()
-                    message = "event log read or acknowledgement failed; retrying"
-                    reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror
-                              else type(exc).__name__)
+                    message = "event log read failed; retrying"
+                    reason = exc.strerror or type(exc).__name__
+                else:  # a bug: visible, counted, and retried rather than ending delivery
+                    failures.inc(batch)
+                    message, reason = "delivery step failed unexpectedly; retrying", \
+                        type(exc).__name__
                 log.warning(message, extra={"fields": {
                     "sink": self.sink.name, "reason": reason, "batch": batch,
                     "attempt": attempt, "retry_in_s": delay}})

@@ -140,6 +140,7 @@ class LogWriter:
         self._room = (event_log.max_bytes - self._headroom) // 2
         self._record_max = 4096.0  # the largest record frame lately (decays per round)
         self.blocked = False  # holding a round the full log refused (``block``)
+        self._round_cap = BATCH_MAX  # the cap of the round being taken (see ``_cap``)
 
     # --- writer thread -----------------------------------------------------------------
 
@@ -226,17 +227,18 @@ class LogWriter:
     def _take_finals(self, max_items: int) -> Batch:
         return [] if self.completion is None else self.completion.back.take(max_items)
 
-    @property
-    def round_max(self) -> int:
-        """Records in a round: ``BATCH_MAX``, fewer when the log (or what is free in it)
-        is too small for that many."""
-        free = self.log.max_bytes - self._headroom - self.log.stats().bytes_used
-        return max(1, min(BATCH_MAX, int(min(self._room, free) / self._record_max)))
+    def _cap(self) -> int:
+        """Records in the next round: ``BATCH_MAX``, fewer when the log is too small for
+        that many, or (``block`` only: the drop policies make room) when less is free."""
+        room = self._room
+        if self.log.when_full == "block":
+            room = min(room, self.log.max_bytes - self._headroom - self.log.bytes_used)
+        return max(1, min(BATCH_MAX, int(room / self._record_max)))
 
     def _take(self, work: _Round | None = None) -> _Round:
         if work is None:
             work = _Round([], [], [], [])
-        cap = self.round_max
+        cap = self._round_cap = self._cap()
         # Finals and notices must fit in the rest of the last event's seq block; never
         # short in practice (ROOM events with a few alerts each), but never wrong either.
         space = next_event_seq(self._last_seq) - self._last_seq - 1 - len(work.finals)
@@ -288,7 +290,7 @@ class LogWriter:
                     return
                 await self._wait()
                 continue
-            if (self.mode != "sync" and len(work.events) < self.round_max
+            if (self.mode != "sync" and len(work.finals) + len(work.events) < self._round_cap
                     and not self.queue.closed):
                 # Nothing waits on this round: let it grow, one hand-off for many events.
                 await asyncio.sleep(self.linger)

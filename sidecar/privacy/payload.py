@@ -45,7 +45,10 @@ def secret_key(key: object) -> bool:
     >>> [secret_key(k) for k in ("api_key", "X-Access-Token", "password", "keywords")]
     [True, True, True, False]
     """
-    return isinstance(key, str) and _secret_name(key)
+    if not isinstance(key, str):
+        return False
+    # Long keys are client-made: worked out each time rather than kept in the cache.
+    return _secret_name(key) if len(key) <= 64 else _secret_name.__wrapped__(key)
 
 
 @functools.lru_cache(maxsize=4096)  # keys repeat: "role", "content", "messages"

@@ -59,7 +59,10 @@ def body_section(body: bytes | None, content_type: str | None, selector: Selecto
     if codec is None:
         # Decoded as UTF-8, UTF-16 text is NUL-spaced letters no recognizer reads.
         return MISSING, "unknown_charset"
-    text = body.decode(codec, "replace")
+    try:
+        text = body.decode(codec, "replace")
+    except LookupError:  # a codec that is not a text encoding after all
+        return MISSING, "unknown_charset"
     if kind == "form":  # decoded, so "a%40b.com" is seen (and masked) as "a@b.com"
         return query_section(text), None
     return text, None
@@ -71,9 +74,11 @@ def _charset(content_type: str | None) -> str | None:
         name, _, value = param.partition("=")
         if name.strip().lower() == "charset":
             try:
-                return codecs.lookup(value.strip().strip('"')).name
+                info = codecs.lookup(value.strip().strip('"'))
             except LookupError:
                 return None
+            # base64, rot13, zlib ... are codecs too, but not text encodings.
+            return info.name if getattr(info, "_is_text_encoding", True) else None
     return "utf-8"
 
 

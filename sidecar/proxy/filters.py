@@ -38,6 +38,26 @@ async def read_request_body(request: web.BaseRequest, limit: int, idle_s: float)
         request.writer.output_size = 0  # the response proper has not started
     chunks: list[bytes] = []
     size = 0
+    content = request.content
+    if content.is_eof():  # the whole body came with the head: no timer to arm
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise RequestRejected(f"request body is over the {limit}-byte limit",
+                                  status=413, code="body_too_large")
+        chunks.append(body)
+        size = len(body)
+    else:
+        size = await _read_slowly(request, limit, idle_s, chunks)
+    if declared is not None and size < declared:
+        raise RequestRejected("request body shorter than its Content-Length",
+                              code="incomplete_body")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _read_slowly(request: web.BaseRequest, limit: int, idle_s: float,
+                       chunks: list[bytes]) -> int:
+    """The body as it arrives, each chunk within ``idle_s`` of the last; its size."""
+    size = 0
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(idle_s) as silence:
@@ -53,7 +73,4 @@ async def read_request_body(request: web.BaseRequest, limit: int, idle_s: float)
     except TimeoutError:
         raise RequestRejected(f"no request body data for {idle_s:g} s", status=408,
                               code="client_body_timeout") from None
-    if declared is not None and size < declared:
-        raise RequestRejected("request body shorter than its Content-Length",
-                              code="incomplete_body")
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return size

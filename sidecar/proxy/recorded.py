@@ -40,9 +40,16 @@ _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-@lru_cache(maxsize=4096)  # paths repeat: one split per distinct path
+PATH_CACHED_MAX = 256  # longer paths are worked out each time, not kept
+
+
 def safe_path(raw_path: str) -> str:
     path = raw_path.partition("?")[0]
+    return _safe(path) if len(path) <= PATH_CACHED_MAX else _safe.__wrapped__(path)
+
+
+@lru_cache(maxsize=4096)  # paths repeat: one split per distinct path (query cut off first)
+def _safe(path: str) -> str:
     _, sep, rest = path.partition("://")
     if sep and not path.startswith("/"):  # absolute form: the path only, as upstream gets
         path = "/" + rest.partition("/")[2]

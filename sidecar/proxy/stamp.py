@@ -64,7 +64,10 @@ class Stamp:
         stamp = {**self._identity, "inference_id": inference_id}
         if self._body_key in document:  # the upstream's own key of that name: replaced
             document[self._body_key] = stamp
-            return orjson.dumps(document)
+            try:  # re-serialised: the only case where other bytes may change
+                return orjson.dumps(document)
+            except (orjson.JSONEncodeError, TypeError):
+                return None  # nested deeper than orjson writes: passed through unstamped
         # Spliced into the bytes, not re-serialised: the model's output stays byte for
         # byte (orjson would turn an integer past 64 bits into a float, and refuse to
         # write a document nested deeper than it reads).

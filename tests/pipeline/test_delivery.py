@@ -263,8 +263,9 @@ async def test_a_disk_error_in_read_or_ack_is_retried_not_fatal(
     tmp_path: Path, make_harness: Callable[..., Harness], fast_retries: None,
     monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """EIO reading a segment, or storing the cursor after the sink took the batch: the
-    batch is kept and tried again, and delivery carries on with what comes later."""
+    """EIO reading a segment: the read is tried again. EIO storing the cursor after the
+    sink took the batch: the records are acked in memory, not sent again, and the next
+    ack stores the cursor. Either way delivery carries on with what comes later."""
     from sidecar.durability import disk
     wal = WriteAheadLog(str(tmp_path / "wal"), 1 << 20, 8 * 1024, "block")
     h = make_harness(log=wal)
@@ -293,11 +294,11 @@ async def test_a_disk_error_in_read_or_ack_is_retried_not_fatal(
     third = h.append(range(6, 9))
     await wait_until(lambda: h.delivery.delivered >= 9)
     assert h.task is not None and not h.task.done()
-    assert sample(h.metrics, "inference_sidecar_log_read_errors_total") == 1
+    errors = sample(h.metrics, "inference_sidecar_log_read_errors_total")
+    assert errors == (1 if where == "read" else 0)
     assert delivered(h.metrics) == 9 and wal.stats().records_pending == 0
-    # Once each; after a failed ack the batch the sink already took goes again.
-    again = second if where == "ack" else []
-    assert h.sink.records == first + second + again + third
+    assert h.sink.records == first + second + third  # each once
+    assert disk.CursorFile(wal.directory).load() == third[-1].seq
     assert await h.stop() is True
     wal.close()
 
@@ -316,7 +317,10 @@ async def test_drop_oldest_counts_exactly_while_a_batch_is_with_the_sink(
     h.append(range(60, 140))  # the log overflows: its oldest segment is deleted
     assert wal.stats().dropped_oldest + wal.stats().dropped_in_flight > 0
     h.sink.gate.set()
-    await wait_until(lambda: wal.stats().records_pending == 0)
+    # The delivered counter goes up just after the ack that empties the log.
+    await wait_until(lambda: wal.stats().records_pending == 0
+                     and delivered(h.metrics) + wal.stats().dropped_oldest >= 140)
+    await asyncio.sleep(0.05)  # a duplicate, if any, would show up now
     stats = wal.stats()
     sent = {r.value for r in h.sink.records}
     assert delivered(h.metrics) == len(sent)  # each once

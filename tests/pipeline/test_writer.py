@@ -559,6 +559,20 @@ async def test_a_round_never_outgrows_the_log(make_writer: Callable[..., WriterH
     await h.finish()
 
 
+async def test_a_full_log_that_drops_keeps_taking_whole_rounds(
+    make_writer: Callable[..., WriterHarness],
+) -> None:
+    """Under drop_oldest a full log is the normal state while the sink is away: rounds
+    must not shrink to one record (one append, and in sync mode one fsync, per event)."""
+    h = make_writer(mode="sync", log=RecordingLog(64 * EVENT_FRAME, "drop_oldest"))
+    futures = h.wait_for(h.put(range(1000)))
+    h.start()
+    await asyncio.wait_for(asyncio.gather(*futures), WAIT_S)
+    assert h.log.stats().dropped_oldest > 0
+    assert len(h.log.appended) < 100  # about 1000 / 32 rounds, not 1000
+    await h.finish()
+
+
 async def test_while_a_full_log_refuses_a_round_the_writer_says_it_is_blocked(
     make_writer: Callable[..., WriterHarness],
 ) -> None:

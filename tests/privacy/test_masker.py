@@ -132,6 +132,9 @@ def test_form_bodies_and_declared_charsets_are_decoded_before_detection(make: Ma
     assert latin.payload == {"request": "Grüße an <EMAIL_ADDRESS>"}
     unknown = run(text.encode("utf-16-le"), "text/plain; charset=x-made-up")
     assert (unknown.payload, unknown.omitted) == ({}, {"request": "unknown_charset"})
+    for codec in ("base64", "rot13", "zlib", "hex"):  # codecs, but not text encodings
+        result = run(b"aGVsbG8=", f"text/plain; charset={codec}")
+        assert (result.failure, result.omitted) == (None, {"request": "unknown_charset"})
 
 
 def test_values_of_credential_keys_are_never_recorded(make: Make) -> None:
@@ -147,6 +150,13 @@ def test_values_of_credential_keys_are_never_recorded(make: Make) -> None:
         "request": {"user": "<EMAIL_ADDRESS>", "api_key": "<SECRET>", "auth": "<SECRET>",
                     "keywords": ["a", "b"]}}
     assert result.entity_counts == {"EMAIL_ADDRESS": 1, "SECRET": 4}
+
+
+def test_long_keys_are_checked_without_being_cached() -> None:
+    from sidecar.privacy import payload
+    payload._secret_name.cache_clear()
+    assert payload.secret_key("api_key") and not payload.secret_key("x" * 100_000)
+    assert payload._secret_name.cache_info().currsize == 1
 
 
 def test_integral_floats_are_analysed_like_long_integers(make: Make) -> None:

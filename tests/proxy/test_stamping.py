@@ -213,6 +213,12 @@ async def test_stamp_body_keeps_the_model_output_byte_for_byte(
     sc = await make_sidecar(stamp_body="true")
     big = b'{"id": 123456789012345678901234567890, "x": 1.10}'
     deep = b'{"a": ' + b"[" * 300 + b"]" * 300 + b"}"
+    # The upstream's own "compliance" key is replaced by re-serialising; a document too
+    # deep for that passes through unstamped (before: a 500).
+    too_deep = b'{"compliance": 1, "a": ' + b"[" * 300 + b"]" * 300 + b"}"
+    async with client.post(sc.url + "/echo-json", data=too_deep) as response:
+        assert response.status == 200 and await response.read() == too_deep
+        assert_stamped(response.headers)
     for body in (big, deep, b"{}"):
         async with client.post(sc.url + "/echo-json", data=body) as response:
             assert response.status == 200
