@@ -1,13 +1,16 @@
 """JSON-lines file sink: one CloudEvent per line, appended; the default without Kafka.
 
-A batch is written with one ``os.write`` loop; if the disk fails part-way (ENOSPC, EIO)
-the file is truncated back to where the batch began, so a retry never leaves a torn or
-duplicated line.
+A batch is written with one ``os.write`` loop, then fdatasynced: ``write`` returning is
+what lets delivery trim the batch from the write-ahead log, so the lines must survive a
+power cut by then, not only a crash of the process. If the disk fails part-way (ENOSPC,
+EIO, in the write or the sync) the file is truncated back to where the batch began, so a
+retry never leaves a torn or duplicated line. A pipe (``/dev/stdout``) is not synced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Sequence
 
@@ -26,6 +29,7 @@ class JsonLinesSink:
         self.path = path
         self._healthy = True
         self._seekable = True  # False for a pipe (events_file=/dev/stdout): no truncation
+        self._syncable = True
         try:
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
@@ -44,6 +48,8 @@ class JsonLinesSink:
             while data:
                 written = os.write(self._fd, data)
                 data = data[written:]
+            if start is not None and self._syncable:
+                self._sync()
         except OSError as exc:
             self._healthy = False
             # If even this fails the batch is still retried and the failure reported.
@@ -52,6 +58,14 @@ class JsonLinesSink:
                     os.ftruncate(self._fd, start)
             raise SinkError(f"events file {self.path}: write failed ({exc.strerror})") from None
         self._healthy = True
+
+    def _sync(self) -> None:
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+                raise
+            self._syncable = False  # a device that cannot sync (a terminal): nothing to do
 
     def _end_offset(self) -> int | None:
         if not self._seekable:

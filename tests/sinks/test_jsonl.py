@@ -215,6 +215,31 @@ def test_enospc_mid_batch_truncates_back_and_reports(
     assert line_ids(path) == [f"inf-{i:06d}" for i in range(7)]
 
 
+def test_a_batch_is_on_disk_before_write_returns(
+    sink: JsonLinesSink, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delivery trims the log once ``write`` returns: the lines must be synced by then."""
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd))[1])
+    sink.write(make_records(0, 3))
+    assert len(synced) == 1
+
+
+def test_a_failed_sync_truncates_back_and_reports(
+    sink: JsonLinesSink, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink.write(make_records(0, 3))
+    before = path.read_bytes()
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(os, "fdatasync", eio)
+    with pytest.raises(SinkError, match="write failed"):
+        sink.write(make_records(3, 4))
+    assert path.read_bytes() == before and sink.healthy is False
+
+
 def test_enospc_after_several_short_writes(
     sink: JsonLinesSink, path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
