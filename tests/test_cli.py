@@ -241,11 +241,12 @@ def test_unreadable_config_file_exits_2(tmp_path: Path) -> None:
     ("env", "expected"),
     [
         ({"SIDECAR_KAFKA_SECURITY_PROTOCOL": "sasl_ssl"},
-         "kafka_sasl_mechanism: expected a mechanism for security protocol sasl_ssl"),
+         "kafka_sasl_mechanism (not set): expected a mechanism for security protocol sasl_ssl"),
         ({"SIDECAR_KAFKA_SASL_MECHANISM": "plain"},
-         "kafka_sasl_username_file: expected a file path, since SASL is configured"),
+         "kafka_sasl_username_file (not set): expected a file path, since SASL is configured"),
         ({"SIDECAR_WAL_MAX_BYTES": "1MiB", "SIDECAR_WAL_SEGMENT_BYTES": "1MiB"},
-         "wal_segment_bytes: expected at most half of wal_max_bytes (1048576), got 1048576"),
+         "environment variable SIDECAR_WAL_SEGMENT_BYTES: expected at most half of "
+         "wal_max_bytes (1048576), got 1048576"),
         ({"SIDECAR_WHEN_FULL": "drop_all"},
          "environment variable SIDECAR_WHEN_FULL: expected one of block, drop_oldest, "
          "drop_newest, got 'drop_all'"),
@@ -267,8 +268,8 @@ def test_unreadable_secret_file_exits_2_naming_the_key(tmp_path: Path) -> None:
                      cwd=tmp_path)
     assert result.returncode == 2
     assert stderr_lines(result) == [
-        f"inference-sidecar: config error: kafka_ssl_cafile: expected a readable file, "
-        f"cannot read {missing}"
+        f"inference-sidecar: config error: environment variable SIDECAR_KAFKA_SSL_CAFILE: "
+        f"expected a readable file, cannot read {missing}"
     ]
 
 
@@ -415,7 +416,7 @@ def test_serve_with_a_segment_too_small_for_any_record_exits_2(tmp_path: Path) -
     result = run_cli("serve", env=env, cwd=tmp_path)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2, result.stderr
-    assert "wal_segment_bytes" in _one_message(result)
+    assert "SIDECAR_WAL_SEGMENT_BYTES" in _one_message(result)  # the key, by its source
 
 
 @pytest.mark.parametrize("busy", ["listen", "admin_listen"])

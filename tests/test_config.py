@@ -894,13 +894,14 @@ def test_wal_segment_bytes_above_half_of_wal_max_bytes_is_rejected(durability: s
         load(env={"SIDECAR_WAL_MAX_BYTES": "2MiB", "SIDECAR_WAL_SEGMENT_BYTES": "1048577",
                   "SIDECAR_DURABILITY": durability})
     assert str(info.value) == (
-        f"wal_segment_bytes: expected at most half of wal_max_bytes ({2 * 1024**2}), "
-        "got 1048577"
+        f"environment variable SIDECAR_WAL_SEGMENT_BYTES: expected at most half of "
+        f"wal_max_bytes ({2 * 1024**2}), got 1048577"
     )
 
 
 def test_the_default_wal_max_bytes_bounds_a_large_segment() -> None:
-    with pytest.raises(ConfigError, match=r"^wal_segment_bytes: expected at most half"):
+    with pytest.raises(ConfigError, match=r"^environment variable SIDECAR_WAL_SEGMENT_BYTES: "
+                                          r"expected at most half"):
         load(env={"SIDECAR_WAL_SEGMENT_BYTES": "768MiB"})
 
 
@@ -916,15 +917,16 @@ def test_wal_segment_bytes_too_small_for_any_record_is_rejected() -> None:
     # at start-up); check-config must say so first, naming the key.
     with pytest.raises(ConfigError) as info:
         load(env={"SIDECAR_WAL_MAX_BYTES": "64KiB", "SIDECAR_WAL_SEGMENT_BYTES": "16"})
-    assert str(info.value).startswith("wal_segment_bytes: expected ")
+    assert str(info.value).startswith(
+        "environment variable SIDECAR_WAL_SEGMENT_BYTES: expected ")
 
 
 @pytest.mark.parametrize("protocol", ["sasl_plaintext", "sasl_ssl"])
 def test_a_sasl_security_protocol_needs_a_mechanism(protocol: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(env={"SIDECAR_KAFKA_SECURITY_PROTOCOL": protocol})
-    assert str(info.value) == (
-        f"kafka_sasl_mechanism: expected a mechanism for security protocol {protocol}"
+    assert str(info.value) == (  # the mechanism is not set: the error says so
+        f"kafka_sasl_mechanism (not set): expected a mechanism for security protocol {protocol}"
     )
 
 
@@ -951,11 +953,13 @@ def test_a_sasl_mechanism_needs_both_credential_files(
     del env[env_name(missing)]
     with pytest.raises(ConfigError) as info:
         load(env=env)
-    assert str(info.value) == f"{missing}: expected a file path, since SASL is configured"
+    assert str(info.value) == (
+        f"{missing} (not set): expected a file path, since SASL is configured")
 
 
 def test_a_sasl_mechanism_with_neither_credential_file_names_the_user_name_first() -> None:
-    with pytest.raises(ConfigError, match=r"^kafka_sasl_username_file: expected a file path"):
+    with pytest.raises(ConfigError,
+                       match=r"^kafka_sasl_username_file \(not set\): expected a file path"):
         load(env={"SIDECAR_KAFKA_SASL_MECHANISM": "plain"})
 
 
@@ -972,7 +976,8 @@ def test_an_unreadable_secret_file_names_the_key(
     env[env_name(key)] = missing
     with pytest.raises(ConfigError) as info:
         load(env=env)
-    assert str(info.value) == f"{key}: expected a readable file, cannot read {missing}"
+    assert str(info.value) == (
+        f"environment variable {env_name(key)}: expected a readable file, cannot read {missing}")
 
 
 @pytest.mark.parametrize("key", ["kafka_ssl_cafile", "kafka_sasl_password_file"])
@@ -985,7 +990,8 @@ def test_a_directory_is_not_a_readable_secret_file(
     env[env_name(key)] = str(tmp_path)
     with pytest.raises(ConfigError) as info:
         load(env=env)
-    assert str(info.value).startswith(f"{key}: expected a readable file")
+    assert str(info.value).startswith(
+        f"environment variable {env_name(key)}: expected a readable file")
 
 
 def test_a_nul_byte_in_a_secret_file_path_is_a_config_error(tmp_path: Path) -> None:
@@ -1187,8 +1193,9 @@ def _check_accepted(s: Settings) -> None:
 
 
 def _names_a_setting(message: str) -> bool:
-    """Cross-check errors start with the key they are about (``key: expected ...``)."""
-    return message.split(":", 1)[0] in SETTINGS_FIELDS
+    """Cross-check errors start with the key they are about and its source: ``key
+    (default): expected ...`` for one left at its default."""
+    return message.split(":", 1)[0].split(" (", 1)[0] in SETTINGS_FIELDS
 
 
 @settings(max_examples=300, deadline=None)

@@ -92,6 +92,7 @@ def load_settings(
     config_path = config_path or environ.get(ENV_PREFIX + "CONFIG") or None
     file_values = _read_file(config_path) if config_path else {}
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # where each setting not left at its default came from
     for key, spec in SETTINGS_FIELDS.items():
         if flags.get(key) is not None:
             raw, source = flags[key], f"flag {flag_name(key)}"
@@ -107,13 +108,14 @@ def load_settings(
         else:
             values[key] = spec.default
             continue
+        sources[key] = source
         try:
             values[key] = spec.metadata["parse"](raw)
         except ValueError as exc:
             got = "a value not shown" if isinstance(exc, SecretInValue) else repr(raw)
             raise ConfigError(f"{source}: expected {exc}, got {got}") from None
     settings = Settings(**values)
-    _cross_check(settings)
+    _cross_check(settings, sources)
     return settings
 
 
@@ -125,29 +127,37 @@ _SECRET_FILES = (
 )
 
 
-def _cross_check(s: Settings) -> None:
-    """Rules that involve more than one setting, or the files a setting names."""
+def _cross_check(s: Settings, sources: Mapping[str, str]) -> None:
+    """Rules that involve more than one setting, or the files a setting names. Each error
+    names the setting's source, as a single setting's error does."""
+
+    def where(key: str) -> str:
+        if key in sources:
+            return sources[key]
+        return f"{key} ({'not set' if getattr(s, key) is None else 'default'})"
+
     if s.wal_segment_bytes < MIN_SEGMENT_BYTES:
         raise ConfigError(
-            f"wal_segment_bytes: expected at least {MIN_SEGMENT_BYTES} bytes (64KiB), "
+            f"{where('wal_segment_bytes')}: expected at least {MIN_SEGMENT_BYTES} bytes (64KiB), "
             f"got {s.wal_segment_bytes}"
         )
     if s.durability != "memory" and s.wal_segment_bytes * 2 > s.wal_max_bytes:
         raise ConfigError(
-            f"wal_segment_bytes: expected at most half of wal_max_bytes "
+            f"{where('wal_segment_bytes')}: expected at most half of wal_max_bytes "
             f"({s.wal_max_bytes}), got {s.wal_segment_bytes}"
         )
     if s.kafka_security_protocol.startswith("sasl") and s.kafka_sasl_mechanism is None:
         raise ConfigError(
-            f"kafka_sasl_mechanism: expected a mechanism for security protocol "
+            f"{where('kafka_sasl_mechanism')}: expected a mechanism for security protocol "
             f"{s.kafka_security_protocol}"
         )
     if s.kafka_sasl_mechanism is not None:
         for key in ("kafka_sasl_username_file", "kafka_sasl_password_file"):
             if getattr(s, key) is None:
-                raise ConfigError(f"{key}: expected a file path, since SASL is configured")
+                raise ConfigError(f"{where(key)}: expected a file path, since SASL is configured")
     if s.client_id_source is not None and s.client_id_key_file is None:
-        raise ConfigError("client_id_key_file: expected a key file, since client_id_source "
+        raise ConfigError(f"{where('client_id_key_file')}: expected a key file, since "
+                          "client_id_source "
                           f"is {s.client_id_source!r}")
     for key in _SECRET_FILES:
         path = getattr(s, key)
@@ -159,4 +169,4 @@ def _cross_check(s: Settings) -> None:
             readable = False
         if not readable:
             shown = path if path.isprintable() else repr(path)
-            raise ConfigError(f"{key}: expected a readable file, cannot read {shown}")
+            raise ConfigError(f"{where(key)}: expected a readable file, cannot read {shown}")

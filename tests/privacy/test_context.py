@@ -153,9 +153,9 @@ def test_a_profile_may_not_record_the_identity_header(tmp_path: Path, key_file: 
 def test_identity_settings_are_checked(tmp_path: Path, key_file: Path) -> None:
     with pytest.raises(ConfigError, match="SIDECAR_CLIENT_ID_SOURCE: expected header:<name>"):
         settings_with(client_id_source="cookie")
-    with pytest.raises(ConfigError, match="client_id_key_file: expected a key file"):
+    with pytest.raises(ConfigError, match=r"client_id_key_file \(not set\): expected a key file"):
         settings_with(client_id_source="api_key")
-    with pytest.raises(ConfigError, match="client_id_key_file: expected a readable file"):
+    with pytest.raises(ConfigError, match="SIDECAR_CLIENT_ID_KEY_FILE: expected a readable file"):
         settings_with(client_id_source="api_key", client_id_key_file=str(tmp_path / "x"))
     short = tmp_path / "short.key"
     short.write_bytes(b"too-short")
