@@ -32,6 +32,7 @@ from sidecar.privacy.sections import (
     Headers,
     body_section,
     byte_plan,
+    content_encoded,
     query_section,
     recorded_headers,
 )
@@ -271,12 +272,18 @@ class Masker:
         sections: dict[str, Any] = {}
         if self.profile.query_capture and captured.query:
             sections["query"] = query_section(captured.query)
-        for name, body, ctype, selector in (
-                ("request", captured.request_body, captured.request_content_type, self._request),
+        for name, body, ctype, selector, headers in (
+                ("request", captured.request_body, captured.request_content_type, self._request,
+                 captured.request_headers),
                 ("response", captured.response_body, captured.response_content_type,
-                 self._response)):
+                 self._response, captured.response_headers)):
             if name == "response" and captured.response_omitted:
                 omitted[name] = captured.response_omitted
+                continue
+            if body and content_encoded(headers):
+                # Compressed bytes read as text are garbage no recognizer can vouch for
+                # (a stored deflate block even keeps text whole between its headers).
+                omitted[name] = "content_encoded"
                 continue
             value, why = body_section(body, ctype, selector, self._max_parse)
             if why is not None:

@@ -106,6 +106,15 @@ def _recordable(allow: tuple[str, ...]) -> frozenset[str]:
     return frozenset(name for name in allow if not header_denied(name))
 
 
+def content_encoded(headers: Headers | None) -> bool:
+    """Whether the headers declare a Content-Encoding other than identity (gzip, br...)."""
+    if headers is None:
+        return False
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return any(name.lower() == "content-encoding" and value.strip().lower() not in ("", "identity")
+               for name, value in pairs)
+
+
 def body_kind(body: bytes, content_type: str | None) -> str:
     """``json``, ``form``, ``text`` or ``binary``, from the content type or, without one,
     the bytes."""

@@ -137,6 +137,22 @@ def test_form_bodies_and_declared_charsets_are_decoded_before_detection(make: Ma
         assert (result.failure, result.omitted) == (None, {"request": "unknown_charset"})
 
 
+def test_compressed_bodies_are_omitted_not_read_as_text(make: Make) -> None:
+    """A stored (level 0) deflate block keeps text whole between its headers: read as
+    text, an e-mail cut by a block header would be recorded in pieces."""
+    import zlib
+    masker = make("request: {keep: ['$'], text: true}\nresponse: {keep: ['$'], text: true}\n"
+                  "entities: {EMAIL_ADDRESS: redact}\n")
+    stored = zlib.compress(b"mail jane@example.com", 0)
+    result = masker.mask(Captured("id", request_body=stored, request_content_type="text/plain",
+                                  request_headers=[("Content-Encoding", "deflate")],
+                                  response_body=b"hi ann@example.com",
+                                  response_content_type="text/plain",
+                                  response_headers=[("Content-Encoding", "identity")]), SAMPLED)
+    assert result.omitted == {"request": "content_encoded"}
+    assert result.payload == {"response": "hi <EMAIL_ADDRESS>"}
+
+
 def test_values_of_credential_keys_are_never_recorded(make: Make) -> None:
     """A hex key in ?key= or a password matches no recognizer: the key names it."""
     masker = make("request: {keep: ['$']}\nquery: {capture: true}\n"
