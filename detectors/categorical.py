@@ -14,6 +14,11 @@ window_size`` events).
 Memory is bounded: the two windows, and at most ``max_categories`` distinct values
 (later newcomers share one ``(other)`` bucket).
 
+An alert gives each category's share in both windows. A feature that reads raw content
+(``payload.*``, ``headers.*``: a body field may be a name or an e-mail) names its
+categories by order of first sight instead (``#1``, ``#2``...): alerts are recorded
+and published, and must never carry what the profile would have masked.
+
 The statistic is the chi-square value; the threshold is its critical value at ``alpha``
 for the table's degrees of freedom. ``observe`` (see ``detectors.base``) computes the
 same test on the current windows after any event, not only every ``check_every``:
@@ -72,6 +77,14 @@ class ChiSquareDrift:
     [(1149, 'route')]
     >>> det.observe(events[-1]), det.observe({})  # windows refilling; no route: skipped
     ((None, None), None)
+
+    Values read from a body are not quoted:
+
+    >>> det = ChiSquareDrift("payload.request.user", reference_size=500, window_size=200)
+    >>> pick = lambda i: rng.choice(["ann@x.eu", "bob@y.eu"][: 1 + (i >= 700)])
+    >>> users = [{"payload": {"request": {"user": pick(i)}}} for i in range(1000)]
+    >>> [sorted(a.details["shares_reference_recent"]) for e in users for a in det.update(e)]
+    [['#1', '#2']]
     """
 
     kind: ClassVar[str] = "drift"
@@ -178,8 +191,9 @@ class ChiSquareDrift:
         if p_value > p.alpha:
             return []
         critical = _critical(dof, p.alpha)
+        hide = self.feature.raw_content
         shares = {
-            name: [
+            (f"#{i + 1}" if hide and name != OTHER else name): [
                 round(self._reference_counts[i] / ref_total, 4),
                 round(self._recent_counts[i] / rec_total, 4),
             ]

@@ -19,6 +19,10 @@ Derived features:
   skipped: they never reached the upstream).
 - ``status_class``: ``"2xx"``, ``"4xx"``... of the status returned to the client.
 
+Paths under ``payload``, ``headers`` and ``features.params`` read what the client and the
+model sent, before any masking (``Feature.raw_content``): a detector may use such a value,
+but never quote it in an alert.
+
 >>> Feature.parse("payload.response.outputs[0].data[1]").number(
 ...     {"payload": {"response": {"outputs": [{"data": [0.1, 0.9]}]}}})
 0.9
@@ -87,6 +91,16 @@ class Feature:
 
     name: str
     steps: tuple[str | int, ...]
+
+    @property
+    def raw_content(self) -> bool:
+        """Whether the value is unmasked content (a body, a header, a request parameter).
+
+        >>> Feature.parse("payload.response.model").raw_content, Feature.parse("route").raw_content
+        (True, False)
+        """
+        return self.steps[:1] in (("payload",), ("headers",)) or self.steps[:2] == (
+            "features", "params")
 
     @classmethod
     def parse(cls, name: str) -> Feature:
