@@ -57,7 +57,8 @@ class Relay:
         event.ttfb_ms = (time.perf_counter() - exchange.started) * 1000.0
         headers = response_headers(upstream.headers)
         iid = event.inference_id
-        if self._replace_errors and upstream.status >= 500:
+        replaced = self._replace_errors and upstream.status >= 500
+        if replaced:
             body = error_body("upstream_error", f"upstream answered {upstream.status}", iid)
             headers["Content-Type"] = "application/json"
             headers.popall("Content-Encoding", None)
@@ -77,6 +78,9 @@ class Relay:
         response = web.Response(
             status=upstream.status, reason=upstream.reason, body=body, headers=headers
         )
+        if upstream.method == "HEAD" and upstream.content_length is not None and not replaced:
+            # RFC 9110 §9.3.2: the size a GET would have sent, not the empty body's
+            response.headers["Content-Length"] = str(upstream.content_length)
         self._stamp.headers(response.headers, iid)
         event.status = upstream.status
         event.response_bytes = len(body)

@@ -274,3 +274,17 @@ async def test_parse_errors_get_stamped_json_and_an_event(sidecar: Any) -> None:
     events = await sidecar.validated_events(len(cases))
     assert [e["status"] for e in events] == [s for _, s in cases]
     assert {e["outcome"] for e in events} == {"rejected"}
+
+
+async def test_head_keeps_the_upstreams_content_length(
+    sidecar: Any, upstream: Any, client: aiohttp.ClientSession
+) -> None:
+    # RFC 9110 §9.3.2: a HEAD response's Content-Length is the size GET would send
+    async with client.get(upstream.url + "/v1/models") as direct:
+        size = len(await direct.read())
+    async with client.head(sidecar.url + "/v1/models") as response:
+        assert response.status == 200
+        assert response.headers.get("Content-Length") == str(size) != "0"
+        assert_stamped(response.headers)
+    (event,) = await sidecar.validated_events(1)
+    assert event["method"] == "HEAD" and event["response_bytes"] == 0
