@@ -24,7 +24,7 @@ from typing import Any, Final
 from detectors.config import DetectorsConfig
 from detectors.registry import DetectorSet, DetectorSpec
 from detectors.text import MAX_SCAN, normalise, signatures
-from sidecar.detection.extract import parse_request, request_params
+from sidecar.detection.extract import GATE_MAX_PARSE, parse_request, request_params
 from sidecar.detection.observed import Observed, Plan
 from sidecar.errors import RequestRejected
 from sidecar.events.model import InferenceEvent
@@ -65,7 +65,8 @@ class Gate:
             "headers": {"request": observed.headers},
         }
         if self._scan or self._params:
-            doc, text = parse_request(observed.request_body, observed.request_type)
+            doc, text = parse_request(observed.request_body, observed.request_type,
+                                      GATE_MAX_PARSE)
             features: dict[str, Any] = {}
             if self._scan:
                 features["signatures"] = signatures().match(normalise(text[:MAX_SCAN]))

@@ -21,11 +21,13 @@ batch goes on without ``features``/``detections`` (null: not run), and
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from detectors.config import DetectorsConfig
+from sidecar.detection.extract import MAX_PARSE
 from sidecar.detection.observed import Observed
 from sidecar.detection.service import DetectionService, Item, Result
 from sidecar.events.model import InferenceEvent
@@ -43,11 +45,37 @@ log = get_logger("detection")
 # with it hold ROOM, so a hung worker must cost a second of detection, not a full queue.
 CALL_TIMEOUT_S = 1.0
 PER_EVENT_S = 0.004
+# Large bodies: the worker parses up to MAX_PARSE bytes of each (orjson: about 14 ms a MiB
+# of short strings), so a call carries at most CALL_BYTES of bodies and is given time for
+# them; one call of a batch of 10 MiB bodies would be over the pipe's frame limit.
+CALL_BYTES = 16 * 1024**2
+PER_MIB_S = 0.03
 RELOAD_TIMEOUT_S = 10.0
 ORIGIN_FIELDS = ("inference_id", "timestamp", "model_name", "model_version", "policy_version",
                  "evidence_bundle_id", "route")
 
 Work = list[tuple[InferenceEvent, Observed]]
+
+
+def _cut(body: bytes | None) -> bytes | None:
+    """What the worker reads of a body: past ``MAX_PARSE`` bytes it reads the first
+    ``MAX_PARSE`` as text, so the rest need not cross the pipe."""
+    return body[:MAX_PARSE + 1] if body is not None and len(body) > MAX_PARSE + 1 else body
+
+
+def _calls(items: list[Item]) -> Iterator[tuple[list[Item], int]]:
+    """``items`` in runs of at most ``CALL_BYTES`` of bodies (at least one item each)."""
+    part: list[Item] = []
+    size = 0
+    for item in items:
+        n = len(item[1] or b"") + len(item[3] or b"")
+        if part and size + n > CALL_BYTES:
+            yield part, size
+            part, size = [], 0
+        part.append(item)
+        size += n
+    if part:
+        yield part, size
 
 
 def detection_worker(config: DetectorsConfig, log_level: str) -> Child:
@@ -99,29 +127,45 @@ class DetectionStage(WorkerStage):
             work.append((event, observed))
         return work
 
-    def _detect(self, work: Work) -> tuple[list[Result], dict[str, int]] | None:
-        """Stage thread: one call to the worker for the batch."""
+    def _detect(self, work: Work) -> tuple[list[Result | None], dict[str, int]] | None:
+        """Stage thread: the batch in one call to the worker, or a few when its bodies
+        are large; ``None`` for the events of a call that failed (and of the calls after
+        it: the worker's state is gone)."""
         items: list[Item] = [
-            (orjson.dumps(event), o.request_body, o.request_type, o.response_body, o.headers)
+            (orjson.dumps(event), _cut(o.request_body), o.request_type,
+             _cut(o.response_body), o.headers)
             for event, o in work]
-        try:
-            reply: tuple[list[Result], dict[str, int]] = self._child.call(
-                ("batch", items), CALL_TIMEOUT_S + PER_EVENT_S * len(items))
-        except WorkerError as exc:
-            self.failing(exc)
-            log.error("detection failed; events go on without it", extra={"fields": {
-                "reason": str(exc), "events": len(items)}})
-            self._metrics.detection_failures.labels("worker_unavailable").inc(len(items))
-            return None
-        self.problem = None
-        return reply
+        results: list[Result | None] = []
+        errors: dict[str, int] = {}
+        for part, size in _calls(items):
+            try:
+                reply: tuple[list[Result], dict[str, int]] = self._child.call(
+                    ("batch", part),
+                    CALL_TIMEOUT_S + PER_EVENT_S * len(part) + PER_MIB_S * size / 1024**2)
+            except WorkerError as exc:
+                self.failing(exc)
+                missed = len(items) - len(results)
+                log.error("detection failed; events go on without it", extra={"fields": {
+                    "reason": str(exc), "events": missed}})
+                self._metrics.detection_failures.labels("worker_unavailable").inc(missed)
+                results += [None] * missed
+                break
+            results += reply[0]
+            for name, count in reply[1].items():
+                errors[name] = errors.get(name, 0) + count
+        else:
+            self.problem = None
+        return results, errors
 
-    def _apply(self, work: Work, reply: tuple[list[Result], dict[str, int]],
+    def _apply(self, work: Work, reply: tuple[list[Result | None], dict[str, int]],
                notices: list[NoticeEvent]) -> None:
         results, errors = reply
         for name, count in errors.items():
             self._metrics.detector_errors.labels(name).inc(count)
-        for (event, _), (features, alerts) in zip(work, results, strict=True):
+        for (event, _), result in zip(work, results, strict=True):
+            if result is None:
+                continue
+            features, alerts = result
             event.features = features
             detections = list(event.detections or ())
             if alerts:

@@ -134,10 +134,14 @@ class Child:
             self._stop(proc)
 
     def _exchange(self, message: tuple[Any, ...], timeout_s: float) -> tuple[Any, ...]:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(data) > FRAME_MAX:  # the child would refuse it and exit: refuse it here
+            raise WorkerError(f"{self.name} worker process: a message of {len(data)} bytes "
+                              f"is over the {FRAME_MAX}-byte frame limit")
         proc = self.proc or self._start()
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            write_frame(proc.stdin.fileno(), message)
+            write_raw(proc.stdin.fileno(), data)
             reply = read_frame(proc.stdout.fileno(), time.monotonic() + timeout_s)
             if not (isinstance(reply, tuple) and len(reply) == 2 and reply[0] in ("ok", "error")):
                 raise ValueError("unexpected reply")
