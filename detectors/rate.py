@@ -96,10 +96,12 @@ class BernoulliCUSUM:
             if self.n == p.warmup:
                 self.p0 = self.hits / p.warmup
             return []
-        p0 = max(self.p0, p.floor)
-        p1 = min(p.factor * p0, 0.999)
+        # A baseline near 1 (every request failed during warm-up: a model still loading)
+        # leaves no higher rate to detect; p0 keeps learning and the test resumes.
+        p0 = min(max(self.p0, p.floor), 1.0 - p.floor)
+        p1 = min(p.factor * p0, 1.0 - p.floor / 2)
         llr = math.log(p1 / p0) if x else math.log((1.0 - p1) / (1.0 - p0))
-        self.sum = max(0.0, self.sum + llr)
+        self.sum = max(0.0, self.sum + llr) if p1 > p0 else 0.0
         self.p0 += (x - self.p0) / p.span
         if self.sum <= p.threshold:
             return []

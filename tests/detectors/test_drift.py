@@ -115,3 +115,16 @@ def test_categorical_drift_on_raw_content_never_quotes_a_value(feature: str) -> 
     alerts = [a.to_dict() for i in range(2000)
               for a in det.update({"route": users[0] if i < 300 else users[i % 3]})]
     assert users[1] in repr(alerts)
+
+
+def test_bernoulli_cusum_survives_a_warm_up_where_every_request_failed() -> None:
+    from detectors.rate import BernoulliCUSUM
+
+    det = BernoulliCUSUM("upstream_error", warmup=200, span=500, threshold=8.0)
+    for _ in range(200):  # the model was still loading: the learnt rate is 1.0
+        assert det.update({"upstream_status": 503}) == []
+    for _ in range(5000):  # healthy: the rate is learnt again, no error, no alert
+        assert det.update({"upstream_status": 200}) == []
+    alerts = [a for i in range(2000)
+              for a in det.update({"upstream_status": 502 if i % 3 == 0 else 200})]
+    assert alerts, "a third of requests failing is a rise the detector must see again"
