@@ -15,16 +15,18 @@ under ``features``, next to token counts when the upstream reported them::
     }
 
 Detectors read only these fields and never see text. None of them carries PII: a length,
-a locality-sensitive hash of word trigrams (it says two prompts are alike, it cannot be
-turned back into words) and rule ids.
+a locality-sensitive hash of word trigrams (it says two prompts are alike) and rule ids.
+The word hashes are keyed (``key``: the sidecar passes its privacy hash key): unkeyed,
+the SimHash of a one-word prompt is that word's hash, and a phone number or a name is
+found again by trying candidates. Replicas that share the key produce comparable hashes.
 
 Normalisation: NFKC, case-folded, every run of non-word characters is one space. So
 ``"Ignore   ALL previous instructions!"`` and ``"ignore all previous instructions"``
 are the same prompt (same SimHash, same length). SimHash (Charikar): each word trigram
 (the words themselves when there are fewer than three) is hashed to 64 bits by mixing
-blake2b word hashes (stable across processes and replicas, unlike ``hash()``); bit ``i`` of the
-result is set when more shingles have bit ``i`` set than not. Near-identical prompts get
-hashes a few bits apart (``hamming``). Only the first ``MAX_CHARS`` characters are
+keyed blake2b word hashes (stable across processes with one key, unlike ``hash()``); bit
+``i`` of the result is set when more shingles have bit ``i`` set than not. Near-identical
+prompts get hashes a few bits apart (``hamming``). Only the first ``MAX_CHARS`` characters are
 hashed (a prompt that long is its first 16k characters, for similarity); signatures scan
 ``MAX_SCAN`` characters, so an injection cannot hide at the end of a long prompt.
 
@@ -220,10 +222,11 @@ def _mix_int(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _word_hashes(word: str) -> bytes:
+def _word_hashes(word: str, key: bytes) -> bytes:
     """A word's hash as the first, second and third word of a trigram: ``h``,
     ``mix(h ^ M1)`` and ``mix(mix(h ^ M1) ^ M1)``, as three little-endian uint64s."""
-    h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+    h = int.from_bytes(
+        hashlib.blake2b(word.encode(), digest_size=8, key=key).digest(), "little")
     second = _mix_int(h ^ 0x9E3779B97F4A7C15)
     third = _mix_int(second ^ 0x9E3779B97F4A7C15)
     return b"".join(x.to_bytes(8, "little") for x in (h, second, third))
@@ -231,25 +234,44 @@ def _word_hashes(word: str) -> bytes:
 
 _WORD_CACHE: dict[str, bytes] = {}
 _WORD_CACHE_MAX: Final = 65_536
+_CACHED_WORD_MAX: Final = 64  # characters: the cache holds at most ~65,536 short words
+_cache_key = b""
 
 
-def _hashes(words: list[str]) -> Any:
+def _hashes(words: list[str], key: bytes) -> Any:
     """Every word's hashes as an (n, 3) uint64 array, computed once per distinct word.
     Bytes joined in C and viewed by numpy: per-word Python calls (lru_cache) and
     int-to-uint64 conversions (``np.fromiter``) were three quarters of ``simhash``.
-    Bounded: cleared when full (words repeat; the next prompts refill it)."""
+    Bounded: cleared when full (words repeat; the next prompts refill it) or when the
+    key changes; longer words are hashed each time (a cache of 65,536 CJK runs of 16k
+    characters would hold gigabytes of prompt text)."""
+    global _cache_key
     cache = _WORD_CACHE
+    if key != _cache_key:
+        cache.clear()
+        _cache_key = key
     missing = set(words).difference(cache)
     if missing:
         if len(cache) + len(missing) > _WORD_CACHE_MAX:
             cache.clear()
-        for word in missing:
-            cache[word] = _word_hashes(word)
+        long = {word: _word_hashes(word, key) for word in missing
+                if len(word) > _CACHED_WORD_MAX}
+        for word in missing.difference(long):
+            cache[word] = _word_hashes(word, key)
+        if long:
+            raw = b"".join(long[w] if w in long else cache[w] for w in words)
+            return np.frombuffer(raw, dtype="<u8").reshape(len(words), 3)
     raw = b"".join(map(cache.__getitem__, words))
     return np.frombuffer(raw, dtype="<u8").reshape(len(words), 3)
 
 
-def simhash(words: list[str]) -> int:
+def simhash_key(secret: bytes) -> bytes:
+    """The word-hash key derived from a secret of any length (blake2b takes 64 bytes at
+    most; a derived key also keeps the simhash apart from other uses of the secret)."""
+    return hashlib.blake2b(secret, digest_size=32, person=b"prompt-simhash").digest()
+
+
+def simhash(words: list[str], key: bytes = b"") -> int:
     """64-bit SimHash of word trigrams (of the words themselves when fewer than 3).
 
     Words are hashed once (blake2b, cached, with their two positional mixes); a
@@ -258,7 +280,7 @@ def simhash(words: list[str]) -> int:
     """
     if not words:
         return 0
-    flat = _hashes(words)
+    flat = _hashes(words, key)
     if len(words) < 3:
         h = flat[:, 0].astype(np.uint64)  # a contiguous copy, native byte order
     else:
@@ -272,14 +294,24 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-def prompt_features(text: str, rules: SignatureSet | None = None) -> dict[str, Any]:
-    """Length, SimHash and matched signature ids of one prompt (no text out)."""
+def prompt_features(text: str, rules: SignatureSet | None = None,
+                    key: bytes = b"") -> dict[str, Any]:
+    """Length, SimHash (keyed by ``key``, see ``simhash_key``) and matched signature ids
+    of one prompt (no text out).
+
+    >>> a, b = simhash_key(b"replica secret"), simhash_key(b"another secret")
+    >>> one = prompt_features("0612734589", key=a)["prompt_simhash"]
+    >>> one == prompt_features("0612734589", key=a)["prompt_simhash"]
+    True
+    >>> one == prompt_features("0612734589", key=b)["prompt_simhash"]
+    False
+    """
     rules = rules or signatures()
     scanned = normalise(text[:MAX_SCAN])
     hashed = scanned[:MAX_CHARS]
     return {
         "prompt_chars": len(scanned),
-        "prompt_simhash": simhash(hashed.split()),
+        "prompt_simhash": simhash(hashed.split(), key),
         "signatures": rules.match(scanned),
         "signatures_version": rules.version,
     }

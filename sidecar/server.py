@@ -85,7 +85,8 @@ class Sidecar:
             durability_timeout=settings.durability_timeout,
             masking=masking_worker(self.privacy, settings.log_level),
             detection=None if config is None else (
-                detection_worker(config, settings.log_level), config),
+                detection_worker(config, settings.log_level, self.privacy.hash_key), config,
+                self.privacy.hash_key),
         )
         if self.detection is not None:
             self.detection.stage, self.detection.queue = self.pipeline.detection, self.queue

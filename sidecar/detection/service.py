@@ -20,7 +20,7 @@ import orjson
 
 from detectors.config import DetectorsConfig
 from detectors.registry import DetectorSet
-from detectors.text import prompt_features
+from detectors.text import prompt_features, simhash_key
 from sidecar.detection.extract import parse_request, parse_response, request_params, usage_of
 from sidecar.detection.observed import Plan
 
@@ -44,7 +44,8 @@ def monitor_set(config: DetectorsConfig, old: DetectorSet | None = None) -> Dete
 class DetectionService:
     name = "detection"
 
-    def __init__(self, config: DetectorsConfig) -> None:
+    def __init__(self, config: DetectorsConfig, hash_key: bytes = b"") -> None:
+        self._key = simhash_key(hash_key)  # prompt SimHashes join only under one key
         self._use(config, None)
 
     def _use(self, config: DetectorsConfig, old: DetectorSet | None) -> None:
@@ -71,7 +72,7 @@ class DetectionService:
         event = orjson.loads(data)
         doc, text = parse_request(body, ctype)
         reply = parse_response(response)
-        features = prompt_features(text)
+        features = prompt_features(text, key=self._key)
         features.update(usage_of(reply))
         view = dict(event)
         view["features"] = features

@@ -78,8 +78,9 @@ def _calls(items: list[Item]) -> Iterator[tuple[list[Item], int]]:
         yield part, size
 
 
-def detection_worker(config: DetectorsConfig, log_level: str) -> Child:
-    return Child("detection", functools.partial(DetectionService, config), log_level)
+def detection_worker(config: DetectorsConfig, log_level: str, hash_key: bytes = b"") -> Child:
+    """The worker; ``hash_key`` keys the prompts' SimHashes (the privacy hash key)."""
+    return Child("detection", functools.partial(DetectionService, config, hash_key), log_level)
 
 
 class DetectionStage(WorkerStage):
@@ -87,8 +88,9 @@ class DetectionStage(WorkerStage):
     without = "without detection"
 
     def __init__(self, source: BatchSource, out: Handoff, child: Child, metrics: Metrics,
-                 config: DetectorsConfig) -> None:
+                 config: DetectorsConfig, hash_key: bytes = b"") -> None:
         super().__init__(source, out, child)
+        self._hash_key = hash_key  # the child's: a worker restarted by a reload keeps it
         self._metrics = metrics
         self.config = config
         self._pending: list[NoticeEvent] = []  # this batch's notices
@@ -185,7 +187,8 @@ class DetectionStage(WorkerStage):
     async def reload(self, config: DetectorsConfig) -> None:
         """Swap the worker's detectors (unchanged ones keep their state); raises
         ``WorkerError`` if the worker could not take it (it then restarts with it)."""
-        self._child.replace_factory(functools.partial(DetectionService, config))
+        self._child.replace_factory(
+            functools.partial(DetectionService, config, self._hash_key))
         self.config = config
         await self.in_thread(self._child.call, ("reload", config), RELOAD_TIMEOUT_S)
 

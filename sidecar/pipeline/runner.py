@@ -62,7 +62,7 @@ class Pipeline:
         interval: float = 0.05,
         durability_timeout: float = 5.0,
         masking: Child | None = None,
-        detection: tuple[Child, DetectorsConfig] | None = None,
+        detection: tuple[Child, DetectorsConfig, bytes] | None = None,
     ) -> None:
         self.queue = queue
         self.log = event_log
@@ -77,7 +77,8 @@ class Pipeline:
         to_stages = source = Handoff(ROOM)
         if detection is not None:
             handoff = Handoff(2 * WRITER_BATCH_MAX)
-            self.detection = DetectionStage(source, handoff, detection[0], metrics, detection[1])
+            child, config, hash_key = detection
+            self.detection = DetectionStage(source, handoff, child, metrics, config, hash_key)
             source = handoff
         if masking is not None:
             handoff = Handoff(2 * WRITER_BATCH_MAX)

@@ -15,7 +15,7 @@ from factories import make_event
 
 from detectors.base import Alert
 from detectors.config import DetectorsConfig, config_from_dict, load_config, parse_config
-from detectors.text import prompt_features
+from detectors.text import prompt_features, simhash_key
 from sidecar.detection.observed import Plan
 from sidecar.detection.service import DetectionService, Item, monitor_set
 
@@ -63,11 +63,25 @@ def default_config() -> DetectorsConfig:
 # --- features and alerts --------------------------------------------------------------------
 
 
+def test_prompt_simhashes_are_keyed_by_the_deployments_hash_key(
+        default_config: DetectorsConfig) -> None:
+    # unkeyed, a one-word prompt's SimHash is its word's hash: a phone number or a name
+    # is found again by trying candidates
+    def simhash(key: bytes, prompt: str = "0612734589") -> int:
+        [(features, _)], _ = batch(DetectionService(default_config, key), [item(1, chat(prompt))])
+        return int(features["prompt_simhash"])
+
+    assert simhash(b"secret one") == simhash(b"secret one")  # replicas sharing a key agree
+    assert simhash(b"secret one") != simhash(b"secret two")
+    assert simhash(b"secret one") != prompt_features("0612734589")["prompt_simhash"]
+
+
 def test_features_of_a_prompt_and_token_counts_of_an_openai_response(
         default_config: DetectorsConfig) -> None:
     service = DetectionService(default_config)
     [(features, _)], errors = batch(service, [item(1, chat(BENIGN), response=OPENAI_USAGE)])
-    assert features == {**prompt_features(BENIGN), "input_tokens": 9, "output_tokens": 12}
+    assert features == {**prompt_features(BENIGN, key=simhash_key(b"")), "input_tokens": 9,
+                        "output_tokens": 12}
     assert set(features) == {"prompt_chars", "prompt_simhash", "signatures",
                              "signatures_version", "input_tokens", "output_tokens"}
     assert features["prompt_chars"] == len("what is the capital of france answer in one word")
