@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -186,11 +187,27 @@ def _params(detector_type: DetectorType, raw: Any, fail: Any) -> dict[str, Any]:
         expected = fields[key].type
         if not _has_type(value, expected):
             raise fail(f"params.{key}", f"must be {expected}, got {value!r}")
+        if not _finite(value):
+            raise fail(f"params.{key}", f"must hold finite numbers, got {value!r}")
     try:
         params = detector_type.params(**raw)
     except ParamError as exc:
         raise fail(f"params.{exc.key}", exc.reason) from exc
+    except (ValueError, TypeError) as exc:  # a feature path, a pattern... the type checked
+        raise fail("params", str(exc)) from exc
     return dataclasses.asdict(params)
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in ``value`` (YAML's .nan, .inf pass type checks, then
+    every comparison with them is false)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
 
 
 def _has_type(value: Any, expected: Any) -> bool:

@@ -46,3 +46,18 @@ def test_invalid_files_name_file_key_and_reason(text: str, key: str, tmp_path: P
     assert caught.value.source == str(path)
     assert caught.value.key == key
     assert caught.value.reason
+
+
+@pytest.mark.parametrize(("params", "key"), [
+    ("{type: rate_burst, params: {factor: .inf}}", "detectors[0].params.factor"),
+    ("{type: chi_square, feature: route, params: {min_expected: .nan}}",
+     "detectors[0].params.min_expected"),
+    ("{type: page_hinkley, feature: latency_ms, params: {delta: -.inf}}",
+     "detectors[0].params.delta"),
+    ("{type: token_usage, params: {input_feature: 'features..x'}}", "detectors[0].params"),
+])
+def test_non_finite_numbers_and_bad_paths_in_params_are_config_errors(
+        params: str, key: str) -> None:
+    with pytest.raises(DetectorConfigError) as caught:
+        parse_config(f"detectors:\n  - {{name: d, {params[1:]}\n", "d.yaml")
+    assert str(caught.value).startswith(f"d.yaml: {key}:")
