@@ -33,6 +33,13 @@ from detectors.base import Alert, Observation
 from detectors.clients import ClientTable, check, client_of, event_time, features
 
 
+def _overlap(elapsed: float, window_s: float) -> float:
+    """The previous window's weight in the sliding count: an event stamped before the
+    current window began (a long stream, enqueued at its end; another replica's clock)
+    counts as at its start, never as more than the whole previous window."""
+    return min(1.0, max(0.0, 1.0 - elapsed / window_s))
+
+
 def _simhash(event: Mapping[str, Any], min_chars: int) -> int | None:
     f = features(event)
     h, chars = f.get("prompt_simhash"), f.get("prompt_chars")
@@ -231,7 +238,7 @@ class Extraction(_Abuse):
             s.start, s.prev_n, s.prev_bits, s.n, s.bits = s.start + p.window_s, s.n, s.bits, 0, 0
         s.n += 1
         s.bits |= 1 << (((h * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)) >> 54)
-        overlap = max(0.0, 1.0 - (t - s.start) / p.window_s)
+        overlap = _overlap(t - s.start, p.window_s)
         count = s.n + s.prev_n * overlap
         if s.alerting:
             s.alerting = count > p.min_requests / 2
@@ -259,5 +266,5 @@ class Extraction(_Abuse):
         s = self.clients.states.get(client_of(event))
         if s is None or s.start is None:
             return None, float(p.min_requests)
-        overlap = max(0.0, 1.0 - (t - s.start) / p.window_s)
+        overlap = _overlap(t - s.start, p.window_s)
         return s.n + s.prev_n * overlap, float(p.min_requests)

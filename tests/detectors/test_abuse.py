@@ -125,3 +125,26 @@ def test_memory_is_bounded_with_a_million_client_ids() -> None:
         assert len(table) == 1_000 and table.evictions >= 998_000
     assert sizes[1] <= sizes[0] * 1.2
     assert all(n == 0 for n in detectors.errors.values())
+
+
+def test_extraction_counts_a_late_event_once_not_more() -> None:
+    # a long stream's event is stamped at its arrival and enqueued at its end; replicas'
+    # clocks differ: an event older than the client's window must not inflate its count
+    from datetime import UTC, datetime, timedelta
+
+    from detectors.duplicates import Extraction
+
+    det = Extraction()  # window_s 600, min_requests 100
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+    def event(i: int, t: float) -> dict[str, Any]:
+        return {"client_id": "k1:aa", "timestamp": (t0 + timedelta(seconds=t)).isoformat(),
+                "features": {"prompt_simhash": (i * 0x9E3779B97F4A7C15) % (1 << 64),
+                             "prompt_chars": 80}}
+
+    alerts = [a for i in range(70) for a in det.update(event(i, i * 8))]
+    alerts += [a for i in range(70, 80) for a in det.update(event(i, 600 + (i - 70) * 5))]
+    alerts += det.update(event(80, 100))
+    assert alerts == []
+    count, line = det.observe(event(80, 100))  # type: ignore[misc]
+    assert count is not None and count <= 81 and line == 100
