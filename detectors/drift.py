@@ -51,6 +51,8 @@ from river import drift
 from detectors.base import Alert, Observation, ParamError
 from detectors.features import TRANSFORMS, Feature
 
+MAX_MAGNITUDE = 1e100  # larger values are skipped: their squares would overflow the sums
+
 _Found = tuple[str, float, float, dict[str, int], dict[str, Any]]
 
 
@@ -88,19 +90,24 @@ class _NumericDrift:
     def _statistic(self) -> Observation:
         raise NotImplementedError
 
+    def _usable(self, x: float | None) -> float | None:
+        """The transformed value, or ``None`` to skip it: not finite, or beyond
+        ``MAX_MAGNITUDE`` (one 1e308 makes the windows' variance infinite, and the
+        detector blind until the window rotates; no real measure is that large)."""
+        if x is None:
+            return None
+        x = self._apply(x)
+        return x if math.isfinite(x) and abs(x) <= MAX_MAGNITUDE else None
+
     def observe(self, event: Mapping[str, Any]) -> Observation | None:
         """After ``update(event)``: (statistic, threshold); ``None`` if it had no number."""
-        x = self.feature.number(event)
-        if x is None or not math.isfinite(self._apply(x)):
+        if self._usable(self.feature.number(event)) is None:
             return None
         return self._statistic()
 
     def update(self, event: Mapping[str, Any]) -> list[Alert]:
-        x = self.feature.number(event)
+        x = self._usable(self.feature.number(event))
         if x is None:
-            return []
-        x = self._apply(x)
-        if not math.isfinite(x):
             return []
         found = self._observe(x)
         if found is None:

@@ -128,3 +128,23 @@ def test_bernoulli_cusum_survives_a_warm_up_where_every_request_failed() -> None
     alerts = [a for i in range(2000)
               for a in det.update({"upstream_status": 502 if i % 3 == 0 else 200})]
     assert alerts, "a third of requests failing is a rise the detector must see again"
+
+
+@pytest.mark.parametrize("type_name", ["adwin", "kswin", "page_hinkley"])
+def test_one_absurd_value_does_not_blind_a_numeric_detector(type_name: str) -> None:
+    import random
+
+    def first_alert(spike: float | None) -> int | None:
+        rng = random.Random(1)
+        det = TYPES[type_name].factory("v")
+        for i in range(6000):
+            x = rng.gauss(100, 10) if i < 2000 else rng.gauss(200, 10)
+            if i == 1000 and spike is not None:
+                x = spike
+            if det.update({"v": x}) and i >= 2000:
+                return i
+        return None
+
+    for spike in (None, 1e308):
+        found = first_alert(spike)
+        assert found is not None and found < 2400, (spike, found)
