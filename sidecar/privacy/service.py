@@ -11,7 +11,9 @@ so in the event (fail closed).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Final
+
+import orjson
 
 from sidecar.privacy.analyzer import build_analyzer
 from sidecar.privacy.masker import Captured, Masker
@@ -19,6 +21,12 @@ from sidecar.privacy.profile import PrivacyProfile
 from sidecar.privacy.sampling import Decision
 
 Item = tuple[str, Captured, Decision]  # profile digest, what was captured, the decision
+
+# What an event may carry of masked payload and headers, encoded. A Kafka record is at
+# most 1 MiB (the broker's default message.max.bytes, and our producer's max_request_size);
+# a profile may capture 4 MiB, and masking and JSON escaping can make it larger still. A
+# record the broker refuses would be retried for ever and hold up every event behind it.
+MAX_RECORDED_BYTES: Final = 768 * 1024
 
 
 class MaskingService:
@@ -43,9 +51,22 @@ class MaskingService:
         for digest, indexes in positions.items():  # one profile's events share calls
             results = self.maskers[digest].mask_many([batch[i][1:] for i in indexes])
             for index, result in zip(indexes, results, strict=True):
-                records[index] = result.record()
+                records[index] = _bounded(result.record(), self._failed)
         failures, self.failures = dict(self.failures), Counter()
         return records, failures
 
     def close(self) -> None:
         pass
+
+
+def _bounded(record: dict[str, Any], failed: Any) -> dict[str, Any]:
+    """``record`` without payload and header values when they would make the event too
+    large to publish (``privacy.failure: too_large``, counted)."""
+    if record["payload"] is None and record["headers"] is None:
+        return record
+    size = len(orjson.dumps([record["payload"], record["headers"]]))
+    if size <= MAX_RECORDED_BYTES:
+        return record
+    failed("too_large")
+    return {**record, "payload": None, "headers": None,
+            "privacy": {**record["privacy"], "failure": "too_large"}}
