@@ -55,11 +55,21 @@ def write_frame(fd: int, message: object) -> None:
     write_raw(fd, pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def write_raw(fd: int, data: bytes) -> None:
-    """One frame of already pickled ``data``."""
+def write_raw(fd: int, data: bytes, deadline: float | None = None) -> None:
+    """One frame of already pickled ``data``; ``TimeoutError`` if ``deadline`` (monotonic)
+    passes first. With a deadline, ``fd`` must be non-blocking: a child that stopped
+    reading (SIGSTOP, a frozen cgroup) must not hold a write of more than the pipe's 64 KiB
+    for ever."""
     view = memoryview(FRAME_HEADER.pack(len(data)) + data)
     while view:
-        view = view[os.write(fd, view):]
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([], [fd], [], wait)[1]:
+                raise TimeoutError
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            continue
 
 
 def read_frame(fd: int, deadline: float | None = None) -> Any:
@@ -140,9 +150,10 @@ class Child:
                               f"is over the {FRAME_MAX}-byte frame limit")
         proc = self.proc or self._start()
         assert proc.stdin is not None and proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
         try:
-            write_raw(proc.stdin.fileno(), data)
-            reply = read_frame(proc.stdout.fileno(), time.monotonic() + timeout_s)
+            write_raw(proc.stdin.fileno(), data, deadline)
+            reply = read_frame(proc.stdout.fileno(), deadline)
             if not (isinstance(reply, tuple) and len(reply) == 2 and reply[0] in ("ok", "error")):
                 raise ValueError("unexpected reply")
             return reply
@@ -179,6 +190,7 @@ class Child:
         if reply[0] != "ok":
             self._stop(proc, grace_s=0.0)
             raise WorkerError(f"{self.name} worker process: {reply[1]}")
+        os.set_blocking(proc.stdin.fileno(), False)  # writes are bounded by their deadline
         self.proc = proc
         log.info("worker process started", extra={"fields": {"worker": self.name,
                                                               "pid": proc.pid}})

@@ -237,6 +237,26 @@ def test_a_hung_child_is_killed_after_the_reply_timeout_and_replaced(
     assert lines(path) == values(before + after)
 
 
+def test_a_child_that_stopped_reading_fails_a_large_write_after_the_timeout(
+    tmp_path: Path, make_sink: Callable[..., ProcessSink]
+) -> None:
+    # SIGSTOP, a frozen cgroup: a batch over the pipe's 64 KiB buffer never gets written;
+    # the write must fail by the reply timeout (not hang, and hang shutdown with it)
+    path = tmp_path / "events.jsonl"
+    sink = make_sink(functools.partial(JsonLinesSink, str(path)), reply_timeout_s=0.5)
+    sink.write(make_records(0, 1))
+    proc = child(sink)
+    os.kill(proc.pid, signal.SIGSTOP)
+    big = [Record(r.seq, r.key, r.value + b" " * 4000, r.headers) for r in make_records(1, 100)]
+    started = time.monotonic()
+    with pytest.raises(SinkError, match=r"no answer within 0\.5 s"):
+        sink.write(big)
+    assert time.monotonic() - started < 0.5 + 3.0
+    assert proc.returncode == -signal.SIGKILL and sink.healthy is False
+    sink.write(big)  # a new child takes the batch
+    assert sink.pid != proc.pid and len(lines(path)) == 101
+
+
 @pytest.mark.usefixtures("child_imports_tests")
 def test_an_unexpected_exception_in_the_sink_is_a_sink_error_and_the_child_stays(
     tmp_path: Path, make_sink: Callable[..., ProcessSink]
