@@ -74,6 +74,8 @@ class Producer(Protocol):
         self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
     ) -> Any: ...
 
+    def partitions_for(self, topic: str) -> Any: ...
+
     def close(self, timeout: float | None = None) -> None: ...
 
 
@@ -251,9 +253,20 @@ class KafkaSink:
         alerts_topic = self.settings.alerts_topic or events_topic
         timeout = self.settings.delivery_timeout_s
         deadline = time.monotonic() + timeout
+        topics = [alerts_topic if _is_alert(record) else events_topic for record in records]
+        for topic in dict.fromkeys(topics):
+            # Every topic's metadata before the first send: a topic that is missing (the
+            # alerts topic on a cluster without auto-create) must fail the batch before any
+            # of it went out, or every retry would publish its first records again.
+            try:
+                producer.partitions_for(topic)
+            except kafka_errors.KafkaTimeoutError:
+                raise _MetadataTimeout(f"kafka: no metadata for topic {topic} within "
+                                       f"{MAX_BLOCK_MS} ms (does it exist?)") from None
+            except Exception as exc:
+                raise SinkError(f"kafka: metadata of topic {topic}: {_reason(exc)}") from None
         futures = []
-        for record in records:
-            topic = alerts_topic if _is_alert(record) else events_topic
+        for record, topic in zip(records, topics, strict=True):
             try:
                 futures.append(producer.send(
                     topic, value=record.value, key=record.key, headers=list(record.headers)

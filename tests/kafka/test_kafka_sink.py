@@ -260,6 +260,42 @@ def test_an_oversized_record_is_named_by_seq_never_by_payload(broker: EmbeddedBr
     assert not sink.healthy
 
 
+def test_a_missing_alerts_topic_fails_the_batch_before_any_of_it_is_sent(
+        broker: EmbeddedBroker) -> None:
+    # A cluster without auto-create where the alerts topic was never made: kafka-python's
+    # metadata wait for it times out (as partitions_for does there; Tansu auto-creates).
+    # Events sent before the alert would be published again by every retry.
+    class NoAlertsTopic:
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def partitions_for(self, topic: str) -> Any:
+            if topic == "inference.alerts":
+                raise kafka_config.kafka_errors.KafkaTimeoutError("no metadata")
+            return self.real.partitions_for(topic)
+
+        def send(self, topic: str, **kwargs: Any) -> Any:
+            return self.real.send(topic, **kwargs)
+
+        def close(self, timeout: float | None = None) -> None:
+            self.real.close(timeout=timeout)
+
+    alert = Record(99, b"client-a", b'{"id": "inf-a/rate"}', (("ce_type", b"ai.detector.alert"),))
+    sink = KafkaSink(KafkaSettings(bootstrap=broker.bootstrap, topic=TOPIC,
+                                   alerts_topic="inference.alerts"),
+                     lambda settings, config: NoAlertsTopic(
+                         kafka_sink.create_producer(settings, config)))
+    try:
+        for _ in range(3):
+            with pytest.raises(SinkError, match=r"topic inference\.alerts"):
+                sink.write([*make_records(0, 3), alert])
+        sink.write(make_records(3, 1))
+    finally:
+        sink.close()
+    got = consume_all(broker.bootstrap, TOPIC, timeout_s=10, min_records=1)
+    assert seq_counts(r.value for r in got) == {3: 1}
+
+
 def test_an_empty_batch_needs_no_broker() -> None:
     sink = sink_for(f"127.0.0.1:{free_port()}")
     sink.write([])
