@@ -150,7 +150,8 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamUnavailable(f"upstream sent a malformed response: {exc}"))
+            cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
+            self._fail(UpstreamUnavailable(f"upstream sent a malformed response: {cause}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -182,6 +183,8 @@ class Connection(asyncio.Protocol):
             self._interim = True
             response.headers, response.reason = CIMultiDict(), None
             return
+        if not 200 <= status <= 599:  # RFC 9110 §15: three digits, 1xx to 5xx
+            raise ValueError(f"status {status}")  # the parser stops; data_received fails it
         response.status = status
         length = response.headers.get("content-length")
         if length is not None and length.isdigit():

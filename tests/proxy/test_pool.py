@@ -822,6 +822,9 @@ async def test_cancelled_request_closes_the_connection(
     b"garbage\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
     b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+    b"HTTP/1.1 799 Weird\r\nContent-Length: 2\r\n\r\nok",  # RFC 9110: 1xx to 5xx only
+    b"HTTP/1.1 600 X\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 099 X\r\nContent-Length: 0\r\n\r\n",
 ])
 async def test_malformed_head_is_upstream_unavailable(
     serve: Any, make_pool: PoolFactory, data: bytes
@@ -833,8 +836,9 @@ async def test_malformed_head_is_upstream_unavailable(
 
     server = await serve(handler)
     pool = make_pool(server.port)
-    with pytest.raises(UpstreamUnavailable, match="malformed"):
+    with pytest.raises(UpstreamUnavailable, match="malformed") as caught:
         await send(pool)
+    assert "callback" not in str(caught.value)
 
 
 async def test_malformed_chunk_is_upstream_unavailable(
