@@ -8,7 +8,9 @@ select by model version or event type without parsing the value.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -16,6 +18,20 @@ from sidecar.events.model import InferenceEvent
 from sidecar.events.notices import NoticeEvent
 from sidecar.events.record import Record
 from sidecar.telemetry import CLOUDEVENTS_CONTENT_TYPE, EVENT_SOURCE_PREFIX
+
+
+@functools.lru_cache(maxsize=16)
+def source(model_name: str) -> str:
+    """The CloudEvents ``source``: a URI-reference (RFC 3986), so a model name with
+    spaces, non-ASCII letters or ``%`` is percent-encoded (strict SDKs refuse it raw).
+
+    >>> source("llama-3.1"), source("Llama 3 70B")
+    ('urn:inference-sidecar:llama-3.1', 'urn:inference-sidecar:Llama%203%2070B')
+    >>> source("модель")[-6:]
+    '%D1%8C'
+
+    """
+    return EVENT_SOURCE_PREFIX + quote(model_name, safe="-._~!$&'()*+,;=:@")
 
 
 def envelope(event: InferenceEvent | NoticeEvent) -> dict[str, Any]:
@@ -27,7 +43,7 @@ def envelope(event: InferenceEvent | NoticeEvent) -> dict[str, Any]:
     return {
         "specversion": "1.0",
         "id": ident,
-        "source": EVENT_SOURCE_PREFIX + event.model_name,
+        "source": source(event.model_name),
         "type": event.event_type,
         "time": event.timestamp,
         "subject": subject,

@@ -86,3 +86,22 @@ def test_record_size_counts_key_value_and_headers() -> None:
     assert Record(seq=2, key=b"", value=b"").size == 0
     full = to_record(make_event(1), 1)
     assert full.size > len(full.value)
+
+
+@pytest.mark.parametrize("name", ["Llama 3 70B", "модель-кредит", "gpt-4o|prod", "a%zz"])
+def test_the_source_is_a_uri_reference_whatever_the_model_name(name: str) -> None:
+    import json
+    from pathlib import Path
+    from urllib.parse import unquote
+
+    import jsonschema
+
+    event = dataclasses.replace(make_event(1), model_name=name)
+    value = envelope(event)
+    assert value["source"].startswith(EVENT_SOURCE_PREFIX)
+    assert unquote(value["source"][len(EVENT_SOURCE_PREFIX):]) == name
+    for path in (Path(__file__).resolve().parents[2] / "sidecar" / "schemas").glob("*.json"):
+        schema = json.loads(path.read_text())["properties"]["source"]
+        jsonschema.validate(value["source"], schema)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(EVENT_SOURCE_PREFIX + name, schema)
