@@ -92,6 +92,11 @@ class EventLog(Protocol):
         """As in ``stats()``, without its lock: a hint that may be a moment old."""
         ...
 
+    @property
+    def corrupt_skipped(self) -> int:
+        """As in ``stats()``, without its lock (delivery reads it after each read)."""
+        ...
+
     def append(self, records: Sequence[Record]) -> None:
         """Store ``records`` (no fsync) applying ``when_full``; writer thread only."""
         ...

@@ -65,6 +65,10 @@ class MemoryLog:
         return self._bytes_used  # one int read: no lock (a hint, as ``full``)
 
     @property
+    def corrupt_skipped(self) -> int:
+        return 0  # nothing to damage
+
+    @property
     def full(self) -> bool:
         """Same rule as the write-ahead log: ``bytes_used`` + headroom > ``max_bytes``."""
         return self._bytes_used + self._headroom > self.max_bytes

@@ -163,6 +163,10 @@ class WriteAheadLog:
         return self._bytes_used  # one int read: no lock (a hint, as ``full``)
 
     @property
+    def corrupt_skipped(self) -> int:
+        return self._corrupt
+
+    @property
     def full(self) -> bool:
         """True when ``bytes_used`` plus ``full_headroom(max_bytes)`` exceeds ``max_bytes``."""
         return self._bytes_used + self._headroom > self.max_bytes

@@ -54,6 +54,10 @@ class Delivery:
         self._read_through = 0
         self._mark: Mark | None = None
         self._delivered_total = metrics.events_delivered.labels(sink.name)
+        # Records a read found damaged (the disk changed after recovery) are skipped by the
+        # log and gone with the next ack: counted as dropped here; those found at start-up
+        # the server counted.
+        self._corrupt_seen = event_log.corrupt_skipped
 
     def notify(self) -> None:
         """New records are in the log (called on the loop by the writer)."""
@@ -98,6 +102,10 @@ class Delivery:
             if self._mark is None:
                 self._mark = self.ledger.mark  # before the read: see _orphans
             records = self.log.read(READ_MAX_RECORDS, READ_MAX_BYTES)
+            corrupt = self.log.corrupt_skipped
+            if corrupt != self._corrupt_seen:
+                self._metrics.events_dropped.labels("corrupt").inc(corrupt - self._corrupt_seen)
+                self._corrupt_seen = corrupt
             if records:
                 self._read_through = max(self._read_through, records[-1].seq)
             out = self._sort(records)

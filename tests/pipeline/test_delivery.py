@@ -236,6 +236,26 @@ async def test_delivery_on_a_write_ahead_log_deletes_delivered_segments(
         reopened.close()
 
 
+async def test_a_record_found_damaged_when_read_is_counted_as_dropped(
+    tmp_path: Path, make_harness: Callable[..., Harness]
+) -> None:
+    # the disk changed after recovery: the log skips the record, the next ack trims it;
+    # the event is gone, so it must be counted (start-up damage is counted by the server)
+    directory = tmp_path / "wal"
+    wal = WriteAheadLog(str(directory), 1 << 21, 1 << 20, "block")
+    h = make_harness(log=wal)
+    appended = h.append(range(1, 4))
+    wal.sync()
+    (segment,) = directory.glob("*.seg")
+    data = bytearray(segment.read_bytes())
+    data[data.find(b'"id":"inf-000002"')] ^= 1  # bit rot in the second record
+    segment.write_bytes(bytes(data))
+    h.start()
+    await wait_until(lambda: wal.stats().records_pending == 0)
+    assert h.sink.records == [appended[0], appended[2]]
+    assert sample(h.metrics, "inference_sidecar_events_dropped_total", {"reason": "corrupt"}) == 1
+
+
 # --- retries ----------------------------------------------------------------------------
 
 
