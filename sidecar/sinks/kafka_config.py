@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -200,25 +201,41 @@ def _read_secret(name: str, path: str) -> str:
         with open(path, "rb") as fh:
             data = fh.read(SECRET_MAX_BYTES + 1)
     except OSError as exc:
-        raise SinkError(f"kafka: {name} {path}: cannot read it ({exc.strerror})") from None
+        raise SinkError(f"kafka_{name} {path}: cannot read it ({exc.strerror})") from None
     if len(data) > SECRET_MAX_BYTES:
-        raise SinkError(f"kafka: {name} {path}: larger than {SECRET_MAX_BYTES} bytes")
+        raise SinkError(f"kafka_{name} {path}: larger than {SECRET_MAX_BYTES} bytes")
     try:
         # Mounted secrets written with `echo` end in a newline that is not part of them.
         value = data.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:
-        raise SinkError(f"kafka: {name} {path}: not UTF-8 text") from None
+        raise SinkError(f"kafka_{name} {path}: not UTF-8 text") from None
     if not value:
-        raise SinkError(f"kafka: {name} {path}: empty")
+        raise SinkError(f"kafka_{name} {path}: empty")
     return value
 
 
 def check_files(settings: KafkaSettings) -> None:
-    """Start-up check: every file the settings name is readable (``SinkError`` names the
-    first that is not). The files are read again whenever a producer is created."""
+    """Start-up check: every file the settings name is readable, and the TLS files load
+    (``SinkError`` names the first that does not, by its setting: a garbage CA file would
+    otherwise surface as "Unable to bootstrap", retried for ever). The files are read
+    again whenever a producer is created."""
     for name, path in settings.files.items():
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            raise SinkError(f"kafka: {name} {path}: not a readable file")
+            raise SinkError(f"kafka_{name} {path}: not a readable file")
+    if "SSL" in settings.security_protocol:
+        context = ssl.create_default_context()
+        name = "ssl_cafile"
+        try:
+            if settings.ssl_cafile is not None:
+                context.load_verify_locations(settings.ssl_cafile)
+            if settings.ssl_certfile is not None:
+                name = "ssl_certfile"
+                context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+        except (ssl.SSLError, OSError) as exc:
+            what = "certificate and key" if name == "ssl_certfile" else "CA certificates"
+            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+            raise SinkError(f"kafka_{name} {getattr(settings, name)}: no usable {what} "
+                            f"({reason})") from None
     read_credentials(settings)
 
 

@@ -10,6 +10,7 @@ again for every new producer, so a rotated secret is picked up.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -43,6 +44,7 @@ from sidecar.sinks.kafka import (
 )
 
 TOPIC = "inference.events"
+TLS = Path(__file__).resolve().parent / "tls"  # test-only certificate and key (see README)
 KEYS = 7
 EVENT_TYPE = b"ai.inference.completed.v1"
 IO_THREAD = f"{CLIENT_ID}-network-thread"  # kafka-python's producer I/O thread
@@ -329,7 +331,7 @@ def sasl_settings(tmp_path: Path) -> KafkaSettings:
     return KafkaSettings(
         bootstrap="kafka-1.example:9093,kafka-2.example:9093", topic=TOPIC,
         security_protocol="sasl_ssl", sasl_mechanism="scram-sha-512",
-        ssl_cafile=secret(tmp_path / "ca.pem", "not really a CA"),
+        ssl_cafile=secret(tmp_path / "ca.pem", (TLS / "ca.pem").read_text()),
         sasl_username_file=secret(tmp_path / "username", "sidecar\n"),
         sasl_password_file=secret(tmp_path / "password", "first-password\n"),
     )
@@ -461,19 +463,20 @@ def test_a_missing_credential_file_is_a_sink_error_naming_it(
     Path(path).unlink()
     factory = RecordingFactory()
     sink = KafkaSink(sasl_settings, producer_factory=factory)
-    with pytest.raises(SinkError, match=re.escape(f"{name} {path}: cannot read it")) as caught:
+    with pytest.raises(SinkError, match=re.escape(f"kafka_{name} {path}: cannot read it")) \
+            as caught:
         sink.write(make_records(0, 1))
     assert "first-password" not in str(caught.value)
     assert factory.configs == []  # never got as far as a producer
     assert not sink.healthy
-    with pytest.raises(SinkError, match=re.escape(f"{name} {path}")):
+    with pytest.raises(SinkError, match=re.escape(f"kafka_{name} {path}")):
         check_files(sasl_settings)
 
 
 def test_an_empty_credential_file_is_refused(sasl_settings: KafkaSettings) -> None:
     assert sasl_settings.sasl_password_file is not None
     Path(sasl_settings.sasl_password_file).write_text("\n")
-    with pytest.raises(SinkError, match=r"sasl_password_file .*: empty"):
+    with pytest.raises(SinkError, match=r"^kafka_sasl_password_file .*: empty"):
         read_credentials(sasl_settings)
 
 
@@ -481,8 +484,27 @@ def test_check_files_names_an_unreadable_tls_file(sasl_settings: KafkaSettings) 
     check_files(sasl_settings)  # all present
     assert sasl_settings.ssl_cafile is not None
     Path(sasl_settings.ssl_cafile).unlink()
-    with pytest.raises(SinkError, match=re.escape(f"ssl_cafile {sasl_settings.ssl_cafile}")):
+    with pytest.raises(SinkError, match=re.escape(f"kafka_ssl_cafile {sasl_settings.ssl_cafile}")):
         KafkaSink(sasl_settings).check_files()
+
+
+@pytest.mark.parametrize(("name", "garbage"), [
+    ("ssl_cafile", "not a certificate"),
+    ("ssl_certfile", "not a certificate"),
+    ("ssl_keyfile", "not a key"),
+])
+def test_check_files_loads_the_tls_files(tmp_path: Path, name: str, garbage: str) -> None:
+    # a garbage CA file used to pass the start-up check and fail every connection later
+    # as "Unable to bootstrap", naming no file
+    files = {"ssl_cafile": TLS / "ca.pem", "ssl_certfile": TLS / "client.pem",
+             "ssl_keyfile": TLS / "client.key"}
+    settings = KafkaSettings(bootstrap="k:9093", topic=TOPIC, security_protocol="SSL",
+                             **{key: str(path) for key, path in files.items()})
+    check_files(settings)
+    bad = secret(tmp_path / "bad.pem", garbage)
+    reported = "ssl_certfile" if name == "ssl_keyfile" else name  # a pair, loaded together
+    with pytest.raises(SinkError, match=f"^kafka_{reported} .*: no usable"):
+        check_files(dataclasses.replace(settings, **{name: bad}))
 
 
 IDENTITY_ENV = {
