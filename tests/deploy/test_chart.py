@@ -116,9 +116,10 @@ def test_probes_use_the_admin_port(rendered: Rendered) -> None:
     assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     assert sidecar["startupProbe"]["httpGet"]["port"] == "admin"
-    # The model binds 127.0.0.1: its readiness is the sidecar's, which probes it.
+    # The model binds 127.0.0.1: its readiness is the sidecar's, which probes it. By
+    # number: the kubelet looks a named port up in the probed container's own ports.
     assert rendered.container("model")["readinessProbe"]["httpGet"] == {
-        "path": "/readyz", "port": "admin"}
+        "path": "/readyz", "port": admin}
 
 
 def test_resources_are_set_on_both_containers(rendered: Rendered) -> None:
