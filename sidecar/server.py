@@ -120,6 +120,8 @@ class Sidecar:
             return "event_queue_full"
         if self.log.full or self.pipeline.writer.blocked:
             return "event_log_full"
+        if not self.pipeline.disk_ok:  # the writer retries its round; the next success clears it
+            return "event_log_disk_error"
         return None
 
     async def start(self) -> None:

@@ -212,6 +212,25 @@ async def test_a_writer_held_by_a_full_log_makes_new_requests_fail_fast(
         assert response.status == 200
 
 
+async def test_a_failing_event_log_disk_makes_new_requests_fail_fast(
+    make_sidecar: Any, upstream: Any, client: aiohttp.ClientSession
+) -> None:
+    """``when_full: block``: while the writer's round fails on the disk (ENOSPC, EIO), a
+    new request gets a stamped 503 at once; it used to reach the model, wait its
+    durability timeout and be cut off."""
+    sc = await make_sidecar(durability="sync", when_full="block")
+    sc.sidecar.pipeline.disk_ok = False  # as the writer's failing retry sets it
+    started = time.monotonic()
+    async with client.post(sc.url + "/text", data=b"hello") as response:
+        assert response.status == 503
+        assert (await response.json())["error"] == "event_log_disk_error"
+        assert "x-inference-id" in response.headers
+    assert time.monotonic() - started < 1.0 and upstream.hits == 0
+    sc.sidecar.pipeline.disk_ok = True  # its next success
+    async with client.post(sc.url + "/text", data=b"hello") as response:
+        assert response.status == 200
+
+
 async def test_absolute_form_targets_are_accepted_and_asterisk_is_a_400(
     make_sidecar: Any, upstream: Any
 ) -> None:
