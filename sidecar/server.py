@@ -145,8 +145,11 @@ class Sidecar:
             auto_decompress=False,  # forward request bodies byte for byte
             access_log=None,  # the event stream is the access log
         )
+        # aiohttp gives a request still in flight the shutdown timeout twice (a wait, then a
+        # wait after cancelling its body read, which a handler waiting on the model does
+        # not notice): half of drain_timeout each keeps the total to drain_timeout.
         self._proxy_runner = web.ServerRunner(
-            server, handle_signals=False, shutdown_timeout=s.drain_timeout
+            server, handle_signals=False, shutdown_timeout=s.drain_timeout / 2
         )
         await self._proxy_runner.setup()
         await _listen(web.TCPSite(
@@ -200,8 +203,11 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if sidecar.detection is not None:
-        loop.add_signal_handler(signal.SIGHUP, sidecar.detection.request_reload)
+    # SIGHUP reloads the detectors; without them it must still not end the process (its
+    # default action), which would cut requests in flight and lose their events.
+    loop.add_signal_handler(
+        signal.SIGHUP, sidecar.detection.request_reload if sidecar.detection is not None
+        else lambda: log.info("SIGHUP: nothing to reload (detectors: off)"))
     try:
         await sidecar.start()
         # Everything built so far lives as long as the process: keep it out of the
