@@ -78,3 +78,22 @@ async def test_drain_timeout_aborts_stragglers_with_an_event(
     assert await asyncio.wait_for(proc.wait(), 10) == 0
     (event,) = read_events(events_file)
     assert event["outcome"] == "aborted" and event["status"] == 499
+
+
+async def test_sighup_without_detectors_does_not_end_the_process(
+    spawn_sidecar: Any, tmp_path: Path
+) -> None:
+    # SIGHUP reloads the detectors; with none, its default action (end the process, no
+    # drain) would cut requests in flight and lose their events
+    events_file = tmp_path / "events.jsonl"
+    sidecar = await spawn_sidecar(detectors="off")
+    proc = sidecar.proc
+    async with aiohttp.ClientSession() as session:
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert proc.returncode is None
+        async with session.post(sidecar.url + "/text", data=b"hi") as response:
+            assert response.status == 200
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+    assert len(read_events(events_file)) == 1
