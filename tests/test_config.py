@@ -1233,3 +1233,58 @@ def test_property_garbage_yaml_documents_raise_only_config_error(text: str) -> N
             load(config_path=path)
         except ConfigError as exc:
             assert path in str(exc)
+
+
+@pytest.mark.parametrize("url", ["http://model:8000/v1?api_key=sk-S3cretKey",
+                                 "http://svc:pa/ss-S3cretKey@model:8000",
+                                 "http://model:99999/?token=S3cretKey",
+                                 "ftp://model/?token=S3cretKey"])
+def test_no_upstream_url_error_quotes_the_value(url: str) -> None:
+    # a URL may hold a key in its query, or a password the "@" check misses (a "/" in it)
+    with pytest.raises(ConfigError) as info:
+        load(env={"SIDECAR_UPSTREAM_URL": url})
+    assert "S3cretKey" not in str(info.value) and "SIDECAR_UPSTREAM_URL" in str(info.value)
+
+
+def test_a_duplicate_key_in_the_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    # YAML keeps the last value silently: a second model_version would stamp every response
+    path = write_yaml(tmp_path, 'model_version: "1"\npolicy_version: p\nmodel_version: "2"\n')
+    with pytest.raises(ConfigError, match=r"duplicate key 'model_version' at line 3"):
+        load(config_path=path)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("2Gi", 2 * 1024**3), ("512Mi", 512 * 1024**2), ("1Ti", 1024**4), ("1TiB", 1024**4),
+    ("1T", 1000**4), ("64Ki", 65536),
+])
+def test_sizes_take_kubernetes_units(raw: str, expected: int) -> None:
+    # the chart's schema allows them next to volume sizes written so
+    assert load(flags={"buffer_response_bytes": raw}).buffer_response_bytes == expected
+
+
+@pytest.mark.parametrize("key", ["max_header_bytes", "max_request_line_bytes"])
+def test_header_limits_are_bounded(key: str) -> None:
+    # the HTTP parser takes them as a C unsigned long: every connection failed
+    with pytest.raises(ConfigError, match="at most 1MiB"):
+        load(flags={key: "18446744073709551615"})
+    assert getattr(load(flags={key: "1MiB"}), key) == 1024**2
+
+
+@pytest.mark.parametrize("raw", ["no such host:8080", "bad_host!:8080", "-x:1"])
+def test_a_listen_host_must_be_an_address_or_a_host_name(raw: str) -> None:
+    with pytest.raises(ConfigError, match="host:port, such as 0.0.0.0:8080"):
+        load(flags={"listen": raw})
+
+
+@pytest.mark.parametrize("raw", ["0.0.0.0:8080", "[::]:8080", "localhost:1", "pod-1.svc.local:9"])
+def test_listen_hosts_that_are_fine(raw: str) -> None:
+    assert load(flags={"listen": raw}).listen[1] == int(raw.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("raw", ["health", "/he alth"])
+def test_the_upstream_health_path_is_a_path(raw: str) -> None:
+    # "health" made http://host:portHealth: readiness red for ever, check-config fine
+    with pytest.raises(ConfigError, match="a path starting with /"):
+        load(flags={"upstream_health_path": raw})
+    assert load(flags={"upstream_health_path": "/v2/health/ready"}).upstream_health_path == \
+        "/v2/health/ready"

@@ -42,7 +42,20 @@ def flag_name(key: str) -> str:
 
 class _Loader(yaml.SafeLoader):
     """``safe_load``, with numbers that remember how they were written (see
-    ``parsers.text``)."""
+    ``parsers.text``), and duplicate keys refused (YAML keeps the last one silently: a
+    second ``model_version`` would stamp every response with it)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue  # unhashable or odd keys: the loader's own error follows
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _number(kind: type[YamlInt] | type[YamlFloat], construct: Any) -> Any:
@@ -70,6 +83,9 @@ def _read_file(path: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or ""
+        if problem.startswith("duplicate key"):
+            raise ConfigError(f"config file {path}: {problem}{at}") from None
         raise ConfigError(f"config file {path}: not valid YAML{at}") from None
     if data is None:
         return {}

@@ -4,14 +4,18 @@ whose message says what was expected (the loader adds the key and the source).""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
-               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+# Kubernetes-style Ki/Mi/Gi/Ti too: the chart's values sit next to volume sizes written so.
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
+               "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "mi": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
+               "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4}
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
 _INT_MAX = 2**31 - 1
 _NUM_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
@@ -106,41 +110,77 @@ def size(raw: Any) -> int:
     return size
 
 
+def size_upto(limit: int, hint: str) -> Callable[[Any], int]:
+    """``size`` with an upper bound (a C parser takes the value as an unsigned long)."""
+    def parse(raw: Any) -> int:
+        value = size(raw)
+        if value > limit:
+            raise ValueError(f"a size of at most {hint}")
+        return value
+    return parse
+
+
 def duration(raw: Any) -> float:
     return _with_unit(raw, _DURATION_UNITS, "a positive duration such as 30s, 250ms or 2.5")
+
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
 def host_port(raw: Any) -> tuple[str, int]:
     host, sep, port = text(raw).rpartition(":")
     host = host.strip("[]")
     valid_port = port.isascii() and port.isdigit() and 0 <= int(port) <= 65535
-    if not sep or not host or not valid_port:
+    if not sep or not host or not valid_port or not _valid_host(host):
         raise ValueError("host:port, such as 0.0.0.0:8080")
     return host, int(port)
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _HOSTNAME.match(host) is not None
+    return True
+
+
+def url_path(raw: Any) -> str:
+    value = text(raw)
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError("a path starting with /, without spaces, such as /health")
+    return value
+
+
+def optional_url_path(raw: Any) -> str | None:
+    return None if raw is None or raw == "" else url_path(raw)
 
 
 def http_url(raw: Any) -> str:
     if isinstance(raw, str) and "@" in raw.partition("://")[2].partition("/")[0]:
         # Checked before anything else, so no other error quotes the credentials.
         raise SecretInValue("an http:// or https:// URL without user:password@")
+    # Every error here is a SecretInValue: a URL may hold an API key in its query or a
+    # password the @ check above missed (a "/" in it), so none quotes the value.
     url = text(raw).rstrip("/")
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unbalanced IPv6 bracket
-        raise ValueError("an http:// or https:// URL, such as http://127.0.0.1:8000") from None
+        raise SecretInValue("an http:// or https:// URL, such as http://127.0.0.1:8000") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("an http:// or https:// URL, such as http://127.0.0.1:8000")
+        raise SecretInValue("an http:// or https:// URL, such as http://127.0.0.1:8000")
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise ValueError("an http:// or https:// URL with a valid port") from None
+        raise SecretInValue("an http:// or https:// URL with a valid port") from None
     if parts.username is not None or parts.password is not None:
         # They would be logged at start and sent in the Host header; credentials for the
         # model server travel in the client's own headers.
         raise SecretInValue("an http:// or https:// URL without user:password@")
     if parts.query or parts.fragment:
-        raise ValueError("an http:// or https:// URL without ?query or #fragment (each "
-                         "request's own path and query are appended to it)")
+        raise SecretInValue("an http:// or https:// URL without ?query or #fragment (each "
+                            "request's own path and query are appended to it)")
     return url
 
 

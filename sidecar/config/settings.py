@@ -43,15 +43,17 @@ class Settings:
     admin_listen: tuple[str, int] = _setting(("127.0.0.1", 9090), p.host_port, "Admin listener.")
     upstream_max_connections: int = _setting(1000, p.positive_int, "Upstream connection pool.")
     upstream_health_path: str | None = _setting(
-        None, p.optional_text, "Path probed for readiness; default: a TCP connect."
+        None, p.optional_url_path, "Path probed for readiness; default: a TCP connect."
     )
     routes: tuple[str, ...] = _setting((), p.route_list, "Extra route templates for labels.")
 
     # Limits and timeouts of the request path.
     max_body_bytes: int = _setting(10 * 1024**2, p.size, "Largest request body (413 above).")
-    max_header_bytes: int = _setting(8190, p.size, "Largest header line (431 above).")
+    max_header_bytes: int = _setting(
+        8190, p.size_upto(1024**2, "1MiB"), "Largest header line (431 above).")
     max_headers: int = _setting(100, p.positive_int, "Most request headers (431 above).")
-    max_request_line_bytes: int = _setting(8190, p.size, "Longest request line (414 above).")
+    max_request_line_bytes: int = _setting(
+        8190, p.size_upto(1024**2, "1MiB"), "Longest request line (414 above).")
     connect_timeout: float = _setting(5.0, p.duration, "Upstream connect timeout.")
     read_timeout: float = _setting(120.0, p.duration, "Wait for upstream response headers.")
     idle_timeout: float = _setting(120.0, p.duration, "Longest silence between body chunks.")
