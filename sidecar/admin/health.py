@@ -102,15 +102,17 @@ class Readiness:
                         self._session = aiohttp.ClientSession()
                     async with self._session.get(self._health_url) as response:
                         if response.status >= 400:
-                            raise ConnectionError(f"health check answered {response.status}")
+                            self._not_ok(f"health check answered {response.status}")
+                            return
         except (OSError, TimeoutError, aiohttp.ClientError) as exc:
-            if self.upstream_ok:
-                log.warning("upstream became unreachable",
-                            extra={"fields": {"reason": type(exc).__name__}})
-            self.upstream_ok = False
-            self.upstream_reason = f"unreachable ({type(exc).__name__})"
+            self._not_ok(f"unreachable ({type(exc).__name__})")
             return
         self.upstream_ok, self.upstream_reason = True, "ok"
+
+    def _not_ok(self, reason: str) -> None:
+        if self.upstream_ok:
+            log.warning("upstream not ready", extra={"fields": {"reason": reason}})
+        self.upstream_ok, self.upstream_reason = False, reason
 
     async def _loop(self) -> None:
         while True:

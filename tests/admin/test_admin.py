@@ -81,6 +81,8 @@ async def test_readyz_uses_the_health_path_when_configured(
     await sc.sidecar.readiness.probe_once()
     async with client.get(sc.admin_url + "/readyz") as r:
         assert r.status == 503
+        # it answered: not "unreachable", which sends an operator to the network
+        assert "upstream: health check answered 500" in (await r.json())["reasons"]
     sc2 = await make_sidecar(upstream_health_path="/health")
     await sc2.sidecar.readiness.probe_once()
     async with client.get(sc2.admin_url + "/readyz") as r:
