@@ -1272,7 +1272,7 @@ def test_header_limits_are_bounded(key: str) -> None:
 
 @pytest.mark.parametrize("raw", ["no such host:8080", "bad_host!:8080", "-x:1"])
 def test_a_listen_host_must_be_an_address_or_a_host_name(raw: str) -> None:
-    with pytest.raises(ConfigError, match="host:port, such as 0.0.0.0:8080"):
+    with pytest.raises(ConfigError, match=r"host:port, such as 0\.0\.0\.0:8080"):
         load(flags={"listen": raw})
 
 
