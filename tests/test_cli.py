@@ -592,3 +592,27 @@ def test_a_valid_detectors_file_passes_check_config(tmp_path: Path) -> None:
     result = run_cli("check-config", env=child_env({"SIDECAR_DETECTORS": str(good)}),
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("key", "make", "expected"), [
+    ("events_file", "dir", "a directory, expected a file"),
+    ("events_file", "missing_parent", "does not exist"),
+    ("wal_dir", "file", "not a directory"),
+])
+def test_check_config_refuses_the_paths_serve_would(
+    tmp_path: Path, key: str, make: str, expected: str
+) -> None:
+    path = tmp_path / "x"
+    if make == "dir":
+        path.mkdir()
+    elif make == "file":
+        path.write_text("")
+    else:
+        path = tmp_path / "nowhere" / "events.jsonl"
+    env = {f"SIDECAR_{key.upper()}": str(path), "SIDECAR_DURABILITY": "batch"}
+    result = run_cli("check-config", env=child_env(env), cwd=tmp_path)
+    assert result.returncode == 2
+    assert stderr_lines(result) == [f"inference-sidecar: config error: {key} {path}: {expected}"
+                                    if make != "missing_parent" else
+                                    f"inference-sidecar: config error: {key} {path}: its "
+                                    f"directory {path.parent} {expected}"]

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 from sidecar.config import ConfigError, Settings
 from sidecar.durability.base import EventLog
@@ -32,7 +33,8 @@ def build_sink(settings: Settings) -> Sink:
 
 
 def preflight(settings: Settings) -> None:
-    """Judge the settings only the sink can judge, without connecting: ``ConfigError``."""
+    """Judge the settings only the sink and the log can judge, without connecting or
+    creating anything: ``ConfigError`` (so ``check-config`` refuses what ``serve`` would)."""
     if settings.kafka_bootstrap:
         from sidecar.sinks.kafka import check_files, kafka_settings_from
 
@@ -41,6 +43,28 @@ def preflight(settings: Settings) -> None:
             check_files(kafka)
         except SinkError as exc:
             raise ConfigError(str(exc)) from None
+    else:
+        _writable_file("events_file", settings.events_file)
+    if settings.durability != "memory":
+        _usable_dir("wal_dir", settings.wal_dir)
+
+
+def _writable_file(key: str, path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"{key} {path}: a directory, expected a file")
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{key} {path}: its directory {parent} does not exist")
+    target = path if os.path.exists(path) else parent
+    if not os.access(target, os.W_OK):
+        raise ConfigError(f"{key} {path}: not writable")
+
+
+def _usable_dir(key: str, path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{key} {path}: not a directory")
+    if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} {path}: not writable")
 
 
 def build_log(settings: Settings) -> EventLog:
