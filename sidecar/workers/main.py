@@ -36,6 +36,11 @@ def serve(inp: int, out: int) -> int:
         kind, log_level, factory = read_frame(inp)
     except EOFError:
         return 0
+    except Exception as exc:  # unpickling imports the service's modules: any error
+        configure_logging("info")  # one JSON line, as every log of the sidecar
+        log.error("worker could not load its service", exc_info=True)
+        write_frame(out, ("error", f"cannot load its service ({type(exc).__name__})"))
+        return 1
     if kind != "init":
         write_frame(out, ("error", f"expected init, got {kind!r}"))
         return 2
@@ -44,6 +49,10 @@ def serve(inp: int, out: int) -> int:
         service: Service = factory()
     except ServiceError as exc:
         write_frame(out, ("error", str(exc)))
+        return 1
+    except Exception as exc:
+        log.error("worker service could not start", exc_info=True)
+        write_frame(out, ("error", f"cannot start its service ({type(exc).__name__})"))
         return 1
     write_frame(out, ("ok", None))
     try:

@@ -440,3 +440,16 @@ def test_an_unpicklable_factory_is_a_sink_error(
         raise AssertionError("write succeeded")
     assert sink.pid is None  # no half-started child left behind
     assert sink.healthy is False
+
+
+def test_a_service_that_cannot_start_is_reported_in_one_json_line(
+    capfd: pytest.CaptureFixture[str]
+) -> None:
+    from sidecar.workers.child import Child, WorkerError
+
+    child = Child("broken", functools.partial(int, "not a number"))  # raises ValueError
+    with pytest.raises(WorkerError, match=r"cannot start its service \(ValueError\)"):
+        child.start()
+    lines_out = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert lines_out and all(line.startswith("{") for line in lines_out), lines_out
+    assert "not a number" not in "".join(lines_out)  # the error's type, never its text
