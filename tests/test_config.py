@@ -1288,3 +1288,12 @@ def test_the_upstream_health_path_is_a_path(raw: str) -> None:
         load(flags={"upstream_health_path": raw})
     assert load(flags={"upstream_health_path": "/v2/health/ready"}).upstream_health_path == \
         "/v2/health/ready"
+
+
+def test_a_date_like_version_in_the_file_is_the_text_written(tmp_path: Path) -> None:
+    # YAML reads 2024-01-01 as a date: "expected a non-empty string, got datetime.date(...)"
+    path = write_yaml(tmp_path, "policy_version: 2024-01-01\nmodel_version: 2024-01-01T10:00:00Z"
+                                "\nmodel_name: m\nevidence_bundle_id: e\n")
+    settings = load(config_path=path, identity=False)
+    assert settings.policy_version == "2024-01-01"
+    assert settings.model_version == "2024-01-01T10:00:00Z"

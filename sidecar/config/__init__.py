@@ -70,6 +70,9 @@ _Loader.add_constructor("tag:yaml.org,2002:int",
                         _number(YamlInt, yaml.SafeLoader.construct_yaml_int))
 _Loader.add_constructor("tag:yaml.org,2002:float",
                         _number(YamlFloat, yaml.SafeLoader.construct_yaml_float))
+# No setting is a date: `policy_version: 2024-01-01` is the text the operator wrote.
+_Loader.add_constructor("tag:yaml.org,2002:timestamp",
+                        lambda loader, node: str(node.value))
 
 
 def _read_file(path: str) -> dict[str, Any]:
