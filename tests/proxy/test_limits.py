@@ -194,39 +194,28 @@ async def test_a_body_that_stops_coming_gets_408_within_idle_timeout(
     assert upstream.hits == 0
 
 
-async def test_a_writer_held_by_a_full_log_makes_new_requests_fail_fast(
-    make_sidecar: Any, upstream: Any, client: aiohttp.ClientSession
+@pytest.mark.parametrize(("held", "code"), [
+    # the writer holds a round the log refused
+    (lambda p: setattr(p.writer, "blocked", True), "event_log_full"),
+    # the writer's round fails on the disk (ENOSPC, EIO): such requests used to reach the
+    # model, wait their durability timeout and be cut off
+    (lambda p: setattr(p, "disk_ok", False), "event_log_disk_error"),
+])
+async def test_a_held_event_log_makes_new_requests_fail_fast(
+    make_sidecar: Any, upstream: Any, client: aiohttp.ClientSession, held: Any, code: str
 ) -> None:
-    """``when_full: block``: while the writer holds a round the log refused, a new
-    request gets a stamped 503 at once, not a wait for its durability timeout."""
+    """``when_full: block``: while the log cannot keep events, a new request gets a stamped
+    503 at once, not a wait for its durability timeout; service resumes after."""
     sc = await make_sidecar(durability="sync", when_full="block")
-    sc.sidecar.pipeline.writer.blocked = True
+    pipeline = sc.sidecar.pipeline
+    held(pipeline)
     started = time.monotonic()
     async with client.post(sc.url + "/text", data=b"hello") as response:
         assert response.status == 503
-        assert (await response.json())["error"] == "event_log_full"
+        assert (await response.json())["error"] == code
         assert "x-inference-id" in response.headers
     assert time.monotonic() - started < 1.0 and upstream.hits == 0
-    sc.sidecar.pipeline.writer.blocked = False
-    async with client.post(sc.url + "/text", data=b"hello") as response:
-        assert response.status == 200
-
-
-async def test_a_failing_event_log_disk_makes_new_requests_fail_fast(
-    make_sidecar: Any, upstream: Any, client: aiohttp.ClientSession
-) -> None:
-    """``when_full: block``: while the writer's round fails on the disk (ENOSPC, EIO), a
-    new request gets a stamped 503 at once; it used to reach the model, wait its
-    durability timeout and be cut off."""
-    sc = await make_sidecar(durability="sync", when_full="block")
-    sc.sidecar.pipeline.disk_ok = False  # as the writer's failing retry sets it
-    started = time.monotonic()
-    async with client.post(sc.url + "/text", data=b"hello") as response:
-        assert response.status == 503
-        assert (await response.json())["error"] == "event_log_disk_error"
-        assert "x-inference-id" in response.headers
-    assert time.monotonic() - started < 1.0 and upstream.hits == 0
-    sc.sidecar.pipeline.disk_ok = True  # its next success
+    pipeline.writer.blocked, pipeline.disk_ok = False, True  # the writer's next success
     async with client.post(sc.url + "/text", data=b"hello") as response:
         assert response.status == 200
 
