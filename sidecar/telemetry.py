@@ -112,6 +112,12 @@ class Metrics:
             f"{n}_events_queued", "Events in memory, waiting for the log writer.",
             registry=registry,
         )
+        self.raw_bodies_skipped = Counter(
+            f"{n}_raw_bodies_skipped_total",
+            "Requests whose bodies were not kept for detection and masking: the raw-body "
+            "budget (raw_hold_bytes) was spent; their events go without prompt features or "
+            "payload.", registry=registry,
+        )
         self.events_dropped = Counter(
             f"{n}_events_dropped_total",
             "Events lost, by reason: queue_full, log_full_oldest, log_full_newest, "

@@ -73,6 +73,10 @@ class Settings:
     # Event pipeline and durability.
     events_file: str = _setting("events.jsonl", p.text, "JSON-lines sink when Kafka is unset.")
     event_queue_size: int = _setting(65536, p.positive_int, "Events held in memory before the log.")
+    raw_hold_bytes: int = _setting(
+        256 * 1024**2, p.size,
+        "Raw bodies events may hold for the detection and masking stages; past it, new "
+        "events go without (counted).")
     durability: str = _setting(
         "sync", p.choice(*DURABILITY),
         "sync: a response completes only after its event is fsynced; batch: fsync every "

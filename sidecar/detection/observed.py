@@ -15,10 +15,12 @@ from detectors.config import DetectorsConfig
 
 
 class Observed:
-    __slots__ = ("enforced", "headers", "request_body", "request_type", "response_body")
+    __slots__ = ("enforced", "headers", "held", "request_body", "request_type", "response_body")
 
-    def __init__(self, body: bytes, content_type: str | None, headers: dict[str, str]) -> None:
-        self.request_body = body
+    def __init__(self, body: bytes | None, content_type: str | None,
+                 headers: dict[str, str]) -> None:
+        self.request_body = body  # None: over the raw-body budget (sidecar/proxy/held.py)
+        self.held: Any = None  # the event's share of that budget, while it holds bodies
         self.request_type = content_type
         self.headers = headers  # only the names the plan asks for, lower-cased
         self.response_body: bytes | None = None  # buffered responses only (token usage)
@@ -47,7 +49,7 @@ class Plan:
                 payload = True
         return cls(tuple(sorted(headers)), tuple(sorted(params)), payload)
 
-    def observe(self, body: bytes, headers: Mapping[str, str]) -> Observed:
+    def observe(self, body: bytes | None, headers: Mapping[str, str]) -> Observed:
         kept = {name: value for name in self.headers if (value := headers.get(name)) is not None}
         return Observed(body, headers.get("content-type"), kept)
 

@@ -75,13 +75,18 @@ class Detection:
             {s.name: s.feature or "" for s in config.specs
              if TYPES[s.type].kind == "drift" and s.feature})
 
-    def observe(self, event: InferenceEvent, body: bytes, headers: Mapping[str, str]) -> None:
-        """Request path: keep what the detectors read; the gate may refuse the request
-        (``RequestRejected``)."""
+    def observe(self, event: InferenceEvent, body: bytes, headers: Mapping[str, str],
+                held: Any = None, keep: bool = True) -> None:
+        """Request path: keep what the detectors read (the body only if ``keep``: within
+        the raw-body budget, ``held``); the gate reads it in any case and may refuse the
+        request (``RequestRejected``)."""
         observed = event.observed = self.plan.observe(body, headers)
         gate = self.gate
         if gate.active:
             gate.check(event, observed)
+        if not keep:
+            observed.request_body = None
+        observed.held = held
 
     # Hot reload ---------------------------------------------------------------------
 

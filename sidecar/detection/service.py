@@ -72,7 +72,9 @@ class DetectionService:
         event = orjson.loads(data)
         doc, text = parse_request(body, ctype)
         reply = parse_response(response)
-        features = prompt_features(text, key=self._key)
+        # No body (over the raw-body budget): no prompt features, rather than those of an
+        # empty prompt, which would feed the detectors a prompt length of 0
+        features = {} if body is None else prompt_features(text, key=self._key)
         features.update(usage_of(reply))
         view = dict(event)
         view["features"] = features

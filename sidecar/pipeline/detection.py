@@ -104,6 +104,7 @@ class DetectionStage(WorkerStage):
             if results is not None:
                 self._apply(work, results, self._pending)
         self._attach(batch)
+        self._work = []  # the bodies go now (and their share of the raw-body budget)
 
     def recover(self, batch: Batch) -> None:
         self._metrics.detection_failures.labels("stage_error").inc(len(self._work))
@@ -164,11 +165,12 @@ class DetectionStage(WorkerStage):
         results, errors = reply
         for name, count in errors.items():
             self._metrics.detector_errors.labels(name).inc(count)
-        for (event, _), result in zip(work, results, strict=True):
+        for (event, observed), result in zip(work, results, strict=True):
             if result is None:
                 continue
             features, alerts = result
-            event.features = features
+            # without its body (over the raw-body budget) an event has no prompt features
+            event.features = features if observed.request_body is not None else None
             detections = list(event.detections or ())
             if alerts:
                 raised = self._notices(alerts, _origin(event))

@@ -132,6 +132,9 @@ class PrivacyStage(WorkerStage):
             del event.capture
             try:
                 chosen = _decide(event, capture)
+                if chosen.captured and capture.over_budget:  # its bodies were not kept
+                    self._fail([event], "raw_budget", [chosen])
+                    continue
                 key = None
                 if not chosen.captured:  # headers only: maybe answered before
                     key = self._key(capture, chosen)

@@ -68,9 +68,9 @@ class Capture:
     was committed (the request path no longer touches it then).
     """
 
-    __slots__ = ("profile", "query", "request_body", "request_headers", "request_type",
-                 "response_body", "response_headers", "response_omitted", "response_type",
-                 "stream")
+    __slots__ = ("held", "over_budget", "profile", "query", "request_body", "request_headers",
+                 "request_type", "response_body", "response_headers", "response_omitted",
+                 "response_type", "stream")
 
     def __init__(self, profile: PrivacyProfile, request_headers: Pairs) -> None:
         self.profile = profile
@@ -83,8 +83,10 @@ class Capture:
         self.response_type: str | None = None
         self.response_omitted: str | None = None  # why a stream's payload cannot be kept
         self.stream: StreamAssembler | None = None
+        self.held: Any = None  # the event's share of the raw-body budget
+        self.over_budget = False  # a body was not kept (sidecar/proxy/held.py)
 
-    def request(self, body: bytes, content_type: str | None, query: str) -> None:
+    def request(self, body: bytes | None, content_type: str | None, query: str) -> None:
         self.request_body, self.request_type = body, content_type
         self.query = query or None
 

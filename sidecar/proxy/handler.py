@@ -35,6 +35,7 @@ from sidecar.pipeline.waiters import Durability
 from sidecar.privacy.context import Capture, PrivacyContext
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.filters import read_request_body
+from sidecar.proxy.held import RawBudget
 from sidecar.proxy.protocol import OWNED
 from sidecar.proxy.recorded import request_id, safe_path, trace_id
 from sidecar.proxy.relay import Relay, error_body
@@ -99,6 +100,8 @@ class ProxyHandler:
         self._relay = Relay(settings, self._stamp)
         self._routes = RouteTable(settings.routes)
         self._max_body = settings.max_body_bytes
+        self._raw = RawBudget(settings.raw_hold_bytes)
+        self._raw_skipped = metrics.raw_bodies_skipped
         self.shutting_down = False
 
     def _new_event(self, request: web.BaseRequest) -> InferenceEvent:
@@ -168,10 +171,17 @@ class ProxyHandler:
         body = await read_request_body(request, self._max_body, self._settings.idle_timeout)
         event.request_bytes = len(body)
         capture: Capture | None = getattr(event, "capture", None)
+        held = None
+        if capture is not None or self._detection is not None:
+            held = self._raw.hold(len(body))  # bounded: see sidecar/proxy/held.py
+            if held is None:
+                self._raw_skipped.inc()
         if capture is not None:
-            capture.request(body, request.headers.get("content-type"), request.query_string)
+            capture.request(body if held is not None else None,
+                            request.headers.get("content-type"), request.query_string)
+            capture.held, capture.over_budget = held, held is None
         if self._detection is not None:  # keeps references; the gate may refuse (429/403)
-            self._detection.observe(event, body, request.headers)
+            self._detection.observe(event, body, request.headers, held, held is not None)
         # The sidecar serves plain HTTP only (TLS ends before it, or at the mesh):
         # x-forwarded-proto is always http.
         headers = request_headers(request.headers, event.inference_id, request.remote)

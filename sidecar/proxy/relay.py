@@ -28,6 +28,15 @@ def error_body(code: str, message: str, inference_id: str) -> bytes:
     return orjson.dumps({"error": code, "message": message, "inference_id": inference_id})
 
 
+def _within_budget(capture: Capture | None, observed: Observed | None, body: bytes) -> bool:
+    """Whether the event may keep the response body: its share of the raw-body budget
+    grows by it (``sidecar/proxy/held.py``); an event over budget keeps none."""
+    if not body or (capture is None and observed is None):
+        return True
+    held = capture.held if capture is not None else observed.held  # type: ignore[union-attr]
+    return held is not None and bool(held.grow(len(body)))
+
+
 def wants_stream(upstream: UpstreamResponse, buffer_limit: int) -> bool:
     length = upstream.content_length
     if length is None or length > buffer_limit:
@@ -70,10 +79,12 @@ class Relay:
             if stamped is not None:
                 body = stamped
         capture: Capture | None = getattr(event, "capture", None)
-        if capture is not None:  # references only: masked later, in the privacy stage
-            capture.response(list(upstream.headers.items()), body)
         observed: Observed | None = getattr(event, "observed", None)
-        if observed is not None:  # the detectors read the upstream's token usage from it
+        kept = _within_budget(capture, observed, body)
+        if capture is not None:  # references only: masked later, in the privacy stage
+            capture.response(list(upstream.headers.items()), body if kept else None)
+            capture.over_budget |= not kept
+        if observed is not None and kept:  # the detectors read the token usage from it
             observed.response_body = body
         response = web.Response(
             status=upstream.status, reason=upstream.reason, body=body, headers=headers

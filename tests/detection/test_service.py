@@ -95,10 +95,11 @@ def test_no_response_no_token_counts(default_config: DetectorsConfig) -> None:
     results, _ = batch(service, [
         item(1, chat(BENIGN)),
         item(2, chat(BENIGN), response=b"data: {\"usage\": {}}\n\n"),
-        item(3, None, ctype=None),
+        item(3, b"", ctype=None),  # a GET: an empty body
+        item(4, None),  # a body not kept (over the raw-body budget): no prompt features
     ])
     assert [set(f) for f, _ in results] == [
-        {"prompt_chars", "prompt_simhash", "signatures", "signatures_version"}] * 3
+        {"prompt_chars", "prompt_simhash", "signatures", "signatures_version"}] * 3 + [set()]
     assert results[2][0]["prompt_chars"] == 0 and results[2][0]["prompt_simhash"] == 0
 
 

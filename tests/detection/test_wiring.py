@@ -305,3 +305,30 @@ async def test_a_hung_detection_worker_does_not_hold_sync_responses(
     assert status == 200 and waited < 4.0, waited
     await wait_for(lambda: len(sc.envelopes()) >= 2)
     assert sc.envelopes()[1]["data"]["detections"] is None
+
+
+async def test_past_the_raw_body_budget_the_gate_still_reads_the_request(
+    make_sidecar: SidecarFactory, client: aiohttp.ClientSession, upstream: TestUpstream,
+    tmp_path: Path,
+) -> None:
+    # Over the budget of bodies held for the stages (raw_hold_bytes), an event goes on
+    # without prompt features; the enforce-mode gate, on the request path, reads the body
+    # all the same: a flood of large bodies must not open a way past it.
+    path = tmp_path / "detectors.yaml"
+    write(path, ENFORCE.replace("params: {min_count: 3", "params: {min_count: 1000"))
+    sc = await make_sidecar(events_file=str(tmp_path / "events.jsonl"), detectors=str(path),
+                            raw_hold_bytes="2KiB")
+    padding = " please" * 600  # over 2 KiB with the JSON around it
+    status, _, _ = await post(client, sc.url, INJECTION + padding)
+    assert status == 403
+    status, _, _ = await post(client, sc.url, BENIGN + padding)
+    assert status == 200
+    status, _, _ = await post(client, sc.url, BENIGN)
+    assert status == 200
+    await wait_for(lambda: len([e for e in sc.envelopes()
+                                if e["type"] == "ai.inference.completed"]) >= 3)
+    blocked, large, small = (e["data"] for e in sc.envelopes()
+                             if e["type"] == "ai.inference.completed")
+    assert blocked["outcome"] == "rejected"
+    assert large["features"] is None and small["features"]["prompt_chars"] > 0
+    assert sc.sidecar.handler._raw.used == 0

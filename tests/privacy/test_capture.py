@@ -207,3 +207,24 @@ async def test_readiness_waits_for_the_masking_worker(make_sidecar: Any) -> None
     assert r.status == 200, body
     assert stage.problem is None and stage._child.pid is not None  # ready = worker up
     assert all(not x.startswith("privacy:") or "masking worker starting" in x for x in reasons)
+
+
+async def test_past_the_raw_body_budget_an_event_goes_without_payload_and_says_so(
+    make_sidecar: Any, tmp_path: Path
+) -> None:
+    # The bodies events hold for the stages are bounded in bytes (raw_hold_bytes): large
+    # bodies and a stage falling behind would otherwise hold gigabytes.
+    sc = await make_sidecar(events_file=str(tmp_path / "events.jsonl"), raw_hold_bytes="2KiB",
+                            privacy_profile=profile_file(tmp_path, sample_rate="1.0"))
+    status, _ = await chat(sc.url, "x" * 4000 + f" {EMAIL}")  # over the whole budget
+    assert status == 200
+    status, _ = await chat(sc.url, f"short, {EMAIL}")
+    assert status == 200
+    big, small = await sc.validated_events(2)
+    assert big["privacy"]["failure"] == "raw_budget" and big["payload"] is None
+    assert small["privacy"]["failure"] is None and small["payload"] is not None
+    async with aiohttp.ClientSession() as session, \
+            session.get(sc.admin_url + "/metrics") as response:
+        assert "inference_sidecar_raw_bodies_skipped_total 1.0" in await response.text()
+    assert sc.sidecar.handler._raw.used == 0  # every event gave its share back
+    assert_no_secrets(sc)
