@@ -21,6 +21,9 @@ NAMESPACE: Final = "inference_sidecar"
 
 EVENT_TYPE_INFERENCE: Final = "ai.inference.completed"
 EVENT_TYPE_ALERT: Final = "ai.detector.alert"
+# Why an event was lost (``..._events_dropped_total{reason}``).
+DROP_REASONS: Final = ("queue_full", "log_full_oldest", "log_full_newest", "lost_on_crash",
+                       "corrupt", "shutdown", "log_full_at_shutdown", "disk_error_at_shutdown")
 EVENT_TYPE_POLICY_CHANGED: Final = "ai.detector.policy_changed"
 # Types under this prefix go to the alerts topic (kafka_alerts_topic), the rest to events.
 ALERTS_TYPE_PREFIX: Final = "ai.detector."
@@ -120,8 +123,7 @@ class Metrics:
         )
         self.events_dropped = Counter(
             f"{n}_events_dropped_total",
-            "Events lost, by reason: queue_full, log_full_oldest, log_full_newest, "
-            "lost_on_crash, corrupt, shutdown, log_full_at_shutdown, disk_error_at_shutdown.",
+            "Events lost, by reason: " + ", ".join(DROP_REASONS) + ".",
             ["reason"], registry=registry,
         )
         self.events_incomplete = Counter(
@@ -130,6 +132,12 @@ class Metrics:
             "detector results), by reason: lost_in_crash, log_full.",
             ["reason"], registry=registry,
         )
+        # Every known reason exported from the start, at 0: a dashboard's rate() or an
+        # alert on increase() sees a series before the first loss, not an absent one.
+        for reason in DROP_REASONS:
+            self.events_dropped.labels(reason)
+        for reason in ("lost_in_crash", "log_full"):
+            self.events_incomplete.labels(reason)
         self.events_delivered = Counter(
             f"{n}_events_delivered_total", "Events acknowledged by the sink.", ["sink"],
             registry=registry,

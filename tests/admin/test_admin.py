@@ -111,3 +111,14 @@ async def test_failing_sink_degrades_but_stays_ready_and_loses_nothing(
     assert m[("inference_sidecar_delivery_failures_total", (("sink", "memory"),))] == 3
     assert m[("inference_sidecar_events_retried_total", (("sink", "memory"),))] == 3
     assert m[("inference_sidecar_events_delivered_total", (("sink", "memory"),))] == 1
+
+
+async def test_loss_counters_are_exported_at_zero_before_any_loss(
+    sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    # rate() and increase() need a series before the first loss, not an absent one
+    async with client.get(sidecar.admin_url + "/metrics") as r:
+        text = await r.text()
+    for reason in ("queue_full", "log_full_oldest", "lost_on_crash", "corrupt", "shutdown"):
+        assert f'inference_sidecar_events_dropped_total{{reason="{reason}"}} 0.0' in text
+    assert 'inference_sidecar_events_incomplete_total{reason="log_full"} 0.0' in text
