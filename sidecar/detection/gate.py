@@ -12,6 +12,10 @@ request apart from the signature scan, which is linear in the prompt and bounded
   Global bursts, and bursts of requests without a client id (``client_id_source`` unset
   or the request lacks it: they share one bucket), alert but refuse no one.
 - ``signatures`` → 403 ``prompt_blocked``; ``policy`` → 403 ``outside_intended_use``.
+- ``signatures``, and a body that claims to be JSON but is past the parse bounds
+  (``sidecar/detection/extract.py``: over 4 MiB, or too many containers or strings) →
+  413 ``prompt_unscannable``: fail closed. Scanning it as raw text would let JSON's
+  backslash-u escapes or a large leading field carry an injection past the gate.
 
 A rejected request still produces its event (outcome ``rejected``), with the alerts in
 ``detections``; the detection stage sends them to the alerts topic.
@@ -24,7 +28,7 @@ from typing import Any, Final
 from detectors.config import DetectorsConfig
 from detectors.registry import DetectorSet, DetectorSpec
 from detectors.text import MAX_SCAN, normalise, signatures
-from sidecar.detection.extract import GATE_MAX_PARSE, parse_request, request_params
+from sidecar.detection.extract import read_request, request_params
 from sidecar.detection.observed import Observed, Plan
 from sidecar.errors import RequestRejected
 from sidecar.events.model import InferenceEvent
@@ -65,8 +69,11 @@ class Gate:
             "headers": {"request": observed.headers},
         }
         if self._scan or self._params:
-            doc, text = parse_request(observed.request_body, observed.request_type,
-                                      GATE_MAX_PARSE)
+            doc, text, read = read_request(observed.request_body, observed.request_type)
+            if self._scan and not read:
+                raise RequestRejected(
+                    "the request is too large or too deeply structured for the prompt "
+                    "signatures to read", status=413, code="prompt_unscannable")
             features: dict[str, Any] = {}
             if self._scan:
                 features["signatures"] = signatures().match(normalise(text[:MAX_SCAN]))
