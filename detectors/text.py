@@ -42,10 +42,8 @@ hashed (a prompt that long is its first 16k characters, for similarity); signatu
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
-import sys
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -133,13 +131,23 @@ def _prefilter(rules: tuple[Signature, ...]) -> tuple[Any, tuple[int, ...], tupl
 _ASCII_SPACE: Final = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isalnum()})
 
 
-@functools.cache
-def _format_chars() -> dict[int, None]:
-    """Every format character (category Cf: soft hyphen, zero-width space, word joiner...)
-    for deletion: invisible, so "ig" + soft hyphen + "nore" reads as "ignore", where
-    splitting at non-word characters would make it two words. Built on first use (0.15 s:
-    the whole code space is scanned)."""
-    return {c: None for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf"}
+# Invisible code points, deleted before matching: so "ig" + soft hyphen + "nore" reads as
+# "ignore", where splitting at non-word characters would make it two words. Unicode's
+# Default_Ignorable_Code_Point (soft hyphen, zero-width space and joiners, word joiner,
+# variation selectors, Hangul fillers, tags...) and every other format character
+# (category Cf; a test checks the list against unicodedata). A regex, not a translate
+# table: over long prompts it costs a fraction (the gate runs it on the event loop).
+_IGNORABLE_RANGES: Final = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x0600, 0x0605), (0x061C, 0x061C),
+    (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2),
+    (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F),
+    (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFFB), (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD), (0x13430, 0x1343F), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+_IGNORABLE: Final = re.compile(
+    "[" + "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in _IGNORABLE_RANGES) + "]+")
 
 
 def normalise(text: str) -> str:
@@ -150,7 +158,7 @@ def normalise(text: str) -> str:
     """
     if text.isascii():
         return " ".join(text.lower().translate(_ASCII_SPACE).split())
-    text = unicodedata.normalize("NFKC", text.translate(_format_chars())).casefold()
+    text = unicodedata.normalize("NFKC", _IGNORABLE.sub("", text)).casefold()
     return _NON_WORD.sub(" ", text).strip()
 
 
@@ -254,6 +262,7 @@ def _hashes(words: list[str], key: bytes) -> Any:
     if missing:
         if len(cache) + len(missing) > _WORD_CACHE_MAX:
             cache.clear()
+            missing = set(words)  # this prompt's cached words went with the rest
         long = {word: _word_hashes(word, key) for word in missing
                 if len(word) > _CACHED_WORD_MAX}
         for word in missing.difference(long):
