@@ -19,6 +19,7 @@ the child reads EOF on stdin and exits.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pickle
 import select
@@ -51,6 +52,14 @@ class ServiceError(Exception):
     runs that module as ``__main__``, where a class of its own would be a different one."""
 
 
+def _ready(fd: int, events: int, wait_s: float) -> bool:
+    """Whether ``fd`` is ready within ``wait_s``: poll, not select, which refuses
+    descriptors from 1024 up (a sidecar holding a thousand upstream sockets has them)."""
+    poller = select.poll()
+    poller.register(fd, events | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(max(1, math.ceil(wait_s * 1000))))
+
+
 def write_frame(fd: int, message: object) -> None:
     write_raw(fd, pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
 
@@ -64,7 +73,7 @@ def write_raw(fd: int, data: bytes, deadline: float | None = None) -> None:
     while view:
         if deadline is not None:
             wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([], [fd], [], wait)[1]:
+            if wait <= 0 or not _ready(fd, select.POLLOUT, wait):
                 raise TimeoutError
         try:
             view = view[os.write(fd, view):]
@@ -88,7 +97,7 @@ def _read_exactly(fd: int, size: int, deadline: float | None) -> bytes:
     while left:
         if deadline is not None:
             wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+            if wait <= 0 or not _ready(fd, select.POLLIN, wait):
                 raise TimeoutError
         chunk = os.read(fd, min(left, 1024**2))
         if not chunk:

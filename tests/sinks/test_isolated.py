@@ -372,6 +372,30 @@ def test_a_frame_larger_than_the_pipe_buffer_round_trips(pipe: tuple[int, int]) 
         writer.join(10)
 
 
+def test_frames_with_deadlines_work_on_descriptors_past_1024() -> None:
+    # select() refuses them; a sidecar holding a thousand upstream sockets has them
+    import resource
+
+    from sidecar.workers.child import write_raw
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1600:
+        pytest.skip("the descriptor limit is below 1600")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1600), hard))
+    r, w = os.pipe()
+    high_r, high_w = os.dup2(r, 1500), os.dup2(w, 1501)
+    os.close(r)
+    os.close(w)
+    try:
+        os.set_blocking(high_w, False)
+        write_raw(high_w, pickle.dumps(("ok", 1)), time.monotonic() + 5)
+        assert read_frame(high_r, time.monotonic() + 5) == ("ok", 1)
+    finally:
+        os.close(high_r)
+        os.close(high_w)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_read_frame_times_out_on_an_empty_pipe(pipe: tuple[int, int]) -> None:
     r, _ = pipe
     started = time.monotonic()
