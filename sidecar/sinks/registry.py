@@ -50,12 +50,9 @@ def preflight(settings: Settings) -> None:
 
 
 def _writable_file(key: str, path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ConfigError(f"{key} {path}: a directory, expected a file")
-    if not os.path.isdir(parent):
-        raise ConfigError(f"{key} {path}: its directory {parent} does not exist")
-    target = path if os.path.exists(path) else parent
+    target = path if os.path.exists(path) else _creatable(key, path)
     if not os.access(target, os.W_OK):
         raise ConfigError(f"{key} {path}: not writable")
 
@@ -63,8 +60,20 @@ def _writable_file(key: str, path: str) -> None:
 def _usable_dir(key: str, path: str) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(f"{key} {path}: not a directory")
-    if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+    target = path if os.path.isdir(path) else _creatable(key, path)
+    if not os.access(target, os.W_OK | os.X_OK):
         raise ConfigError(f"{key} {path}: not writable")
+
+
+def _creatable(key: str, path: str) -> str:
+    """The nearest existing directory above ``path`` (the sink and the log create the
+    missing ones); ``ConfigError`` when a file stands in the way."""
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ConfigError(f"{key} {path}: {ancestor} is not a directory")
+    return ancestor
 
 
 def build_log(settings: Settings) -> EventLog:
