@@ -1297,3 +1297,9 @@ def test_a_date_like_version_in_the_file_is_the_text_written(tmp_path: Path) -> 
     settings = load(config_path=path, identity=False)
     assert settings.policy_version == "2024-01-01"
     assert settings.model_version == "2024-01-01T10:00:00Z"
+
+
+def test_yaml_merge_keys_still_work(tmp_path: Path) -> None:
+    # the duplicate-key check must let "<<" merge a mapping in
+    path = write_yaml(tmp_path, "privacy_profile_routes: {<<: {'/a': strict}, '/b': standard}\n")
+    assert load(config_path=path).privacy_profile_routes == (("/a", "strict"), ("/b", "standard"))
