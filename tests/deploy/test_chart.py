@@ -373,3 +373,16 @@ def test_example_values_file_renders_a_complete_install() -> None:
     assert rendered.sidecar_config()["client_id_key_file"].startswith(
         "/etc/inference-sidecar/client-id/")
     assert yaml.safe_load(json.dumps(BASE_VALUES))  # the fixture itself is plain data
+
+
+def test_every_model_probe_on_the_admin_port_gets_its_number() -> None:
+    # named ports are looked up in the probed container's own ports: the model has none
+    probe = {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 5}
+    other = {"exec": {"command": ["true"]}}
+    rendered = render({"model": {"readinessProbe": probe, "livenessProbe": other,
+                                 "startupProbe": probe}, "sidecar": {"adminPort": 9191}})
+    model = rendered.container("model")
+    for kind in ("readinessProbe", "startupProbe"):
+        assert model[kind]["httpGet"] == {"path": "/readyz", "port": 9191}
+        assert model[kind]["periodSeconds"] == 5
+    assert model["livenessProbe"] == other
