@@ -186,7 +186,8 @@ class Metrics:
         )
         self.detection_failures = Counter(
             f"{n}_detection_failures_total",
-            "Events that went on without detection (worker_unavailable, stage_error).",
+            "Events that went on without detection (worker_unavailable, worker_refused, "
+            "stage_error).",
             ["reason"], registry=registry,
         )
         self.detector_errors = Counter(

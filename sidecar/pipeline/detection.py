@@ -36,7 +36,7 @@ from sidecar.logs import get_logger
 from sidecar.pipeline.handoff import Batch, BatchSource, Handoff
 from sidecar.pipeline.stage import WorkerStage
 from sidecar.telemetry import Metrics
-from sidecar.workers.child import Child, WorkerError
+from sidecar.workers.child import Child, WorkerError, WorkerRefused
 
 log = get_logger("detection")
 
@@ -145,6 +145,12 @@ class DetectionStage(WorkerStage):
                 reply: tuple[list[Result], dict[str, int]] = self._child.call(
                     ("batch", part),
                     CALL_TIMEOUT_S + PER_EVENT_S * len(part) + PER_MIB_S * size / 1024**2)
+            except WorkerRefused as exc:  # this call only: the worker and its state are fine
+                log.error("detection failed for a call; its events go on without it",
+                          extra={"fields": {"reason": str(exc), "events": len(part)}})
+                self._metrics.detection_failures.labels("worker_refused").inc(len(part))
+                results += [None] * len(part)
+                continue
             except WorkerError as exc:
                 self.failing(exc)
                 missed = len(items) - len(results)
@@ -192,7 +198,11 @@ class DetectionStage(WorkerStage):
         self._child.replace_factory(
             functools.partial(DetectionService, config, self._hash_key))
         self.config = config
-        await self.in_thread(self._child.call, ("reload", config), RELOAD_TIMEOUT_S)
+        try:
+            await self.in_thread(self._child.call, ("reload", config), RELOAD_TIMEOUT_S)
+        except WorkerRefused:  # it kept the old set: the next call starts one with the new
+            await self.in_thread(self._child.close)
+            raise
 
 
 def _origin(event: InferenceEvent) -> dict[str, Any]:

@@ -46,6 +46,11 @@ class WorkerError(Exception):
     """The call did not complete; the message says why, for the operator."""
 
 
+class WorkerRefused(WorkerError):
+    """The service answered that it could not do this call (or the message was too
+    large to send): the child and its state are intact."""
+
+
 class ServiceError(Exception):
     """Raised by a service in the child: it could not do this call (or could not start);
     the message says why, for the operator. Defined here, not in ``main.py``: the child
@@ -134,7 +139,7 @@ class Child:
         with self._lock:
             reply = self._exchange(("call", message), timeout_s)
         if reply[0] == "error":
-            raise WorkerError(str(reply[1]))
+            raise WorkerRefused(str(reply[1]))
         return reply[1]
 
     def replace_factory(self, factory: Callable[[], Any]) -> None:
@@ -155,7 +160,7 @@ class Child:
     def _exchange(self, message: tuple[Any, ...], timeout_s: float) -> tuple[Any, ...]:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         if len(data) > FRAME_MAX:  # the child would refuse it and exit: refuse it here
-            raise WorkerError(f"{self.name} worker process: a message of {len(data)} bytes "
+            raise WorkerRefused(f"{self.name} worker process: a message of {len(data)} bytes "
                               f"is over the {FRAME_MAX}-byte frame limit")
         proc = self.proc or self._start()
         assert proc.stdin is not None and proc.stdout is not None

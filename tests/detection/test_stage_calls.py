@@ -85,3 +85,28 @@ def test_the_child_refuses_an_oversized_message_without_dying() -> None:
         assert child.call(("batch", []), 5.0) == ([], {})
     finally:
         child.close()
+
+
+def test_a_call_the_worker_refuses_costs_that_call_only(
+    stage: DetectionStage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a refusal (the service's error answer) leaves the worker and its state intact: the
+    # batch's other calls go on
+    from sidecar.workers.child import WorkerRefused
+
+    real, calls = Child.call, []
+
+    def first_refused(self: Child, message: Any, timeout_s: float) -> Any:
+        calls.append(len(message[1]))
+        if len(calls) == 1:
+            raise WorkerRefused("detection: unexpected ValueError")
+        return real(self, message, timeout_s)
+
+    monkeypatch.setattr(Child, "call", first_refused)
+    big = orjson.dumps({"messages": [{"role": "user", "content": "x " * (6 * 1024**2 // 2)}]})
+    small = orjson.dumps({"messages": [{"role": "user", "content": INJECTION}]})
+    reply = stage._detect(work([big] * 5 + [small]))  # two calls: 4 bodies, then 2
+    assert reply is not None and len(calls) >= 2
+    results = reply[0]
+    assert results[0] is None and results[-1] is not None
+    assert results[-1][1]  # the injection's alerts came back
