@@ -220,6 +220,40 @@ async def test_a_held_event_log_makes_new_requests_fail_fast(
         assert response.status == 200
 
 
+async def test_a_log_disk_failing_for_real_refuses_new_requests_until_it_recovers(
+    make_sidecar: Any, upstream: Any, client: aiohttp.ClientSession
+) -> None:
+    """The writer's own retry path: appends fail (ENOSPC), the request whose event is
+    in that round cannot complete; the ones after it are refused at once; once the disk
+    takes the round again, service resumes."""
+    import errno
+
+    sc = await make_sidecar(durability="sync", when_full="block", durability_timeout="1s")
+    log = sc.sidecar.log
+    real_append, failing = log.append, [True]
+
+    def append(records: Any) -> None:
+        if failing[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(records)
+
+    log.append = append
+    with contextlib.suppress(aiohttp.ClientError):  # its event is not durable: cut off
+        async with client.post(sc.url + "/text", data=b"first") as response:
+            await response.read()
+    async with client.post(sc.url + "/text", data=b"second") as response:
+        assert response.status == 503
+        assert (await response.json())["error"] == "event_log_disk_error"
+    hits = upstream.hits
+    failing[0] = False
+    deadline = time.monotonic() + 10
+    while not sc.sidecar.pipeline.disk_ok and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    async with client.post(sc.url + "/text", data=b"third") as response:
+        assert response.status == 200
+    assert upstream.hits == hits + 1
+
+
 async def test_absolute_form_targets_are_accepted_and_asterisk_is_a_400(
     make_sidecar: Any, upstream: Any
 ) -> None:
