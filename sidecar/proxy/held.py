@@ -32,7 +32,9 @@ class RawBudget:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.used = 0
-        self._lock = threading.Lock()  # released from the stages' threads too
+        # Reentrant: a Held freed by the collector while this thread holds the lock must
+        # not deadlock it. Given back from the stages' threads too.
+        self._lock = threading.RLock()
 
     def hold(self, n: int) -> Held | None:
         """``n`` bytes held until the returned ``Held`` is gone; None if over budget."""
