@@ -1303,3 +1303,10 @@ def test_yaml_merge_keys_still_work(tmp_path: Path) -> None:
     # the duplicate-key check must let "<<" merge a mapping in
     path = write_yaml(tmp_path, "privacy_profile_routes: {<<: {'/a': strict}, '/b': standard}\n")
     assert load(config_path=path).privacy_profile_routes == (("/a", "strict"), ("/b", "standard"))
+
+
+def test_a_wal_max_bytes_too_small_for_the_default_segments_names_the_setting_set() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(flags={"wal_max_bytes": "1MiB"})
+    assert str(info.value) == ("flag --wal-max-bytes: expected at least twice "
+                               "wal_segment_bytes (8388608), got 1048576")

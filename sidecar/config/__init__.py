@@ -163,6 +163,10 @@ def _cross_check(s: Settings, sources: Mapping[str, str]) -> None:
             f"got {s.wal_segment_bytes}"
         )
     if s.durability != "memory" and s.wal_segment_bytes * 2 > s.wal_max_bytes:
+        if "wal_max_bytes" in sources and "wal_segment_bytes" not in sources:
+            raise ConfigError(  # the one the operator set is the one to name
+                f"{where('wal_max_bytes')}: expected at least twice wal_segment_bytes "
+                f"({s.wal_segment_bytes}), got {s.wal_max_bytes}")
         raise ConfigError(
             f"{where('wal_segment_bytes')}: expected at most half of wal_max_bytes "
             f"({s.wal_max_bytes}), got {s.wal_segment_bytes}"
