@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -106,6 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.demo.run import run_demo
 
         return run_demo(args.requests, args.events_file, args.keep_running)
+    # Validating the settings loads presidio and river (seconds): a SIGTERM meanwhile is a
+    # clean stop (exit 0), not the default action's exit 143.
+    early: list[int] = []
+    if args.command == "serve":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: early.append(signum))
     try:
         settings = _settings_from(args)
     except ConfigError as exc:
@@ -117,17 +124,19 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"upstream {settings.upstream_url}")
         return 0
     configure_logging(settings.log_level)
-    return _serve(settings)
+    if early:
+        return 0  # stopped before anything was served
+    return _serve(settings, early)
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, early: list[int]) -> int:
     """Run the sidecar; map start-up failures to one clear line and an exit status."""
     from sidecar.durability.base import LogLocked
     from sidecar.server import ListenError, serve
     from sidecar.sinks.base import SinkError
 
     try:
-        run_async(lambda: serve(settings))
+        run_async(lambda: serve(settings, early))
     except ConfigError as exc:  # settings that only the sink or log could judge
         return _fail(f"config error: {exc}", EXIT_CONFIG)
     except SinkError as exc:

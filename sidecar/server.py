@@ -196,18 +196,23 @@ class Sidecar:
         }})
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    sidecar = Sidecar(settings)
+async def serve(settings: Settings, early: list[int] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully (at once if ``early`` holds
+    one caught before the loop ran)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before the components are built (seconds, with presidio): a SIGTERM meanwhile is a
+    # clean stop, not the default action's exit 143.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # SIGHUP reloads the detectors; without them it must still not end the process (its
     # default action), which would cut requests in flight and lose their events.
-    loop.add_signal_handler(
-        signal.SIGHUP, sidecar.detection.request_reload if sidecar.detection is not None
-        else lambda: log.info("SIGHUP: nothing to reload (detectors: off)"))
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP: nothing to reload"))
+    if early:
+        stop.set()
+    sidecar = Sidecar(settings)
+    if sidecar.detection is not None:
+        loop.add_signal_handler(signal.SIGHUP, sidecar.detection.request_reload)
     try:
         await sidecar.start()
         # Everything built so far lives as long as the process: keep it out of the

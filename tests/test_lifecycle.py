@@ -97,3 +97,39 @@ async def test_sighup_without_detectors_does_not_end_the_process(
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 10) == 0
     assert len(read_events(events_file)) == 1
+
+
+def _catches_sigterm(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+async def test_sigterm_while_the_settings_load_is_a_clean_stop(
+    upstream: Any, tmp_path: Path
+) -> None:
+    # Validating the settings loads presidio (seconds, under the strict profile): a
+    # SIGTERM then must stop the process cleanly (0), not by its default action (143)
+    import os
+    import sys
+    import time
+
+    from conftest import IDENTITY, free_port
+
+    env = {**os.environ, **IDENTITY, "SIDECAR_UPSTREAM_URL": upstream.url,
+           "SIDECAR_PRIVACY_PROFILE": "strict", "SIDECAR_WAL_DIR": str(tmp_path / "wal"),
+           "SIDECAR_EVENTS_FILE": str(tmp_path / "events.jsonl"),
+           "SIDECAR_LISTEN": f"127.0.0.1:{free_port()}",
+           "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{free_port()}"}
+    log_path = tmp_path / "sidecar.log"
+    with log_path.open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar", "serve", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
+    deadline = time.monotonic() + 30
+    while not _catches_sigterm(proc.pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert b"sidecar started" not in log_path.read_bytes()  # stopped before serving
