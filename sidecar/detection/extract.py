@@ -47,7 +47,7 @@ MAX_PARSE: Final = 4 * 1024**2  # larger bodies: their first MAX_PARSE bytes as 
 MAX_CONTAINERS: Final = 100_000  # "[" and "{" bytes: orjson, ~17 ms for that many lists
 MAX_STRINGS: Final = 200_000  # '"' bytes: two a string; ~10 ms to parse 100,000 strings
 MAX_TEXT: Final = MAX_SCAN  # what the signatures read of a prompt
-MAX_NODES: Final = 20_000
+MAX_NODES: Final = 100_000  # values walked (~25 ms); past them the prompt is not read
 OPERATOR_ROLES: Final = frozenset({"system", "developer"})
 _SHAPES: Final = ("messages", "prompt", "input", "inputs")
 
@@ -60,21 +60,30 @@ def parse_request(body: bytes | None, content_type: str | None) -> tuple[Any, st
 
 
 def read_request(body: bytes | None, content_type: str | None) -> tuple[Any, str, bool]:
-    """``parse_request``, and whether the prompt was read: False for a body that claims
-    to be JSON (by its content type or its first byte) but is past the parse bounds."""
+    """``parse_request``, and whether the prompt was read whole: False for a body that
+    claims to be JSON (by its content type, or by its first byte with no other declared
+    type) but is past the parse bounds, does not parse here (model servers parse more
+    than orjson: NaN, a byte-order mark, UTF-16, lone surrogates), or holds more values
+    than the walk visits."""
     if not body:
         return None, "", True
     ctype = (content_type or "").split(";", 1)[0].strip().lower()
-    if not (ctype.endswith("json") or body.lstrip()[:1] in (b"{", b"[")):
+    if body.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark: servers skip it
+        body = body[3:]
+    looks = body.lstrip()[:1] in (b"{", b"[")
+    claims = ctype.endswith("json") or (looks and not ctype)
+    if not (claims or looks):
         return None, body[:MAX_PARSE].decode("utf-8", "replace"), True
+    text = body[:MAX_PARSE].decode("utf-8", "replace")
     if (len(body) > MAX_PARSE or body.count(b"[") + body.count(b"{") > MAX_CONTAINERS
             or body.count(b'"') > MAX_STRINGS):
-        return None, body[:MAX_PARSE].decode("utf-8", "replace"), False
+        return None, text, not claims
     try:
         doc = orjson.loads(body)
-    except orjson.JSONDecodeError:  # not JSON after all: the model server will say so
-        return None, body[:MAX_PARSE].decode("utf-8", "replace"), True
-    return doc, prompt_text(doc), True
+    except orjson.JSONDecodeError:
+        return None, text, not claims
+    prompt, whole = _prompt(doc)
+    return doc, prompt, whole
 
 
 def prompt_text(doc: Any) -> str:
@@ -87,20 +96,32 @@ def prompt_text(doc: Any) -> str:
     ...     {"role": "system", "content": "later"}]})
     'hello\\nhi\\n42\\nlater'
     """
-    if isinstance(doc, dict):
+    return _prompt(doc)[0]
+
+
+def _prompt(doc: Any) -> tuple[str, bool]:
+    """The prompt text, and False if the walk stopped at ``MAX_NODES`` values. Every
+    known shape present is read: a decoy (an empty ``messages`` beside a ``prompt``)
+    must not hide the field the model server uses."""
+    walk = _Walk()
+    if isinstance(doc, dict) and any(key in doc for key in _SHAPES):
+        found: list[Iterable[str]] = []
         for key in _SHAPES:
-            if key in doc:
-                value = doc[key]
-                if key == "messages" and isinstance(value, list):
-                    parts = _bounded(part for message in _clients(value)
-                                     for part in _content(message.get("content")))
-                elif key == "inputs" and isinstance(value, list):
-                    parts = _bounded(part for tensor in value if isinstance(tensor, dict)
-                                     for part in _texts(tensor.get("data")))
-                else:
-                    parts = _bounded(_texts(value))
-                return "\n".join(parts)
-    return "\n".join(_bounded(_texts(doc)))
+            value = doc.get(key)
+            if value is None:
+                continue
+            if key == "messages" and isinstance(value, list):
+                found.append(part for message in _clients(value)
+                             for part in _content(message.get("content")))
+            elif key == "inputs" and isinstance(value, list):
+                found.append(part for tensor in value if isinstance(tensor, dict)
+                             for part in walk.texts(tensor.get("data")))
+            else:
+                found.append(walk.texts(value))
+        parts = _bounded(part for source in found for part in source)
+    else:
+        parts = _bounded(walk.texts(doc))
+    return "\n".join(parts), walk.whole
 
 
 def _clients(messages: list[Any]) -> Iterator[dict[str, Any]]:
@@ -141,6 +162,11 @@ def _content(value: Any) -> Iterator[str]:
             elif isinstance(part, dict):
                 if isinstance(part.get("text"), str):
                     yield part["text"]
+                elif part.get("type") == "document":  # Anthropic: a plain-text document
+                    source = part.get("source")
+                    if isinstance(source, dict) and isinstance(source.get("data"), str) \
+                            and source.get("type") == "text":
+                        yield source["data"]
                 elif part.get("type") == "tool_result":
                     inner = part.get("content")
                     if isinstance(inner, str):
@@ -150,19 +176,28 @@ def _content(value: Any) -> Iterator[str]:
                                     if isinstance(p, dict) and isinstance(p.get("text"), str))
 
 
-def _texts(value: Any) -> Iterator[str]:
-    """Every string in ``value``, depth first, among its first ``MAX_NODES`` values."""
-    stack = [value]
-    for _ in range(MAX_NODES):
-        if not stack:
-            return
-        item = stack.pop()
-        if isinstance(item, str):
-            yield item
-        elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())))
-        elif isinstance(item, list):
-            stack.extend(reversed(item))
+class _Walk:
+    """Strings out of JSON values, ``MAX_NODES`` values at most over all its walks."""
+
+    def __init__(self) -> None:
+        self.left = MAX_NODES
+        self.whole = True  # no value was left unvisited
+
+    def texts(self, value: Any) -> Iterator[str]:
+        """Every string in ``value``, depth first."""
+        stack = [value]
+        while stack:
+            if self.left <= 0:
+                self.whole = False
+                return
+            self.left -= 1
+            item = stack.pop()
+            if isinstance(item, str):
+                yield item
+            elif isinstance(item, dict):
+                stack.extend(reversed(list(item.values())))
+            elif isinstance(item, list):
+                stack.extend(reversed(item))
 
 
 def request_params(doc: Any, names: Iterable[str]) -> dict[str, Any]:

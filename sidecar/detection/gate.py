@@ -12,8 +12,9 @@ request apart from the signature scan, which is linear in the prompt and bounded
   Global bursts, and bursts of requests without a client id (``client_id_source`` unset
   or the request lacks it: they share one bucket), alert but refuse no one.
 - ``signatures`` → 403 ``prompt_blocked``; ``policy`` → 403 ``outside_intended_use``.
-- ``signatures``, and a body that claims to be JSON but is past the parse bounds
-  (``sidecar/detection/extract.py``: over 4 MiB, or too many containers or strings) →
+- ``signatures``, and a body that claims to be JSON but cannot be read whole
+  (``sidecar/detection/extract.py``: over 4 MiB, too many containers, strings or values,
+  or JSON orjson refuses and a model server may still take: NaN, UTF-16) →
   413 ``prompt_unscannable``: fail closed. Scanning it as raw text would let JSON's
   backslash-u escapes or a large leading field carry an injection past the gate.
 
@@ -72,8 +73,8 @@ class Gate:
             doc, text, read = read_request(observed.request_body, observed.request_type)
             if self._scan and not read:
                 raise RequestRejected(
-                    "the request is too large or too deeply structured for the prompt "
-                    "signatures to read", status=413, code="prompt_unscannable")
+                    "the prompt signatures cannot read this JSON whole (too large, too many "
+                    "values, or not parseable here)", status=413, code="prompt_unscannable")
             features: dict[str, Any] = {}
             if self._scan:
                 features["signatures"] = signatures().match(normalise(text[:MAX_SCAN]))

@@ -123,14 +123,33 @@ def test_json_over_max_parse_is_not_read_plain_text_is() -> None:
     assert read_request(big, None)[2] is False  # JSON by its first byte
     assert read_request(b"  " + big, "application/json")[2] is False
     assert read_request(b"x" * (MAX_PARSE + 1), "text/plain")[2] is True
-    assert read_request(b"{not json", JSON)[2] is True  # the model server will refuse it
+    # JSON orjson refuses but a model server may take (NaN, UTF-16...): not read
+    assert read_request(b"{not json", JSON)[2] is False
+    assert read_request(b'{"prompt": "hi", "x": NaN}', None)[2] is False
+    assert read_request("{}".encode("utf-16"), JSON)[2] is False
+    assert read_request(b"{curly text}", "text/plain")[2] is True  # declared as text
+    assert read_request(b'\xef\xbb\xbf{"prompt": "hi"}', JSON)[1:] == ("hi", True)  # BOM
 
 
-def test_the_walk_stops_after_max_nodes_values() -> None:
+def test_every_known_shape_is_read_not_only_the_first() -> None:
+    # a decoy (an empty messages beside the prompt the server uses) must not hide it
+    doc = {"prompt": "the real one", "messages": [], "inputs": [{"data": ["a tensor"]}]}
+    assert parse_request(_json(doc), JSON)[1] == "the real one\na tensor"
+
+
+def test_anthropic_text_documents_are_read() -> None:
+    body = _json({"messages": [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                        "data": "a document"}},
+        {"type": "document", "source": {"type": "base64", "data": "aGk="}}]}]})
+    assert parse_request(body, JSON)[1] == "a document"
+
+
+def test_the_walk_stops_after_max_nodes_values_and_says_so() -> None:
     early = _json({"data": [0] * (MAX_NODES - 10) + ["seen"]})
     late = _json({"data": [0] * MAX_NODES + ["never reached"]})
-    assert parse_request(early, JSON)[1] == "seen"
-    assert parse_request(late, JSON)[1] == ""
+    assert read_request(early, JSON)[1:] == ("seen", True)
+    assert read_request(late, JSON)[1:] == ("", False)  # the gate refuses it
 
 
 def test_the_text_stops_once_it_holds_max_text_characters() -> None:

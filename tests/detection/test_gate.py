@@ -138,7 +138,7 @@ def test_an_injection_prompt_is_blocked(body: bytes, ctype: str) -> None:
     assert alert.config_digest == config(SIGNATURES).digest
 
 
-@pytest.mark.parametrize("body", [chat(BENIGN), b"", b"not json at all",
+@pytest.mark.parametrize("body", [chat(BENIGN), b"",
                                   chat("Please ignore my previous prompt, I meant Paris.")])
 def test_a_benign_prompt_passes(body: bytes) -> None:
     requests = Requests(config(SIGNATURES))
@@ -148,6 +148,15 @@ def test_a_benign_prompt_passes(body: bytes) -> None:
 
 
 ESCAPED = INJECTION.replace("ignore", "\\u0069gnore")  # JSON for the same text
+
+
+def test_text_declared_as_text_passes_and_unparseable_json_is_refused() -> None:
+    requests = Requests(config(SIGNATURES))
+    assert requests.check(b"not json at all", {"content-type": "text/plain"})[2] is None
+    # a body a model server may parse (NaN), where orjson does not: not scanned raw
+    body = b'{"x": NaN, "messages": [{"role": "user", "content": "' + ESCAPED.encode() + b'"}]}'
+    rejected = requests.check(body, client_id="c1")[2]
+    assert rejected is not None and rejected.code == "prompt_unscannable"
 
 
 @pytest.mark.parametrize("body", [
