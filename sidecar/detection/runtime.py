@@ -82,11 +82,13 @@ class Detection:
         request (``RequestRejected``)."""
         observed = event.observed = self.plan.observe(body, headers)
         gate = self.gate
-        if gate.active:
-            gate.check(event, observed)
-        if not keep:
-            observed.request_body = None
-        observed.held = held
+        try:
+            if gate.active:
+                gate.check(event, observed)
+        finally:  # a refused request's event goes on too: its body is bounded the same
+            if not keep:
+                observed.request_body = None
+            observed.held = held
 
     # Hot reload ---------------------------------------------------------------------
 

@@ -109,6 +109,7 @@ class DetectionStage(WorkerStage):
     def recover(self, batch: Batch) -> None:
         self._metrics.detection_failures.labels("stage_error").inc(len(self._work))
         self._attach(batch)
+        self._work = []  # the bodies go now, as after a batch that went well
 
     def _attach(self, batch: Batch) -> None:
         """The batch's notices travel at its end (seq 0: the writer numbers them), so each

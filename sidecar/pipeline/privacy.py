@@ -42,7 +42,9 @@ log = get_logger("privacy")
 CALL_TIMEOUT_S = 10.0  # per call, plus PER_EVENT_S per event in it
 PER_EVENT_S = 0.05
 
-Work = tuple[list[InferenceEvent], list[Item], list[bytes | None]]
+# events, the worker's items, memo keys, and the items' shares of the raw-body budget
+# (held until the worker call is over: the items still reference the bodies)
+Work = tuple[list[InferenceEvent], list[Item], list[bytes | None], list[Any]]
 
 
 def _flags(event: InferenceEvent) -> frozenset[str]:
@@ -124,6 +126,7 @@ class PrivacyStage(WorkerStage):
         events: list[InferenceEvent] = []
         items: list[Item] = []
         keys: list[bytes | None] = []
+        held: list[Any] = []
         memo = self._memo
         for _, event in batch:
             capture = getattr(event, "capture", None)
@@ -143,16 +146,17 @@ class PrivacyStage(WorkerStage):
                         self._apply(event, record)
                         continue
                 items.append(_captured(event, capture, chosen))
+                held.append(capture.held)
                 keys.append(key)
                 events.append(event)
             except Exception:  # a bug of ours: this event goes without payload, not the rest
                 log.error("capture unusable; event goes without payload", exc_info=True)
                 self._fail([event], "capture_error")
-        return events, items, keys
+        return events, items, keys, held
 
     def _mask(self, work: Work) -> None:
         """Stage thread: one call to the worker for ``work``, then apply the results."""
-        events, items, keys = work
+        events, items, keys, _ = work
         try:
             records, failures = self._child.call(
                 items, CALL_TIMEOUT_S + PER_EVENT_S * len(items))

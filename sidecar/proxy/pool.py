@@ -28,7 +28,7 @@ import ssl
 from collections import deque
 from typing import Final
 
-from sidecar.errors import UpstreamTimeout, UpstreamUnavailable
+from sidecar.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sidecar.proxy.connection import HIGH_WATER, Connection, UpstreamResponse
 
 __all__ = ["HIGH_WATER", "IDEMPOTENT", "Pool", "UpstreamResponse"]
@@ -63,8 +63,14 @@ class Pool:
             conn.send(head, body, response, deadline)
             try:
                 return await future
-            except UpstreamUnavailable:
-                if attempt or not reused or conn.received or method not in IDEMPOTENT:
+            except UpstreamError as exc:
+                retry = (isinstance(exc, UpstreamUnavailable) and not attempt and reused
+                         and not conn.received and method in IDEMPOTENT)
+                if not retry:
+                    # The error's traceback holds this frame: without these locals, no
+                    # cycle back to the error keeps the request (and its body) alive
+                    # until the cyclic collector runs.
+                    del response, future
                     raise
             except asyncio.CancelledError:
                 response.release(failed=True)

@@ -329,6 +329,25 @@ async def test_past_the_raw_body_budget_the_gate_still_reads_the_request(
                                 if e["type"] == "ai.inference.completed"]) >= 3)
     blocked, large, small = (e["data"] for e in sc.envelopes()
                              if e["type"] == "ai.inference.completed")
-    assert blocked["outcome"] == "rejected"
+    assert blocked["outcome"] == "rejected" and blocked["features"] is None  # over budget too
     assert large["features"] is None and small["features"]["prompt_chars"] > 0
     assert sc.sidecar.handler._raw.used == 0
+
+
+async def test_a_failed_upstream_gives_its_bodies_budget_back_without_the_collector(
+    make_sidecar: SidecarFactory, client: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    # The error of a failed exchange must not keep the request (and its body) alive in a
+    # reference cycle until the cyclic collector runs: its budget share would stay spent.
+    import gc
+
+    sc = await make_sidecar(events_file=str(tmp_path / "events.jsonl"), detectors=DEFAULT_SET)
+    gc.disable()
+    try:
+        async with client.post(sc.url + "/reset", json=chat("x" * 100_000)) as response:
+            assert response.status == 502
+        await wait_for(lambda: any(e["type"] == "ai.inference.completed"
+                                   for e in sc.envelopes()))
+        await wait_for(lambda: sc.sidecar.handler._raw.used == 0, timeout=5.0)
+    finally:
+        gc.enable()
