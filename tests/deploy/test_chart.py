@@ -378,11 +378,14 @@ def test_example_values_file_renders_a_complete_install() -> None:
 def test_every_model_probe_on_the_admin_port_gets_its_number() -> None:
     # named ports are looked up in the probed container's own ports: the model has none
     probe = {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 5}
-    other = {"exec": {"command": ["true"]}}
-    rendered = render({"model": {"readinessProbe": probe, "livenessProbe": other,
+    tcp = {"tcpSocket": {"port": "admin"}}
+    rendered = render({"model": {"readinessProbe": probe, "livenessProbe": tcp,
                                  "startupProbe": probe}, "sidecar": {"adminPort": 9191}})
     model = rendered.container("model")
     for kind in ("readinessProbe", "startupProbe"):
         assert model[kind]["httpGet"] == {"path": "/readyz", "port": 9191}
         assert model[kind]["periodSeconds"] == 5
-    assert model["livenessProbe"] == other
+    assert model["livenessProbe"] == {"tcpSocket": {"port": 9191}}
+    other = {"exec": {"command": ["true"]}}
+    assert render({"model": {"livenessProbe": other}}).container("model")["livenessProbe"] \
+        == other

@@ -148,13 +148,15 @@ data: /var/lib/inference-sidecar
 {{- toYaml (mergeOverwrite $base (index . 0)) -}}
 {{- end -}}
 
-{{/* A probe of the model container: an httpGet on the named port "admin" (the sidecar's,
+{{/* A probe of the model container: an httpGet, tcpSocket or grpc on the named port "admin" (the sidecar's,
 which the kubelet would look for among the model container's own ports) gets the
 number. Arguments: (list probe adminPort). */}}
 {{- define "inference-sidecar.adminProbe" -}}
 {{- $probe := deepCopy (index . 0) -}}
-{{- if and (hasKey $probe "httpGet") (eq (toString (index $probe.httpGet "port")) "admin") -}}
-{{- $_ := set $probe.httpGet "port" (index . 1) -}}
+{{- range $kind := list "httpGet" "tcpSocket" "grpc" -}}
+{{- if and (hasKey $probe $kind) (eq (toString (index (index $probe $kind) "port")) "admin") -}}
+{{- $_ := set (index $probe $kind) "port" (index $ 1) -}}
+{{- end -}}
 {{- end -}}
 {{- toYaml $probe -}}
 {{- end -}}
