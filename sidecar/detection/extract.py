@@ -41,12 +41,11 @@ from typing import Any, Final
 
 import orjson
 
-from detectors.text import MAX_SCAN
-
 MAX_PARSE: Final = 4 * 1024**2  # larger bodies: their first MAX_PARSE bytes as text
 MAX_CONTAINERS: Final = 100_000  # "[" and "{" bytes: orjson, ~17 ms for that many lists
 MAX_STRINGS: Final = 200_000  # '"' bytes: two a string; ~10 ms to parse 100,000 strings
-MAX_TEXT: Final = MAX_SCAN  # what the signatures read of a prompt
+# Text collected (the signatures read its first and last MAX_SCAN / 2: detectors.text)
+MAX_TEXT: Final = MAX_PARSE
 MAX_NODES: Final = 100_000  # values walked (~25 ms); past them the prompt is not read
 OPERATOR_ROLES: Final = frozenset({"system", "developer"})
 _SHAPES: Final = ("messages", "prompt", "input", "inputs")

@@ -18,6 +18,7 @@ from sidecar.detection.extract import (
     MAX_STRINGS,
     MAX_TEXT,
     parse_request,
+    prompt_text,
     read_request,
     request_params,
     token_usage,
@@ -153,10 +154,10 @@ def test_the_walk_stops_after_max_nodes_values_and_says_so() -> None:
 
 
 def test_the_text_stops_once_it_holds_max_text_characters() -> None:
-    word = "w" * 1000
-    doc = {"messages": [{"role": "user", "content": word}] * (MAX_TEXT // 1000 + 50)}
-    text = parse_request(_json(doc), JSON)[1]
-    assert MAX_TEXT <= len(text) < MAX_TEXT + 1002
+    word = "w" * 100_000
+    doc = {"messages": [{"role": "user", "content": word}] * (MAX_TEXT // 100_000 + 5)}
+    text = prompt_text(doc)
+    assert MAX_TEXT <= len(text) < MAX_TEXT + 100_002
 
 
 @pytest.mark.parametrize(("prompt", "expected"), [
