@@ -24,6 +24,9 @@ EVENT_TYPE_ALERT: Final = "ai.detector.alert"
 # Why an event was lost (``..._events_dropped_total{reason}``).
 DROP_REASONS: Final = ("queue_full", "log_full_oldest", "log_full_newest", "lost_on_crash",
                        "corrupt", "shutdown", "log_full_at_shutdown", "disk_error_at_shutdown")
+# Why a detector notice (an alert, a policy change) was lost (``..._alerts_dropped_total``).
+NOTICE_DROP_REASONS: Final = ("log_full_oldest", "log_full_newest", "log_full_at_shutdown",
+                              "disk_error_at_shutdown")
 EVENT_TYPE_POLICY_CHANGED: Final = "ai.detector.policy_changed"
 # Types under this prefix go to the alerts topic (kafka_alerts_topic), the rest to events.
 ALERTS_TYPE_PREFIX: Final = "ai.detector."
@@ -184,6 +187,14 @@ class Metrics:
             f"{n}_alerts_total", "Detector alerts, by detector and severity.",
             ["detector", "severity"], registry=registry,
         )
+        self.alerts_dropped = Counter(
+            f"{n}_alerts_dropped_total",
+            "Detector notices (ai.detector.* events: alerts, policy changes) lost before "
+            "delivery, by reason: " + ", ".join(NOTICE_DROP_REASONS) + ".",
+            ["reason"], registry=registry,
+        )
+        for reason in NOTICE_DROP_REASONS:
+            self.alerts_dropped.labels(reason)
         self.detection_failures = Counter(
             f"{n}_detection_failures_total",
             "Events that went on without detection (worker_unavailable, worker_refused, "

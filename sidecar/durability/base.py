@@ -58,6 +58,9 @@ class LogStats:
     # Events drop_oldest deleted after ``read`` had handed them out (not counted in
     # ``dropped_oldest``): delivery holds them and still sends them; not lost.
     dropped_in_flight: int = 0
+    # Notices (alerts, policy changes: odd seqs, ``is_notice``) lost the same ways, by
+    # ``when_full``: not events of their own, so in none of the counts above.
+    notices_dropped: int = 0
 
 
 def full_headroom(max_bytes: int) -> int:

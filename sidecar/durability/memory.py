@@ -25,7 +25,7 @@ from sidecar.durability.base import (
     full_headroom,
 )
 from sidecar.durability.framing import frame_size
-from sidecar.events.record import Record, next_event_seq, starts_event
+from sidecar.events.record import Record, is_notice, next_event_seq, starts_event
 
 
 class MemoryLog:
@@ -44,7 +44,7 @@ class MemoryLog:
         self._cursor = 0
         self._last_seq = 0
         self._accepted = 0
-        self._dropped_oldest = self._dropped_newest = 0
+        self._dropped_oldest = self._dropped_newest = self._notices_dropped = 0
         self._closed = False
 
     def note_accepted(self, seq: int) -> None:
@@ -94,6 +94,7 @@ class MemoryLog:
                         self._ridx -= 1
                     else:
                         self._dropped_oldest += event
+                        self._notices_dropped += is_notice(dropped.seq)
             for i in range(keep_from, keep_to):
                 self._entries.append((records[i], ts, sizes[i]))
                 self._bytes_used += sizes[i]
@@ -102,6 +103,8 @@ class MemoryLog:
                 self._last_seq = records[keep_to - 1].seq
             self._dropped_oldest += sum(starts_event(r.seq) for r in records[:keep_from])
             self._dropped_newest += sum(starts_event(r.seq) for r in records[keep_to:])
+            refused = [*records[:keep_from], *records[keep_to:]]
+            self._notices_dropped += sum(is_notice(r.seq) for r in refused)
 
     def _plan(self, sizes: list[int]) -> tuple[int, int]:
         """The range of the batch to keep, per ``when_full``; under lock."""
@@ -162,6 +165,7 @@ class MemoryLog:
                 lost_on_crash=0,
                 oldest_pending_ts=self._entries[0][1] if self._entries else None,
                 dropped_in_flight=self._dropped_in_flight,
+                notices_dropped=self._notices_dropped,
             )
 
     def _check_open(self) -> None:

@@ -17,7 +17,7 @@ from typing import TypeAlias
 
 from sidecar.durability import framing
 from sidecar.durability.base import LogFull
-from sidecar.events.record import starts_event
+from sidecar.events.record import is_notice, starts_event
 
 HEADER = len(framing.SEGMENT_HEADER)
 SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
@@ -58,6 +58,11 @@ class Segment:
         lo = bisect_right(seqs, after)
         hi = len(seqs) if through is None else bisect_right(seqs, through)
         return sum(1 for q in seqs[lo:hi] if starts_event(q))
+
+    def notices(self, after: int) -> int:
+        """Records above ``after`` that are notices (``is_notice``)."""
+        seqs = self.seqs
+        return sum(1 for q in seqs[bisect_right(seqs, after):] if is_notice(q))
 
 
 def first_unacked(segments: Sequence[Segment], cursor: int) -> tuple[Segment | None, int]:

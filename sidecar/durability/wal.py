@@ -53,7 +53,13 @@ from sidecar.durability.base import (
     full_headroom,
 )
 from sidecar.durability.segments import HEADER, Segment, first_unacked
-from sidecar.events.record import Record, event_number, next_event_seq, starts_event
+from sidecar.events.record import (
+    Record,
+    event_number,
+    is_notice,
+    next_event_seq,
+    starts_event,
+)
 
 log = logging.getLogger("inference_sidecar.wal")
 
@@ -93,6 +99,7 @@ class WriteAheadLog:
         self._dir_dirty = False  # segments created or deleted since the last sync
         self._rgen = 0  # bumped when drop_oldest moves the read position under a reader
         self._dropped_oldest = self._dropped_newest = self._dropped_in_flight = 0
+        self._notices_dropped = 0
         self._read_seq = 0  # the highest seq ``read`` handed out since the last rewind
         self._unlink_later: list[str] = []  # trimmed segments a failed unlink left behind
         self._cursor_stale = False  # the cursor file is behind ``_cursor``: a store failed
@@ -185,6 +192,7 @@ class WriteAheadLog:
                 lost_on_crash=self._lost,
                 oldest_pending_ts=oldest,
                 dropped_in_flight=self._dropped_in_flight,
+                notices_dropped=self._notices_dropped,
             )
 
     # --- writer thread -----------------------------------------------------------------
@@ -241,6 +249,8 @@ class WriteAheadLog:
             self._last_seq = records[kept.stop - 1].seq
         self._dropped_newest += _events(records[kept.stop:])
         self._dropped_oldest += _events(records[:kept.start])
+        refused = [*records[:kept.start], *records[kept.stop:]]
+        self._notices_dropped += sum(1 for r in refused if is_notice(r.seq))
         doomed: list[Segment] = []
         touched = {seg for seg, _, _ in chunks}
         if self.when_full == "drop_oldest":
@@ -249,6 +259,7 @@ class WriteAheadLog:
                 gone = seg.events(self._cursor)
                 unread = seg.events(max(self._cursor, self._read_seq))
                 self._dropped_oldest += unread
+                self._notices_dropped += seg.notices(max(self._cursor, self._read_seq))
                 self._dropped_in_flight += gone - unread  # delivery holds and sends these
                 self._pending_events -= gone
                 self._pending -= seg.pending(self._cursor)

@@ -90,6 +90,7 @@ class Pipeline:
             queue, event_log, mode, interval,
             on_appended=self.delivery.notify, on_disk_error=self._disk_error,
             on_drop=lambda reason, n: metrics.events_dropped.labels(reason).inc(n),
+            on_notices_dropped=lambda reason, n: metrics.alerts_dropped.labels(reason).inc(n),
             durability_timeout=durability_timeout,
             completion=None if source is to_stages else Completion(
                 to_stages, source, ledger,

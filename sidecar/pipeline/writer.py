@@ -37,7 +37,7 @@ from sidecar.durability.framing import frame_size
 from sidecar.events.cloudevents import to_record
 from sidecar.events.model import AnyEvent, InferenceEvent
 from sidecar.events.queue import EventQueue
-from sidecar.events.record import EVENT_SEQ_STEP, Record, next_event_seq
+from sidecar.events.record import EVENT_SEQ_STEP, Record, next_event_seq, trailing_seqs
 from sidecar.logs import get_logger
 from sidecar.pipeline import ahead
 from sidecar.pipeline.handoff import Batch, Handoff
@@ -111,6 +111,7 @@ class LogWriter:
         on_disk_error: Callable[[bool], None],
         on_drop: Callable[[str, int], None],
         durability_timeout: float = 5.0,
+        on_notices_dropped: Callable[[str, int], None] | None = None,
         completion: Completion | None = None,
     ) -> None:
         self.queue = queue
@@ -129,6 +130,7 @@ class LogWriter:
         self._dropped_newest = 0  # of the round in hand, by when_full
         self._last_seq = event_log.last_seq  # the last seq given to a record
         self._on_drop = on_drop
+        self._on_notices_dropped = on_notices_dropped  # alerts and policy changes lost
         self.give_up_at: float | None = None  # monotonic deadline, set at shutdown
         # A round takes at most half of what the log holds below its ``full`` mark, and no
         # more than is free below it, going by the largest record seen lately: a round
@@ -172,6 +174,14 @@ class LogWriter:
             self._on_drop("log_full_oldest", after.dropped_oldest - before.dropped_oldest)
         if self._dropped_newest:
             self._on_drop("log_full_newest", self._dropped_newest)
+        notices = after.notices_dropped - before.notices_dropped
+        if notices:
+            reason = "log_full_oldest" if self.log.when_full == "drop_oldest" else "log_full_newest"
+            self._notices_dropped(reason, notices)
+
+    def _notices_dropped(self, reason: str, count: int) -> None:
+        if count and self._on_notices_dropped is not None:
+            self._on_notices_dropped(reason, count)
 
     def _sync_due(self, work: _Round) -> bool:
         # sync: a round of final records alone releases no response; a crash before its
@@ -239,9 +249,11 @@ class LogWriter:
         if work is None:
             work = _Round([], [], [], [])
         cap = self._round_cap = self._cap()
-        # Finals and notices must fit in the rest of the last event's seq block; never
-        # short in practice (ROOM events with a few alerts each), but never wrong either.
-        space = next_event_seq(self._last_seq) - self._last_seq - 1 - len(work.finals)
+        # Finals and notices must fit in the rest of the last event's seq block, at two
+        # seqs each at most (``trailing_seqs``); never short in practice (ROOM events with
+        # a few alerts each), but never wrong either.
+        left = next_event_seq(self._last_seq) - self._last_seq - 1
+        space = (left - 2 * len(work.finals)) // 2
         finals = self._take_finals(max(0, min(cap - len(work.finals), space)))
         room = cap - len(work.finals) - len(finals) - len(work.events)
         events, completes = self._take_events(room) if room > 0 else ([], [])
@@ -302,7 +314,8 @@ class LogWriter:
     async def _write(self, loop: asyncio.AbstractEventLoop, work: _Round) -> None:
         # Finals take the seqs after the last record's: the block of the last event
         # appended, which no event in the queue can reach (ROOM < EVENT_SEQ_STEP).
-        work.final_seqs = list(range(self._last_seq + 1, self._last_seq + 1 + len(work.finals)))
+        work.final_seqs = trailing_seqs(self._last_seq,
+                                        [not ahead_seq for ahead_seq, _ in work.finals])
         last = work.events[-1][0] if work.events else (
             work.final_seqs[-1] if work.final_seqs else self._last_seq)
         self._appended, self._dropped_newest = False, 0
@@ -315,6 +328,7 @@ class LogWriter:
         if gave_up:
             if not self._appended:
                 self._on_drop(gave_up, len(work.events))
+                self._notices_dropped(gave_up, sum(1 for seq, _ in work.finals if not seq))
             return
         if self.mode in ("sync", "memory"):
             self.durability.advance(self._last_seq)

@@ -122,3 +122,5 @@ async def test_loss_counters_are_exported_at_zero_before_any_loss(
     for reason in ("queue_full", "log_full_oldest", "lost_on_crash", "corrupt", "shutdown"):
         assert f'inference_sidecar_events_dropped_total{{reason="{reason}"}} 0.0' in text
     assert 'inference_sidecar_events_incomplete_total{reason="log_full"} 0.0' in text
+    for reason in ("log_full_oldest", "log_full_newest"):
+        assert f'inference_sidecar_alerts_dropped_total{{reason="{reason}"}} 0.0' in text

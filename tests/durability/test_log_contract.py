@@ -29,7 +29,14 @@ from hypothesis.stateful import (
 from sidecar.durability import EventLog, LogFull, LogStats, MemoryLog, WriteAheadLog
 from sidecar.durability.base import full_headroom
 from sidecar.durability.framing import frame_size
-from sidecar.events.record import EVENT_SEQ_STEP, Record, next_event_seq, starts_event
+from sidecar.events.record import (
+    EVENT_SEQ_STEP,
+    Record,
+    is_notice,
+    next_event_seq,
+    starts_event,
+    trailing_seqs,
+)
 
 MAX_BYTES = 64 * 1024
 SEGMENT_BYTES = 4096
@@ -702,3 +709,61 @@ TestMemoryPolicyMachine = MemoryPolicyMachine.TestCase
 for _test in (TestWalMachine, TestMemoryMachine, TestWalPolicyMachine, TestMemoryPolicyMachine):
     _test.settings = PROPERTY_SETTINGS
 del _test  # else pytest collects the last machine twice, under this name
+
+
+# Notices (alerts, policy changes) take odd seqs in the block of the last event appended,
+# finals even ones (``trailing_seqs``); a drop counts them apart from events.
+
+
+def _round(n: int, kinds: str, size: int = 500) -> list[Record]:
+    """A round as the writer makes it: trailing records after event ``n - 1`` (``f`` a
+    final, ``a`` a notice), then event ``n``."""
+    trailing = trailing_seqs(ev(n - 1), [kind == "a" for kind in kinds]) if n > 1 else []
+    return [rec(seq, size) for seq in trailing] + [rec(ev(n), size)]
+
+
+def test_drop_oldest_counts_the_notices_it_deletes_unread(
+    make: Callable[..., EventLog],
+) -> None:
+    log = make(max_bytes=16 * 1024, when_full="drop_oldest")
+    sent: list[int] = []
+    for n in range(1, 41):
+        round_ = _round(n, "fa" if n % 2 else "af")
+        log.append(round_)
+        sent += seqs(round_)
+    stats = log.stats()
+    got = seqs(drain(log))
+    deleted = sent[: len(sent) - len(got)]
+    deleted_notices = [s for s in deleted if is_notice(s)]
+    assert deleted_notices and len(deleted_notices) < len(deleted)
+    assert stats.notices_dropped == len(deleted_notices)
+    assert stats.dropped_oldest == sum(1 for s in deleted if starts_event(s))
+
+
+def test_drop_oldest_does_not_count_notices_delivery_already_read(
+    make: Callable[..., EventLog],
+) -> None:
+    log = make(max_bytes=16 * 1024, when_full="drop_oldest")
+    for n in range(1, 6):
+        log.append(_round(n, "a"))
+    read = seqs(drain(log))  # delivery holds these and sends them: not lost
+    for n in range(6, 60):
+        log.append(_round(n, "f"))  # finals only: no notice among the newer records
+    stats = log.stats()
+    assert read and stats.dropped_in_flight > 0
+    assert stats.notices_dropped == 0
+
+
+def test_drop_newest_counts_the_notices_it_refuses(make: Callable[..., EventLog]) -> None:
+    log = make(max_bytes=16 * 1024, when_full="drop_newest")
+    for n in range(1, 100):
+        log.append(_round(n, "", size=500))
+        if log.stats().dropped_newest:
+            break
+    before = log.stats()
+    refused = _round(n + 1, "aafa")  # n + 1: refused too, whole
+    log.append(refused)
+    after = log.stats()
+    assert after.records_pending == before.records_pending
+    assert after.notices_dropped - before.notices_dropped == 3
+    assert after.dropped_newest - before.dropped_newest == 1

@@ -18,13 +18,15 @@ import orjson
 import pytest
 from factories import IDENTITY, WAIT_S, harness_fixture, make_event, sample, wait_until
 
+from detectors.base import Alert
 from sidecar.durability.base import EventLog
 from sidecar.durability.memory import MemoryLog
 from sidecar.durability.wal import WriteAheadLog
 from sidecar.events.cloudevents import to_record
 from sidecar.events.model import AnyEvent, InferenceEvent
+from sidecar.events.notices import alert_event
 from sidecar.events.queue import EventQueue
-from sidecar.events.record import EVENT_SEQ_STEP, Record, event_number
+from sidecar.events.record import EVENT_SEQ_STEP, Record, event_number, is_notice
 from sidecar.pipeline import ahead
 from sidecar.pipeline import writer as writer_module
 from sidecar.pipeline.ahead import Ledger, Mark
@@ -44,6 +46,12 @@ def completing(n: int, **overrides: Any) -> InferenceEvent:
     return event
 
 
+def origin(event: InferenceEvent) -> dict[str, Any]:
+    """What an alert takes from its inference."""
+    return {"inference_id": event.inference_id, "timestamp": event.timestamp,
+            "route": event.route, **IDENTITY}
+
+
 class FakeStage:
     """Completes events in order, once ``release`` is set: sets ``features``, drops the raw
     references, as the detection stage does."""
@@ -53,6 +61,8 @@ class FakeStage:
         self.release = asyncio.Event()
         self.release.set()
         self.seen = 0
+        self.alerting = False  # each event raises an alert, which follows its batch
+        self.alert_message = "burst"
 
     async def run(self) -> None:
         try:
@@ -66,6 +76,11 @@ class FakeStage:
                     assert isinstance(event, InferenceEvent)
                     del event.observed
                     event.features = {"completed": True}
+                if self.alerting:
+                    batch = batch + [(0, alert_event(
+                        Alert("rate", "warning", self.alert_message, kind="abuse",
+                              inference_id=event.inference_id), origin(event)))
+                        for _, event in batch]
                 await self.back.put_batch(batch)
         finally:
             self.back.close()
@@ -82,9 +97,13 @@ class Harness:
         out, back = Handoff(writer_module.ROOM), Handoff(2048)
         self.stage = FakeStage(out, back)
         self.delivery = Delivery(self.log, self.sink, self.metrics, self.ledger)
+        self.drops: list[tuple[str, int]] = []
+        self.notices_dropped: list[tuple[str, int]] = []
         self.writer = LogWriter(
             self.queue, self.log, mode, 0.01, on_appended=self.delivery.notify,
-            on_disk_error=lambda failing: None, on_drop=lambda reason, n: None,
+            on_disk_error=lambda failing: None,
+            on_drop=lambda reason, n: self.drops.append((reason, n)),
+            on_notices_dropped=lambda reason, n: self.notices_dropped.append((reason, n)),
             completion=Completion(out, back, self.ledger))
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -311,6 +330,51 @@ async def test_after_a_crash_ahead_records_without_a_final_are_sent_marked_lost(
     h.put([completing(6)])
     await wait_until(lambda: len(h.sink.records) == 6)
     assert h.sent()[-1]["data"]["features"] == {"completed": True}
+
+
+async def test_alerts_follow_their_batch_as_notices_with_odd_seqs(
+    make_harness: Callable[..., Harness],
+) -> None:
+    h = make_harness()
+    h.stage.alerting = True
+    h.start()
+    h.put([completing(n) for n in range(1, 6)])
+    await wait_until(lambda: len(h.sink.records) == 10)  # 5 events (completed), 5 alerts
+    kept = appended(h.log)
+    alerts = [r for r in kept if dict(r.headers)["ce_type"] == b"ai.detector.alert"]
+    assert len(alerts) == 5
+    assert all(is_notice(r.seq) for r in alerts)
+    assert not any(is_notice(r.seq) for r in kept if r not in alerts)
+    await h.stop()
+
+
+async def test_alerts_a_full_log_refuses_are_counted_as_dropped_notices(
+    make_harness: Callable[..., Harness],
+) -> None:
+    log = MemoryLog(64 * 1024, "drop_newest")
+    h = make_harness(log=log)
+    h.stage.alerting = True
+    h.stage.alert_message = "burst " * 1200  # larger than a filler: none can fit
+    h.stage.release.clear()  # the alerts come back once the log is full
+    h.sink.fail_next = 10**9  # nothing delivered, nothing acked: the log stays full
+    h.start()
+    h.put([completing(n) for n in range(1, 4)])
+    await wait_until(lambda: h.stage.seen == 3)
+    h.put([make_event(n, path="/" + "p" * 4000) for n in range(4, 40)])
+    await wait_until(lambda: bool(h.drops))
+    await wait_until(lambda: len(h.queue) == 0)
+    assert h.notices_dropped == []
+    pending = log.stats().records_pending
+    h.stage.release.set()
+    # The three finals fit, the three alerts (in one round or more) did not: they are
+    # counted as lost notices, not as lost events.
+    await wait_until(lambda: sum(n for _, n in h.notices_dropped) == 3)
+    assert {reason for reason, _ in h.notices_dropped} == {"log_full_newest"}
+    assert log.stats().notices_dropped == 3
+    assert log.stats().records_pending == pending + 3  # the finals
+    assert all(reason == "log_full_newest" for reason, _ in h.drops)
+    h.sink.fail_next = 0
+    await h.stop()
 
 
 async def test_an_ahead_record_whose_final_the_log_refused_is_sent_marked_log_full() -> None:
