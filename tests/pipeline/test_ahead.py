@@ -10,6 +10,7 @@ test_written_ahead.py`` proves the same with the real worker stages and SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -373,6 +374,30 @@ async def test_alerts_a_full_log_refuses_are_counted_as_dropped_notices(
     assert log.stats().notices_dropped == 3
     assert log.stats().records_pending == pending + 3  # the finals
     assert all(reason == "log_full_newest" for reason, _ in h.drops)
+    h.sink.fail_next = 0
+    await h.stop()
+
+
+async def test_alerts_a_full_log_still_refuses_at_shutdown_are_counted_as_dropped_notices(
+    make_harness: Callable[..., Harness],
+) -> None:
+    log = MemoryLog(32 * 1024, "block")
+    h = make_harness(log=log)
+    h.stage.alerting = True
+    h.stage.alert_message = "burst " * 1200  # larger than a filler: none can fit
+    h.stage.release.clear()
+    h.sink.fail_next = 10**9  # nothing acked: nothing frees the log
+    h.start()
+    h.put([completing(n) for n in range(1, 3)])
+    await wait_until(lambda: h.stage.seen == 2)
+    h.put([make_event(n, path="/" + "p" * 4000) for n in range(3, 20)])
+    await wait_until(lambda: h.writer.blocked)  # the rest of the fillers wait, unwritten
+    h.writer.give_up_at = time.monotonic()  # shutdown: a full log is given up on at once
+    h.stage.release.set()
+    h.queue.close()
+    await wait_until(lambda: sum(n for _, n in h.notices_dropped) == 2)
+    assert {reason for reason, _ in h.notices_dropped} == {"log_full_at_shutdown"}
+    assert log.stats().notices_dropped == 0  # never offered to the log: the writer counts
     h.sink.fail_next = 0
     await h.stop()
 
