@@ -58,9 +58,18 @@ Work = list[tuple[InferenceEvent, Observed]]
 
 
 def _cut(body: bytes | None) -> bytes | None:
-    """What the worker reads of a body: past ``MAX_PARSE`` bytes it reads the first
-    ``MAX_PARSE`` as text, so the rest need not cross the pipe."""
-    return body[:MAX_PARSE + 1] if body is not None and len(body) > MAX_PARSE + 1 else body
+    """What the worker reads of a body: past ``MAX_PARSE`` bytes it reads the first and
+    the last ``MAX_PARSE // 2`` as text (``extract._text``), so only those cross the pipe,
+    in a body still over ``MAX_PARSE``.
+
+    >>> cut = _cut(b"h" * MAX_PARSE + b"m" * 10 + b"t" * MAX_PARSE)
+    >>> len(cut) == MAX_PARSE + 1 and cut.startswith(b"h") and cut.endswith(b"t")
+    True
+    """
+    if body is None or len(body) <= MAX_PARSE + 1:
+        return body
+    half = MAX_PARSE // 2
+    return body[:half] + body[-(MAX_PARSE + 1 - half):]
 
 
 def _calls(items: list[Item]) -> Iterator[tuple[list[Item], int]]:

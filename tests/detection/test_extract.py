@@ -252,21 +252,24 @@ def test_a_body_of_exactly_max_parse_bytes_is_still_parsed() -> None:
     assert text == "a" * (MAX_PARSE - len(head) - len(tail))
 
 
-def test_an_oversize_body_is_its_first_max_parse_bytes_as_text() -> None:
+def test_an_oversize_body_is_its_first_and_last_halves_as_text() -> None:
     head = b'{"prompt": "'
-    body = head + b"a" * MAX_PARSE + b'"}'
+    body = head + b"a" * MAX_PARSE + b'b"}'
     assert len(body) > MAX_PARSE
     doc, text = parse_request(body, JSON)
     assert doc is None  # not parsed, however valid
-    assert len(text) == MAX_PARSE
-    assert text == body[:MAX_PARSE].decode()
+    half = MAX_PARSE // 2
+    assert text == body[:half].decode() + "\n" + body[-half:].decode()
+    assert text.endswith('ab"}')
 
 
 def test_an_oversize_body_cut_inside_a_character_is_replaced() -> None:
-    body = b"a" * (MAX_PARSE - 1) + "\u00e9".encode() + b"tail"
+    half = MAX_PARSE // 2
+    e_acute = "\u00e9".encode()  # two bytes: each half cuts one
+    body = b"a" * (half - 1) + e_acute + b"m" * MAX_PARSE + e_acute + b"m" * (half - 1)
     doc, text = parse_request(body, "text/plain")
     assert doc is None
-    assert text == "a" * (MAX_PARSE - 1) + "\ufffd"
+    assert text == "a" * (half - 1) + "\ufffd\n" + "\ufffd" + "m" * (half - 1)
 
 
 # --- request_params -------------------------------------------------------------------------
