@@ -22,7 +22,8 @@ from sidecar.config import (
     Settings,
     env_name,
     flag_name,
-    load_settings,
+    load_settings_and_sources,
+    sourced,
 )
 from sidecar.logs import configure_logging
 
@@ -79,10 +80,13 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     from sidecar.sinks.registry import preflight
 
     flags = {key: getattr(args, key) for key in SETTINGS_FIELDS}
-    settings = load_settings(args.config, flags)
-    preflight(settings)
-    build_privacy(settings)  # profiles and the identity key: refused here, not mid-start
-    check_detectors(settings)
+    settings, sources = load_settings_and_sources(args.config, flags)
+    try:
+        preflight(settings)
+        build_privacy(settings)  # profiles and the identity key: refused here, not mid-start
+        check_detectors(settings)
+    except ConfigError as exc:
+        raise sourced(exc, sources) from None
     return settings
 
 

@@ -566,9 +566,24 @@ def test_an_invalid_privacy_profile_exits_2_naming_file_key_and_reason(
     assert result.returncode == 2
     lines = stderr_lines(result)
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("inference-sidecar: config error: privacy_profile: ")
+    assert lines[0].startswith(
+        "inference-sidecar: config error: environment variable SIDECAR_PRIVACY_PROFILE: ")
     assert str(profile) in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_a_later_check_names_the_config_file_and_key_the_setting_came_from(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "sidecar.yaml"
+    config.write_text("privacy_profile: nonexistent\n", encoding="utf-8")
+    env = child_env()
+    del env["SIDECAR_PRIVACY_PROFILE"]  # the file's value, not the environment's
+    result = run_cli("check-config", "--config", str(config), env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = stderr_lines(result)
+    assert line.startswith(f"inference-sidecar: config error: config file {config}, "
+                           f"key 'privacy_profile': privacy profile nonexistent")
 
 
 @pytest.mark.parametrize("command", ["check-config", "serve"])
@@ -582,7 +597,8 @@ def test_an_invalid_detectors_file_exits_2_naming_file_key_and_reason(
     assert result.returncode == 2
     lines = stderr_lines(result)
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"inference-sidecar: config error: detectors: {bad}: ")
+    assert lines[0].startswith(
+        f"inference-sidecar: config error: environment variable SIDECAR_DETECTORS: {bad}: ")
     assert "detectors[0].feature" in lines[0]
 
 

@@ -20,6 +20,7 @@ from sidecar.config.settings import REQUIRED, Settings
 
 __all__ = [
     "SETTINGS_FIELDS", "ConfigError", "Settings", "env_name", "flag_name", "load_settings",
+    "load_settings_and_sources", "sourced",
 ]
 
 ENV_PREFIX = "SIDECAR_"
@@ -108,6 +109,27 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Merge flags > environment > file > defaults, validate, and return ``Settings``."""
+    return load_settings_and_sources(config_path, flags, environ)[0]
+
+
+def sourced(exc: ConfigError, sources: Mapping[str, str]) -> ConfigError:
+    """``exc``, a later check's error on ``"<setting>: reason"``, with the setting's
+    source in place of its name, as the settings' own errors have it.
+
+    >>> str(sourced(ConfigError("privacy_profile: no such profile"),
+    ...             {"privacy_profile": "config file s.yaml, key 'privacy_profile'"}))
+    "config file s.yaml, key 'privacy_profile': no such profile"
+    """
+    key, sep, reason = str(exc).partition(": ")
+    return ConfigError(f"{sources[key]}: {reason}") if sep and key in sources else exc
+
+
+def load_settings_and_sources(
+    config_path: str | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """``load_settings``, and where each setting not left at its default came from."""
     environ = os.environ if environ is None else environ
     flags = flags or {}
     config_path = config_path or environ.get(ENV_PREFIX + "CONFIG") or None
@@ -137,7 +159,7 @@ def load_settings(
             raise ConfigError(f"{source}: expected {exc}, got {got}") from None
     settings = Settings(**values)
     _cross_check(settings, sources)
-    return settings
+    return settings, sources
 
 
 MIN_SEGMENT_BYTES = 64 * 1024  # room for the largest event, with margin
