@@ -47,7 +47,11 @@ async def test_sigterm_under_load_loses_nothing(spawn_sidecar: Any, tmp_path: Pa
             await asyncio.gather(*(one(session, i) for i in range(600)))
 
     load_task = asyncio.create_task(load())
+    deadline = asyncio.get_running_loop().time() + 60
     while len(received) < 150:
+        if load_task.done():
+            await load_task  # its error, not a wait for ever
+        assert asyncio.get_running_loop().time() < deadline, "too few responses in time"
         await asyncio.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     sigterm_sent.set()

@@ -77,9 +77,11 @@ def test_reset_restores_initial_behaviour(type_name: str) -> None:
 def test_alerts_are_json_ready(type_name: str) -> None:
     import json
 
-    for alert in build(spec_for(type_name)).update(EVENTS[0]) + [
-        a for e in EVENTS for a in build(spec_for(type_name)).update(e)
-    ][:3]:
+    detector = build(spec_for(type_name))  # one detector over the whole replay
+    alerts = [alert for event in EVENTS for alert in detector.update(event)]
+    if type_name != "null":
+        assert alerts, "the drifted replay should raise something"
+    for alert in alerts:
         json.dumps(alert.to_dict(), allow_nan=False)
 
 

@@ -469,13 +469,14 @@ def test_writer_reader_and_stats_threads_together(make: Callable[..., EventLog])
                     time.sleep(0.0005)
             except Exception as exc:  # pragma: no cover - reported below
                 errors.append(exc)
-                return
+                break
         done.set()
 
     threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
     for t in threads:
         t.start()
-    while not done.wait(0.001):
+    deadline = time.monotonic() + 2 * WAIT_S
+    while not done.wait(0.001) and time.monotonic() < deadline:
         stats = log.stats()  # from a third thread, concurrently
         assert 0 <= stats.records_pending <= total
         _ = log.full

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -716,29 +715,18 @@ def test_records_dropped_by_policy_are_not_lost_on_crash(opened: Opened, tmp_pat
     assert log.next_seq == ev(20)
 
 
-def test_hwm_is_one_store_into_a_mapped_file(opened: Opened, tmp_path: Path) -> None:
+def test_hwm_is_one_store_into_a_mapped_file(
+    opened: Opened, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = wal(opened, tmp_path)
-    log.note_accepted(123456)
-    raw = (tmp_path / "hwm").read_bytes()  # visible through the page cache, no flush
-    assert disk.HWM.unpack(raw)[0] == 123456
-    started = time.perf_counter()
-    for s in range(200_000, 300_000):
+
+    def no_io(*_args: object) -> None:
+        raise AssertionError("note_accepted made a system call (it runs per request)")
+
+    for name in ("write", "pwrite", "fsync", "fdatasync", "lseek", "open"):
+        monkeypatch.setattr(os, name, no_io)
+    for s in range(200_000, 200_100):
         log.note_accepted(s)
-    per_call = (time.perf_counter() - started) / 100_000
-    assert per_call < 5e-6, f"note_accepted takes {per_call * 1e6:.2f} us"
-
-
-# --- speed ------------------------------------------------------------------------------
-
-
-def test_append_of_500_1k_records_takes_a_few_ms(opened: Opened, tmp_path: Path) -> None:
-    log = wal(opened, tmp_path, max_bytes=1 << 30, segment_bytes=64 << 20)
-    timings = []
-    for i in range(10):
-        records = batch(1 + 500 * i, 500, size=1000)
-        started = time.perf_counter()
-        log.append(records)
-        timings.append(time.perf_counter() - started)
-        log.sync()
-    # The target is well under 5 ms; the bound leaves room for a loaded CI machine.
-    assert statistics.median(timings) < 0.02, timings
+    monkeypatch.undo()
+    raw = (tmp_path / "hwm").read_bytes()  # visible through the page cache, no flush
+    assert disk.HWM.unpack(raw)[0] == 200_099

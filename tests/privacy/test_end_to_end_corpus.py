@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -153,7 +152,6 @@ def describe(place: str, leaks: list[tuple[str, str, str, str]], limit: int = 15
 @pytest.mark.slow
 async def test_the_corpus_over_http_leaves_no_raw_value_anywhere(
         spawn_sidecar: Any, tmp_path: Path) -> None:
-    started = time.monotonic()
     corpus = build_corpus(N_SAMPLES, seed=4)
     assert len(corpus) >= 1000
     profile_path = strict_sampling_everything(tmp_path)
@@ -218,4 +216,3 @@ async def test_the_corpus_over_http_leaves_no_raw_value_anywhere(
         if found:
             problems.append(f"{len(found)} credential header value(s) in {place}: {found[:5]}")
     assert not problems, "\n\n".join(problems)
-    assert time.monotonic() - started < 120

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +149,9 @@ def stderr_on_a_terminal(*argv: str, cwd: Path) -> bytes:
                              stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
     out = b""
+    deadline = time.monotonic() + 120
     try:
-        while True:
+        while time.monotonic() < deadline:
             if select.select([master], [], [], 0.2)[0]:
                 try:
                     chunk = os.read(master, 65536)
@@ -160,8 +162,11 @@ def stderr_on_a_terminal(*argv: str, cwd: Path) -> bytes:
                 out += chunk
             elif child.poll() is not None:
                 break
-        assert child.wait(timeout=120) == 0
+        assert child.wait(timeout=max(1.0, deadline - time.monotonic())) == 0
     finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
         os.close(master)
     return out
 
