@@ -96,9 +96,15 @@ class Capture:
         self.response_body = body
 
     def stream_if_sampled(self, inference_id: str, status: int) -> StreamAssembler | None:
-        """A bounded copy of the stream, when this event keeps its payload."""
+        """A bounded copy of the stream, when this event keeps its payload: its bound is
+        taken from the event's share of the raw-body budget at once (a stream's size is
+        not known ahead), and an event over budget keeps none."""
         if decision(self.profile, inference_id, status).captured:
-            self.stream = StreamAssembler(self.profile.max_captured_bytes, self.response_type)
+            limit = self.profile.max_captured_bytes
+            if self.held is None or not self.held.grow(limit):
+                self.over_budget = True
+                return None
+            self.stream = StreamAssembler(limit, self.response_type)
         return self.stream
 
     def finish_stream(self) -> None:

@@ -228,3 +228,19 @@ async def test_past_the_raw_body_budget_an_event_goes_without_payload_and_says_s
         assert "inference_sidecar_raw_bodies_skipped_total 1.0" in await response.text()
     assert sc.sidecar.handler._raw.used == 0  # every event gave its share back
     assert_no_secrets(sc)
+
+
+async def test_a_sampled_stream_takes_its_copy_s_bound_from_the_raw_body_budget(
+    make_sidecar: Any, tmp_path: Path
+) -> None:
+    # A stream's size is not known ahead: its copy's bound (max_captured_bytes, 16 KiB in
+    # strict) is taken at once; with less budget than that, no copy is kept.
+    sc = await make_sidecar(events_file=str(tmp_path / "events.jsonl"), raw_hold_bytes="8KiB",
+                            privacy_profile=profile_file(tmp_path, sample_rate="1.0"))
+    status, relayed = await chat(sc.url, f"hi {EMAIL}", stream=True)
+    assert status == 200 and relayed.endswith(b"data: [DONE]\n\n")  # the stream is served
+    (event,) = await sc.validated_events(1)
+    assert event["stream"] is True
+    assert event["privacy"]["failure"] == "raw_budget" and event["payload"] is None
+    assert sc.sidecar.handler._raw.used == 0
+    assert_no_secrets(sc)
