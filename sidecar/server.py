@@ -75,6 +75,7 @@ class Sidecar:
             on_drop=self._count_drop,
             first_seq=self.log.next_seq,
             on_accept=self.log.note_accepted,
+            on_alerts_dropped=lambda reason, n: metrics.alerts_dropped.labels(reason).inc(n),
         )
         self.privacy = build_privacy(settings)
         config = detectors_config(settings)

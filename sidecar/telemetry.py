@@ -24,9 +24,9 @@ EVENT_TYPE_ALERT: Final = "ai.detector.alert"
 # Why an event was lost (``..._events_dropped_total{reason}``).
 DROP_REASONS: Final = ("queue_full", "log_full_oldest", "log_full_newest", "lost_on_crash",
                        "corrupt", "shutdown", "log_full_at_shutdown", "disk_error_at_shutdown")
-# Why a detector notice (an alert, a policy change) was lost (``..._alerts_dropped_total``).
-NOTICE_DROP_REASONS: Final = ("log_full_oldest", "log_full_newest", "log_full_at_shutdown",
-                              "disk_error_at_shutdown")
+# Why a detector alert was lost (``..._alerts_dropped_total``).
+NOTICE_DROP_REASONS: Final = ("queue_full", "log_full_oldest", "log_full_newest",
+                              "log_full_at_shutdown", "disk_error_at_shutdown")
 EVENT_TYPE_POLICY_CHANGED: Final = "ai.detector.policy_changed"
 # Types under this prefix go to the alerts topic (kafka_alerts_topic), the rest to events.
 ALERTS_TYPE_PREFIX: Final = "ai.detector."
@@ -120,9 +120,10 @@ class Metrics:
         )
         self.raw_bodies_skipped = Counter(
             f"{n}_raw_bodies_skipped_total",
-            "Requests whose bodies were not kept for detection and masking: the raw-body "
-            "budget (raw_hold_bytes) was spent; their events go without prompt features or "
-            "payload.", registry=registry,
+            "Requests that lost a body (theirs, the response, a sampled stream's copy) "
+            "kept for detection and masking: the raw-body budget (raw_hold_bytes) was spent; "
+            "their events go without prompt features, token usage or payload.",
+            registry=registry,
         )
         self.events_dropped = Counter(
             f"{n}_events_dropped_total",
@@ -189,8 +190,8 @@ class Metrics:
         )
         self.alerts_dropped = Counter(
             f"{n}_alerts_dropped_total",
-            "Detector notices (ai.detector.* events: alerts, policy changes) lost before "
-            "delivery, by reason: " + ", ".join(NOTICE_DROP_REASONS) + ".",
+            "Detector alerts (ai.detector.alert events) lost before delivery, by reason: "
+            + ", ".join(NOTICE_DROP_REASONS) + ".",
             ["reason"], registry=registry,
         )
         for reason in NOTICE_DROP_REASONS:

@@ -640,3 +640,17 @@ def test_check_config_accepts_an_events_file_in_directories_still_to_be_made(
     # the sink creates them, as it always did
     env = {"SIDECAR_EVENTS_FILE": str(tmp_path / "new" / "dir" / "events.jsonl")}
     assert run_cli("check-config", env=child_env(env), cwd=tmp_path).returncode == 0
+
+
+def test_a_route_profile_s_error_names_privacy_profile_routes(tmp_path: Path) -> None:
+    key = tmp_path / "client.key"
+    key.write_bytes(b"k" * 32)
+    config = tmp_path / "sidecar.yaml"
+    config.write_text('privacy_profile_routes: {/v1/chat: standard}\n'
+                      'client_id_source: "header:accept"\n', encoding="utf-8")
+    env = child_env({"SIDECAR_CLIENT_ID_KEY_FILE": str(key)})  # privacy_profile from env
+    result = run_cli("check-config", "--config", str(config), env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = stderr_lines(result)
+    assert line.startswith(f"inference-sidecar: config error: config file {config}, key "
+                           f"'privacy_profile_routes': profile 'standard' records the accept")

@@ -64,3 +64,10 @@ class InferenceEvent(_Transient):
 
 # What travels the pipeline: inferences, and the notices (alerts, policy changes) about them.
 AnyEvent = InferenceEvent | NoticeEvent
+
+
+def carried_alerts(event: AnyEvent) -> int:
+    """Alerts of the enforce-mode gate an event still carries (they become notices in the
+    detection stage): lost with the event if it is dropped before."""
+    observed = getattr(event, "observed", None)
+    return len(observed.enforced) if observed is not None else 0

@@ -19,7 +19,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from sidecar.events.model import AnyEvent
+from sidecar.events.model import AnyEvent, carried_alerts
 from sidecar.events.record import EVENT_SEQ_STEP
 
 POLICIES = ("block", "drop_oldest", "drop_newest")
@@ -33,6 +33,7 @@ class EventQueue:
         on_drop: Callable[[str, int], None] | None = None,
         first_seq: int = EVENT_SEQ_STEP,
         on_accept: Callable[[int], None] | None = None,
+        on_alerts_dropped: Callable[[str, int], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -47,6 +48,7 @@ class EventQueue:
         self._closed = False
         self._on_drop = on_drop
         self._on_accept = on_accept
+        self._on_alerts_dropped = on_alerts_dropped
 
     def __len__(self) -> int:
         return len(self._items)
@@ -66,9 +68,11 @@ class EventQueue:
             self.dropped += 1
             if self._on_drop is not None:
                 self._on_drop("queue_full", 1)
-            if self.when_full == "drop_newest":
+            lost = event if self.when_full == "drop_newest" else self._items.popleft()[1]
+            if self._on_alerts_dropped is not None and (alerts := carried_alerts(lost)):
+                self._on_alerts_dropped("queue_full", alerts)
+            if lost is event:
                 return 0
-            self._items.popleft()
         seq = self._next_seq
         self._next_seq = seq + EVENT_SEQ_STEP
         self._items.append((seq, event))

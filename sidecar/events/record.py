@@ -11,8 +11,8 @@ event once the detection and privacy stages are done with it
 (``sidecar/pipeline/ahead.py``), takes the next free seq in the block of the last event
 appended before it. So the log stays in seq order although an event's final record
 follows its first one by any number of other events, and ``seq >> EVENT_SEQ_SHIFT``
-counts events (crash accounting, ``lost_on_crash``). A stage's *notice* (an alert, a
-policy change) takes a seq the same way, but an odd one, and a final an even one
+counts events (crash accounting, ``lost_on_crash``). A stage's *notice* (an alert) takes a
+seq the same way, but an odd one, and a final an even one
 (``trailing_seqs``): so a log that drops records by ``when_full`` can tell, from the seq
 alone, a lost alert from a lost final, and count it. Seqs are 64-bit on disk: 2**44
 blocks, 55 years at 10,000 events/s.

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from sidecar.durability.base import EventLog, LogFull, full_headroom
 from sidecar.durability.framing import frame_size
 from sidecar.events.cloudevents import to_record
-from sidecar.events.model import AnyEvent, InferenceEvent
+from sidecar.events.model import AnyEvent, InferenceEvent, carried_alerts
 from sidecar.events.queue import EventQueue
 from sidecar.events.record import EVENT_SEQ_STEP, Record, next_event_seq, trailing_seqs
 from sidecar.logs import get_logger
@@ -324,11 +324,12 @@ class LogWriter:
         self._last_seq = max(self._last_seq, last)
         if self._appended:
             self._on_appended()
+        if gave_up and not self._appended:  # counted before _complete drops what they carry
+            self._on_drop(gave_up, len(work.events))
+            self._notices_dropped(gave_up, sum(1 for seq, _ in work.finals if not seq)
+                                  + sum(carried_alerts(event) for _, event in work.events))
         self._complete(work, appended=self._appended)
         if gave_up:
-            if not self._appended:
-                self._on_drop(gave_up, len(work.events))
-                self._notices_dropped(gave_up, sum(1 for seq, _ in work.finals if not seq))
             return
         if self.mode in ("sync", "memory"):
             self.durability.advance(self._last_seq)
@@ -357,6 +358,8 @@ class LogWriter:
             if i < kept:
                 handed.append((seq, event))
             else:
+                if appended:  # else the round was given up on: counted by the caller
+                    self._notices_dropped("log_full_newest", carried_alerts(event))
                 _drop_raw(event)
         if handed:
             ledger.open.extend(seq for seq, _ in handed)

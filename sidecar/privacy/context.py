@@ -167,8 +167,10 @@ def build_privacy(settings: Settings) -> PrivacyContext:
         header = source[len("header:"):].strip().lower() if source.startswith("header:") else ""
         for profile in selector.profiles:
             if header and header in profile.headers_allow:
+                key = ("privacy_profile" if profile.digest == selector.default.digest
+                       else "privacy_profile_routes")
                 raise ConfigError(
-                    f"privacy_profile: profile {profile.name!r} records the {header} header, "
+                    f"{key}: profile {profile.name!r} records the {header} header, "
                     f"which client_id_source pseudonymises: the raw identity would be "
                     f"recorded next to its pseudonym; remove it from headers.allow")
     return PrivacyContext(selector, identity, _hash_key(settings))

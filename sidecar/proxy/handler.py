@@ -97,11 +97,11 @@ class ProxyHandler:
         self._emitted = metrics.events_emitted
         self._stats = metrics.requests
         self._stamp = Stamp(settings)
-        self._relay = Relay(settings, self._stamp)
+        self._raw_skipped = metrics.raw_bodies_skipped
+        self._relay = Relay(settings, self._stamp, on_body_skipped=self._raw_skipped.inc)
         self._routes = RouteTable(settings.routes)
         self._max_body = settings.max_body_bytes
         self._raw = RawBudget(settings.raw_hold_bytes)
-        self._raw_skipped = metrics.raw_bodies_skipped
         self.shutting_down = False
 
     def _new_event(self, request: web.BaseRequest) -> InferenceEvent:

@@ -10,6 +10,8 @@ visible, and the event records what happened (uvicorn and Envoy do the same).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -28,12 +30,19 @@ def error_body(code: str, message: str, inference_id: str) -> bytes:
     return orjson.dumps({"error": code, "message": message, "inference_id": inference_id})
 
 
+def _held(capture: Capture | None, observed: Observed | None) -> Any:
+    """The event's share of the raw-body budget (None: it keeps no bodies)."""
+    if capture is not None:
+        return capture.held
+    return observed.held if observed is not None else None
+
+
 def _within_budget(capture: Capture | None, observed: Observed | None, body: bytes) -> bool:
     """Whether the event may keep the response body: its share of the raw-body budget
     grows by it (``sidecar/proxy/held.py``); an event over budget keeps none."""
     if not body or (capture is None and observed is None):
         return True
-    held = capture.held if capture is not None else observed.held  # type: ignore[union-attr]
+    held = _held(capture, observed)
     return held is not None and bool(held.grow(len(body)))
 
 
@@ -45,10 +54,12 @@ def wants_stream(upstream: UpstreamResponse, buffer_limit: int) -> bool:
 
 
 class Relay:
-    def __init__(self, settings: Settings, stamp: Stamp) -> None:
+    def __init__(self, settings: Settings, stamp: Stamp,
+                 on_body_skipped: Callable[[], None] = lambda: None) -> None:
         self._buffer_limit = settings.buffer_response_bytes
         self._replace_errors = settings.replace_upstream_errors
         self._stamp = stamp
+        self._on_body_skipped = on_body_skipped  # a response the raw-body budget refused
 
     async def send(
         self, request: web.BaseRequest, upstream: UpstreamResponse, exchange: Exchange
@@ -80,7 +91,10 @@ class Relay:
                 body = stamped
         capture: Capture | None = getattr(event, "capture", None)
         observed: Observed | None = getattr(event, "observed", None)
+        had = _held(capture, observed) is not None  # else counted at the request already
         kept = _within_budget(capture, observed, body)
+        if had and not kept:  # no payload, and no token usage for the detectors: counted
+            self._on_body_skipped()
         if capture is not None:  # references only: masked later, in the privacy stage
             capture.response(list(upstream.headers.items()), body if kept else None)
             capture.over_budget |= not kept
@@ -118,7 +132,10 @@ class Relay:
         capture: Capture | None = getattr(event, "capture", None)
         if capture is not None:
             capture.response(list(upstream.headers.items()), None)
+            before = capture.over_budget
             copy = capture.stream_if_sampled(event.inference_id, upstream.status)
+            if capture.over_budget and not before:
+                self._on_body_skipped()
         await response.prepare(request)
         sent = 0
         chunks = 0

@@ -97,8 +97,8 @@ def _probe(settings: KafkaSettings) -> None:
     for host, port in bootstrap_addresses(settings.bootstrap):
         try:
             with socket.create_connection((host, port), timeout=timeout) as sock:
-                if context is not None:
-                    context.wrap_socket(sock, server_hostname=host).close()
+                if context is not None:  # the name checked as kafka-python checks it
+                    context.wrap_socket(sock, server_hostname=host.rstrip(".")).close()
             return
         except ssl.SSLError as exc:
             failures.append(f"{host}:{port} (TLS: {exc.reason or type(exc).__name__}: "

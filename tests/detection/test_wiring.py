@@ -351,3 +351,20 @@ async def test_a_failed_upstream_gives_its_bodies_budget_back_without_the_collec
         await wait_for(lambda: sc.sidecar.handler._raw.used == 0, timeout=5.0)
     finally:
         gc.enable()
+
+
+async def test_a_response_over_the_raw_body_budget_is_counted(
+    make_sidecar: SidecarFactory, client: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    # The request fits the budget, the response does not: the detectors go without its
+    # token usage, and that is counted, not silent.
+    sc = await make_sidecar(events_file=str(tmp_path / "events.jsonl"), detectors=DEFAULT_SET,
+                            raw_hold_bytes="200")
+    status, _, body = await post(client, sc.url, "hi")
+    assert status == 200 and len(body) > 200
+    await wait_for(lambda: any(e["type"] == "ai.inference.completed" for e in sc.envelopes()))
+    (event,) = [e["data"] for e in sc.envelopes() if e["type"] == "ai.inference.completed"]
+    assert event["features"]["prompt_chars"] > 0  # the request was kept
+    assert "completion_tokens" not in event["features"]  # the response was not
+    assert metric(await metrics(client, sc), "inference_sidecar_raw_bodies_skipped_total") == 1
+    assert sc.sidecar.handler._raw.used == 0

@@ -9,6 +9,7 @@ accounting through ``dropped`` and ``on_drop``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from itertools import pairwise
 from typing import Any
 
@@ -17,6 +18,8 @@ from factories import expected_ids, make_event
 from hypothesis import given
 from hypothesis import strategies as st
 
+from detectors.base import Alert
+from sidecar.detection.observed import Observed
 from sidecar.events.model import InferenceEvent
 from sidecar.events.queue import POLICIES, EventQueue
 from sidecar.events.record import EVENT_SEQ_STEP
@@ -375,3 +378,39 @@ async def test_close_is_idempotent() -> None:
     q.close()
     assert ids(await get(q, 10)) == expected_ids([0])
     assert await get(q, 10) == []
+
+
+def _rejected(n: int) -> InferenceEvent:
+    """A request the enforce-mode gate refused: its alert rides on the event until the
+    detection stage makes it a notice."""
+    event = make_event(n, status=403)
+    observed = Observed(b'{"prompt": "x"}', "application/json", {})
+    observed.enforced = [Alert("sig", "critical", "blocked", kind="security",
+                               inference_id=event.inference_id)]
+    event.observed = observed
+    return event
+
+
+@pytest.mark.parametrize(("policy", "first", "second"), [
+    ("drop_newest", lambda: make_event(1), lambda: _rejected(2)),
+    ("drop_oldest", lambda: _rejected(1), lambda: make_event(2)),
+])
+def test_a_dropped_event_s_gate_alerts_are_counted_as_dropped_alerts(
+    policy: str, first: Callable[[], InferenceEvent], second: Callable[[], InferenceEvent],
+) -> None:
+    drops: list[tuple[str, int]] = []
+    alerts: list[tuple[str, int]] = []
+    queue = EventQueue(1, policy, on_drop=lambda r, n: drops.append((r, n)),
+                       on_alerts_dropped=lambda r, n: alerts.append((r, n)))
+    queue.put(first())
+    queue.put(second())
+    assert drops == [("queue_full", 1)]
+    assert alerts == [("queue_full", 1)]
+
+
+def test_a_dropped_event_without_alerts_counts_no_alert() -> None:
+    alerts: list[tuple[str, int]] = []
+    queue = EventQueue(1, "drop_newest", on_alerts_dropped=lambda r, n: alerts.append((r, n)))
+    queue.put(make_event(1))
+    queue.put(make_event(2))
+    assert alerts == []

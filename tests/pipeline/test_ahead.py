@@ -20,6 +20,7 @@ import pytest
 from factories import IDENTITY, WAIT_S, harness_fixture, make_event, sample, wait_until
 
 from detectors.base import Alert
+from sidecar.detection.observed import Observed
 from sidecar.durability.base import EventLog
 from sidecar.durability.memory import MemoryLog
 from sidecar.durability.wal import WriteAheadLog
@@ -463,3 +464,35 @@ def test_orphan_marks_the_event_and_keeps_everything_else() -> None:
     assert out.seq == record.seq and out.key == record.key
     assert [h for h in out.headers if h[0].startswith("sidecar-")] == []
     assert ahead.part(out) == (False, None)
+
+
+async def test_a_round_given_up_at_shutdown_counts_its_notices_and_carried_gate_alerts(
+) -> None:
+    log = MemoryLog(64 * 1024, "block")
+    log.append([Record(EVENT_SEQ_STEP, b"k", b"x" * 65_400)])  # full; nothing acks it
+    drops: list[tuple[str, int]] = []
+    alerts: list[tuple[str, int]] = []
+    queue = EventQueue(10, first_seq=log.next_seq)
+    out, back = Handoff(writer_module.ROOM), Handoff(2048)
+    writer = LogWriter(queue, log, "sync", 0.01, on_appended=lambda: None,
+                       on_disk_error=lambda failing: None,
+                       on_drop=lambda reason, n: drops.append((reason, n)),
+                       on_notices_dropped=lambda reason, n: alerts.append((reason, n)),
+                       completion=Completion(out, back, Ledger(log.last_seq)))
+    done = make_event(3)
+    back.put_nowait([(0, alert_event(Alert("sig", "critical", "x", kind="security",
+                                           inference_id=done.inference_id), origin(done)))])
+    refused = completing(4, status=403)
+    refused.observed = Observed(b'{"prompt": "x"}', "application/json", {})
+    refused.observed.enforced = [Alert("sig", "critical", "blocked", kind="security",
+                                       inference_id=refused.inference_id)]
+    queue.put(refused)
+    queue.close()
+    back.close()
+    writer.give_up_at = time.monotonic()
+    await asyncio.wait_for(writer.run(), WAIT_S)
+    writer.shutdown()
+    assert sum(n for reason, n in drops if reason == "log_full_at_shutdown") == 1
+    # the notice, and the gate's alert (in one round or two: a full log takes one record)
+    assert {reason for reason, _ in alerts} == {"log_full_at_shutdown"}
+    assert sum(n for _, n in alerts) == 2
