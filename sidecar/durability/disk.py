@@ -148,7 +148,8 @@ def recover(directory: str) -> Recovered:
         path = os.path.join(directory, name)
         with open(path, "rb") as fh:
             data = fh.read()
-        header_ok = data.startswith(framing.SEGMENT_HEADER)
+        v1 = data.startswith(framing.SEGMENT_HEADER_V1)
+        header_ok = v1 or data.startswith(framing.SEGMENT_HEADER)
         if framing.SEGMENT_HEADER.startswith(data):  # torn while being created: no record
             os.unlink(path)
             out.changed = True
@@ -171,7 +172,8 @@ def recover(directory: str) -> Recovered:
             os.unlink(path)
             out.changed = True
             continue
-        out.segments.append(Segment(path, len(data), scan.end, scan.starts, scan.seqs, scan.stamps))
+        out.segments.append(Segment(path, len(data), scan.end, scan.starts, scan.seqs, scan.stamps,
+                                    notices_known=not v1))
         prev = scan.seqs[-1]
     if out.segments and out.segments[-1].size > out.segments[-1].end:
         last = out.segments[-1]  # appends go here: drop its bad tail (a torn write)

@@ -34,7 +34,10 @@ from crc32c import crc32c
 from sidecar.events.record import Record
 
 MAGIC = b"\xffWAL"
-SEGMENT_HEADER = b"SCWAL\x00\x00\x01"  # file magic + format version 1
+SEGMENT_HEADER = b"SCWAL\x00\x00\x02"  # file magic + format version 2
+# Version 1: the same frames, but a notice's seq was not odd (``record.is_notice``): its
+# segments are read as ever, and their drops counted as events only.
+SEGMENT_HEADER_V1 = b"SCWAL\x00\x00\x01"
 MAX_PAYLOAD = 64 * 1024 * 1024  # sanity bound: a longer length field is corruption
 
 _HEAD = struct.Struct("<4sII")  # magic, crc, length

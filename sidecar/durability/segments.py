@@ -43,6 +43,7 @@ class Segment:
     seqs: array[int] = field(default_factory=lambda: array("Q"))
     stamps: array[float] = field(default_factory=lambda: array("d"))
     live: bool = True
+    notices_known: bool = True  # False: a format 1 segment, where seqs do not tell them
 
     @property
     def last(self) -> int:
@@ -60,7 +61,10 @@ class Segment:
         return sum(1 for q in seqs[lo:hi] if starts_event(q))
 
     def notices(self, after: int) -> int:
-        """Records above ``after`` that are notices (``is_notice``)."""
+        """Records above ``after`` that are notices (``is_notice``); none said of a
+        format 1 segment (written before notices took odd seqs: not told apart)."""
+        if not self.notices_known:
+            return 0
         seqs = self.seqs
         return sum(1 for q in seqs[bisect_right(seqs, after):] if is_notice(q))
 

@@ -9,7 +9,8 @@ On-disk format (one directory per log, owned by one process at a time)::
     hwm                         16 bytes, memory-mapped: highest seq the producer accepted
                                   (u64), highest seq the log settled (written or dropped, u64)
 
-A segment is ``SEGMENT_HEADER`` (8 bytes: b"SCWAL", 0, 0, format version 1) followed by
+A segment is ``SEGMENT_HEADER`` (8 bytes: b"SCWAL", 0, 0, format version 2; version 1,
+the same but for how notices are numbered, is read too) followed by
 frames, one per record, as ``framing.py`` describes (magic, CRC-32C, length, payload with
 seq, append time, key, headers, value). Seqs increase strictly across the whole log. The
 last segment is the active one; a new one is started when the next record would push the

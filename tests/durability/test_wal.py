@@ -15,7 +15,7 @@ import pytest
 
 from sidecar.durability import LogFull, LogLocked, WriteAheadLog, disk
 from sidecar.durability.base import full_headroom
-from sidecar.durability.framing import SEGMENT_HEADER, encode, frame_size
+from sidecar.durability.framing import SEGMENT_HEADER, SEGMENT_HEADER_V1, encode, frame_size
 from sidecar.events.record import EVENT_SEQ_STEP, Record
 
 HEADER = len(SEGMENT_HEADER)
@@ -395,7 +395,7 @@ def test_a_garbage_segment_is_counted_and_removed(
 
 
 def test_a_segment_of_another_format_version_is_refused(tmp_path: Path) -> None:
-    (tmp_path / f"{1:020d}.seg").write_bytes(b"SCWAL\x00\x00\x02" + b"\x00" * 50)
+    (tmp_path / f"{1:020d}.seg").write_bytes(b"SCWAL\x00\x00\x09" + b"\x00" * 50)
     with pytest.raises(ValueError, match="not supported"):
         WriteAheadLog(str(tmp_path), MAX, SEG, "block")
     assert (tmp_path / f"{1:020d}.seg").stat().st_size == 58  # left alone
@@ -730,3 +730,27 @@ def test_hwm_is_one_store_into_a_mapped_file(
     monkeypatch.undo()
     raw = (tmp_path / "hwm").read_bytes()  # visible through the page cache, no flush
     assert disk.HWM.unpack(raw)[0] == 200_099
+
+
+def test_a_format_1_segment_is_read_and_its_drops_count_no_notice(
+    opened: Opened, tmp_path: Path
+) -> None:
+    # Written before notices took odd seqs: an ahead record at B, its final at B + 1 (odd).
+    old = [r for n in range(1, 21) for r in (rec(ev(n), 500), rec(ev(n) + 1, 500))]
+    (tmp_path / f"{old[0].seq:020d}.seg").write_bytes(
+        SEGMENT_HEADER_V1 + b"".join(encode(r, 1.0) for r in old))
+    log = wal(opened, tmp_path, max_bytes=16 * 1024, when_full="drop_oldest")
+    assert seqs(drain(log)) == seqs(old)  # read as ever
+    log.rewind()
+    log.append(events(21, 30, size=500))  # drop_oldest deletes the old segment, unread
+    stats = log.stats()
+    assert stats.dropped_oldest + stats.dropped_in_flight > 0
+    assert stats.notices_dropped == 0  # its odd seqs are finals, not alerts
+    assert stats.corrupt_skipped == 0  # an older format, not damage
+
+
+def test_a_new_segment_is_format_2(opened: Opened, tmp_path: Path) -> None:
+    log = wal(opened, tmp_path)
+    log.append(events(1, 2))
+    (path,) = segment_files(tmp_path)
+    assert path.read_bytes().startswith(SEGMENT_HEADER) and SEGMENT_HEADER != SEGMENT_HEADER_V1
