@@ -173,6 +173,8 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
+        if self.response.status:  # a trailer field: never merged into the header section
+            return  # (RFC 9110 §6.5.1); the relay has sent the headers already, or will
         self.response.headers.add(_text(name), _text(value))
 
     def on_headers_complete(self) -> None:
@@ -185,6 +187,11 @@ class Connection(asyncio.Protocol):
             return
         if not 200 <= status <= 599:  # RFC 9110 §15: three digits, 1xx to 5xx
             raise ValueError(f"status {status}")  # the parser stops; data_received fails it
+        codings = ",".join(response.headers.getall("transfer-encoding", ())).lower()
+        if codings and any(c.strip() not in ("chunked", "") for c in codings.split(",")):
+            # httptools removes the chunked framing only: the rest would reach the client
+            # undecoded, with the header that names it dropped as hop-by-hop (RFC 9112 §7)
+            raise ValueError(f"transfer coding {codings!r} is not supported")
         response.status = status
         length = response.headers.get("content-length")
         if length is not None and length.isdigit():

@@ -16,7 +16,8 @@ from sidecar.errors import RequestRejected
 
 
 async def read_request_body(request: web.BaseRequest, limit: int, idle_s: float) -> bytes:
-    """The whole request body, or ``RequestRejected``: 413 past ``limit`` bytes, 408 when
+    """The whole request body, or ``RequestRejected``: 501 for a transfer coding other
+    than chunked, 413 past ``limit`` bytes, 408 when
     no byte of it arrives for ``idle_s`` (a stalled client, or a chunk aiohttp's parser
     refused mid-body, after which the body never ends), 400 when it ends short.
 
@@ -26,6 +27,12 @@ async def read_request_body(request: web.BaseRequest, limit: int, idle_s: float)
     """
     if not request.body_exists:
         return b""
+    codings = ",".join(request.headers.getall("transfer-encoding", ())).lower()
+    if codings and any(c.strip() not in ("chunked", "") for c in codings.split(",")):
+        # RFC 9112 §6.1: aiohttp removes the chunked framing only; forwarding the rest
+        # undecoded, without the header that names it, would hand the model garbage.
+        raise RequestRejected(f"transfer coding {codings!r} is not supported",
+                              status=501, code="unsupported_transfer_coding")
     declared = request.content_length
     if declared is not None and declared > limit:
         raise RequestRejected(

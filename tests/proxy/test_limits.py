@@ -273,3 +273,22 @@ async def test_absolute_form_targets_are_accepted_and_asterisk_is_a_400(
     events = await sc.events(2)
     assert [(e.status, e.outcome) for e in events] == [(200, "ok"), (400, "rejected")]
     assert events[0].path == "/v1/models" and events[0].route == "/v1/models"
+
+
+async def test_a_transfer_coding_other_than_chunked_gets_501_unforwarded(
+    make_sidecar: Any, upstream: Any
+) -> None:
+    # RFC 9112 §6.1: the parser removes the chunked framing only; the gzip bytes must not
+    # reach the model as if they were the body
+    sc = await make_sidecar()
+    reader, writer = await _raw(sc.url)
+    try:
+        writer.write(b"POST /text HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n"
+                     b"\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 501") and b"x-inference-id" in head.lower()
+    (event,) = await sc.events(1)
+    assert (event.status, event.outcome) == (501, "rejected")
+    assert upstream.hits == 0

@@ -1043,3 +1043,43 @@ async def test_the_wait_for_a_free_connection_counts_against_total_timeout(
     assert all(isinstance(exc, UpstreamTimeout) for exc, _ in results), results
     # Each within total_timeout of its start, queued or not (before: 0.3, 0.6, 0.9 s).
     assert max(elapsed for _, elapsed in results) < 0.55
+
+
+# -- trailers and transfer codings ------------------------------------------------------
+
+
+async def test_trailer_fields_never_join_the_header_section(
+    serve: Any, make_pool: PoolFactory
+) -> None:
+    # RFC 9110 §6.5.1: the whole response in one write, so the trailers are parsed before
+    # anyone reads the headers
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Transfer-Encoding: chunked\r\nTrailer: X-Usage\r\n\r\n"
+                        b"2\r\n{}\r\n0\r\nX-Usage: 42\r\nContent-Type: text/html\r\n"
+                        b"Set-Cookie: from-trailer=1\r\n\r\n")
+        await answer_forever(conn, OK_HELLO)
+
+    server = await serve(handler)
+    pool = make_pool(server.port)
+    response = await send(pool)
+    assert await collect(response) == b"{}"
+    assert response.headers.getall("content-type") == ["application/json"]
+    assert "x-usage" not in response.headers and "set-cookie" not in response.headers
+    response.release(failed=False)
+    assert await fetch(pool) == (200, b"hello")  # the connection is still in step
+
+
+async def test_a_transfer_coding_other_than_chunked_is_refused(
+    serve: Any, make_pool: PoolFactory
+) -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                        b"3\r\n\x1f\x8b\x08\r\n0\r\n\r\n")
+        await conn.until_closed()
+
+    server = await serve(handler)
+    with pytest.raises(UpstreamUnavailable, match="transfer coding 'gzip, chunked'"):
+        await send(make_pool(server.port))
