@@ -184,7 +184,8 @@ class ProxyHandler:
             self._detection.observe(event, body, request.headers, held, held is not None)
         # The sidecar serves plain HTTP only (TLS ends before it, or at the mesh):
         # x-forwarded-proto is always http.
-        headers = request_headers(request.headers, event.inference_id, request.remote)
+        headers = request_headers(request.headers, event.inference_id, request.remote,
+                                  request.raw_path)
         upstream = await self._upstream.send(request.method, request.raw_path, headers, body)
         failed = True
         try:

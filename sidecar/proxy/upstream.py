@@ -65,7 +65,7 @@ def end_to_end(
 
 
 def request_headers(
-    headers: CIMultiDictProxy[str], inference_id: str, client: str | None
+    headers: CIMultiDictProxy[str], inference_id: str, client: str | None, target: str = ""
 ) -> CIMultiDict[str]:
     """What the upstream gets: end-to-end headers, the sidecar's inference id (so the
     model server can log the same id), and the X-Forwarded-* trio.
@@ -80,6 +80,8 @@ def request_headers(
     if "x-forwarded-proto" not in out:
         extra.append(("x-forwarded-proto", "http"))
     host = headers.get("host")
+    if target and not target.startswith("/"):  # absolute form: its authority is the host
+        host = urlsplit(target).netloc or host  # (RFC 9112 §3.2.2)
     if host is not None and "x-forwarded-host" not in out:
         extra.append(("x-forwarded-host", host))
     if client:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 from typing import Any
@@ -292,3 +293,20 @@ async def test_a_transfer_coding_other_than_chunked_gets_501_unforwarded(
     (event,) = await sc.events(1)
     assert (event.status, event.outcome) == (501, "rejected")
     assert upstream.hits == 0
+
+
+async def test_an_absolute_form_target_s_authority_is_the_forwarded_host(
+    make_sidecar: Any, upstream: Any
+) -> None:
+    # RFC 9112 §3.2.2: the Host header is ignored for the target's authority
+    sc = await make_sidecar()
+    reader, writer = await _raw(sc.url)
+    try:
+        writer.write(b"GET http://target.example/echo-headers HTTP/1.1\r\n"
+                     b"Host: header.example\r\nConnection: close\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert json.loads(body)["x-forwarded-host"] == "target.example"
