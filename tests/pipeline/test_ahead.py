@@ -350,19 +350,26 @@ async def test_alerts_follow_their_batch_as_notices_with_odd_seqs(
     await h.stop()
 
 
+async def filled_with_alerts_held(h: Harness, completing_events: int, last: int) -> Harness:
+    """``h`` started with events whose alerts the stage holds back (each larger than any
+    room a full log leaves) and fillers after them, until event ``last``; nothing is
+    delivered, so nothing frees the log."""
+    h.stage.alerting = True
+    h.stage.alert_message = "burst " * 1200
+    h.stage.release.clear()
+    h.sink.fail_next = 10**9
+    h.start()
+    h.put([completing(n) for n in range(1, completing_events + 1)])
+    await wait_until(lambda: h.stage.seen == completing_events)
+    h.put([make_event(n, path="/" + "p" * 4000) for n in range(completing_events + 1, last)])
+    return h
+
+
 async def test_alerts_a_full_log_refuses_are_counted_as_dropped_notices(
     make_harness: Callable[..., Harness],
 ) -> None:
     log = MemoryLog(64 * 1024, "drop_newest")
-    h = make_harness(log=log)
-    h.stage.alerting = True
-    h.stage.alert_message = "burst " * 1200  # larger than a filler: none can fit
-    h.stage.release.clear()  # the alerts come back once the log is full
-    h.sink.fail_next = 10**9  # nothing delivered, nothing acked: the log stays full
-    h.start()
-    h.put([completing(n) for n in range(1, 4)])
-    await wait_until(lambda: h.stage.seen == 3)
-    h.put([make_event(n, path="/" + "p" * 4000) for n in range(4, 40)])
+    h = await filled_with_alerts_held(make_harness(log=log), 3, 40)
     await wait_until(lambda: bool(h.drops))
     await wait_until(lambda: len(h.queue) == 0)
     assert h.notices_dropped == []
@@ -383,15 +390,7 @@ async def test_alerts_a_full_log_still_refuses_at_shutdown_are_counted_as_droppe
     make_harness: Callable[..., Harness],
 ) -> None:
     log = MemoryLog(32 * 1024, "block")
-    h = make_harness(log=log)
-    h.stage.alerting = True
-    h.stage.alert_message = "burst " * 1200  # larger than a filler: none can fit
-    h.stage.release.clear()
-    h.sink.fail_next = 10**9  # nothing acked: nothing frees the log
-    h.start()
-    h.put([completing(n) for n in range(1, 3)])
-    await wait_until(lambda: h.stage.seen == 2)
-    h.put([make_event(n, path="/" + "p" * 4000) for n in range(3, 20)])
+    h = await filled_with_alerts_held(make_harness(log=log), 2, 20)
     await wait_until(lambda: h.writer.blocked)  # the rest of the fillers wait, unwritten
     h.writer.give_up_at = time.monotonic()  # shutdown: a full log is given up on at once
     h.stage.release.set()
