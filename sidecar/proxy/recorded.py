@@ -4,13 +4,15 @@ Every event carries the request's path, trace id and request id, under every pro
 (``metadata-only`` included), so none of them may carry personal data or secrets:
 
 - ``path``: the raw (still percent-encoded) path without its query, each segment kept
-  only when it reads as an identifier (a model name, a version, ``infer``); any other
-  segment (an e-mail, a long number, anything encoded, a token) becomes ``*``. The
-  decoded path could smuggle a query back in (``%3F``), and a custom API can put a
-  user's address in a segment.
+  only when it reads as a route's word (a model name, a version, ``infer``: lower case,
+  at most 5 digits, no IPv4 address, no vendor key prefix); any other segment (an
+  e-mail, a number with separators, anything encoded, a token or key, upper case)
+  becomes ``*``. The decoded path could smuggle a query back in (``%3F``), and a custom
+  API can put a user's address or account in a segment.
 - ``trace_id``: a W3C trace id only: 32 lower-case hex digits, not all zero.
-- ``request_id``: kept only when it is an id (letters, digits, ``.``, ``_``, ``:``,
-  ``-``; at most 128), never free text.
+- ``request_id``: kept only when it is a UUID, a ULID, a hex id (16 to 64 hex digits,
+  some of them letters) or a word as a path segment keeps it; a client can put anything
+  in it (a token, a card number), so anything else is not recorded.
 
 >>> safe_path("/v2/models/resnet-50/versions/3/infer")
 '/v2/models/resnet-50/versions/3/infer'
@@ -24,8 +26,12 @@ Every event carries the request's path, trace id and request id, under every pro
 '4bf92f3577b34da6a3ce929d0e0e4736'
 >>> trace_id("00-sk_live_0123456789abcdefghijklmn-00f067aa0ba902b7-01") is None
 True
+>>> safe_path("/v1/k/AKIAIOSFODNN7EXAMPLE/p/212-555-0143/ip/203.0.113.77/sk-abcdefghijklmnopqrst")
+'/v1/k/*/p/*/ip/*/*'
 >>> request_id("req-7"), request_id("user=alice@example.com")
 ('req-7', None)
+>>> request_id("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"), request_id("4012888888881881")
+('0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b', None)
 """
 
 from __future__ import annotations
@@ -34,10 +40,18 @@ import re
 from functools import lru_cache
 
 SEGMENT_MAX = 40  # longer than model names get; a token or a key is longer
-_SEGMENT = re.compile(r"[A-Za-z0-9._~:-]*")
-_DIGIT_RUN = re.compile(r"[0-9]{6}")  # phone numbers, card numbers, national ids
+DIGITS_MAX = 5  # phone, card, account and national id numbers have more, separated or not
+_SEGMENT = re.compile(r"[a-z0-9._~:-]*")  # keys, IBANs and tokens have upper case
+_IPV4 = re.compile(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}")
+# vendor key prefixes (sidecar/privacy/recognizers.py) that can be all lower case
+_KEY_PREFIXES = ("sk-", "sk_", "rk_", "pk_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
+                 "github_pat_", "xox", "hf_", "glpat-", "aiza", "akia", "asia", "eyj")
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_REQUEST_ID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"  # UUID
+    r"|[0-7][0-9A-HJKMNP-TV-Z]{25}"  # ULID
+    r"|(?=[0-9a-f]*[a-f])[0-9a-f]{16,64}"  # hex, with a letter (not a long number)
+)
 
 
 PATH_CACHED_MAX = 256  # longer paths are worked out each time, not kept
@@ -58,7 +72,9 @@ def _safe(path: str) -> str:
 
 def _identifier(segment: str) -> bool:
     return (len(segment) <= SEGMENT_MAX and _SEGMENT.fullmatch(segment) is not None
-            and _DIGIT_RUN.search(segment) is None)
+            and sum(c.isdigit() for c in segment) <= DIGITS_MAX
+            and _IPV4.search(segment) is None and segment.count(":") < 2  # IPv6 too
+            and not segment.startswith(_KEY_PREFIXES))
 
 
 def trace_id(traceparent: str | None) -> str | None:
@@ -72,4 +88,21 @@ def trace_id(traceparent: str | None) -> str | None:
 
 
 def request_id(value: str | None) -> str | None:
-    return value if value is not None and _REQUEST_ID.fullmatch(value) else None
+    if value is None or not (_REQUEST_ID.fullmatch(value) or (value and _identifier(value))):
+        return None
+    return None if _iban(value) else value
+
+
+def _iban(value: str) -> bool:
+    """Whether ``value`` passes the IBAN check (ISO 13616 mod 97): a lower-case IBAN can
+    read as a hex id.
+
+    >>> _iban("de89370400440532013000"), _iban("de89370400440532013001")
+    (True, False)
+    """
+    if not 15 <= len(value) <= 34 or not value[:2].isalpha() or not value[2:4].isdigit():
+        return False
+    moved = (value[4:] + value[:4]).upper()
+    if not moved.isalnum() or not moved.isascii():
+        return False
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
