@@ -197,6 +197,8 @@ def _pattern_recognizer(entity: str, tuned: bool, threshold: float) -> EntityRec
         recognizer = ours.OfflineEmailRecognizer()
     elif entity == "PHONE_NUMBER" and tuned:
         recognizer = ours.FastPhoneRecognizer()
+    elif entity == "IBAN_CODE" and tuned:
+        recognizer = ours.AnyCaseIbanRecognizer()
     else:
         cls = getattr(presidio_recognizers, PRESIDIO_PATTERN_ENTITIES[entity])
         recognizer = cls(supported_language=LANGUAGE)

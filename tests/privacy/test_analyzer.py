@@ -160,3 +160,15 @@ def test_words_and_digests_in_one_case_are_not_taken_for_keys(
     found = analyzer.analyze(texts, strict.entities, strict.score_threshold)
     assert [[f.entity_type for f in fs if f.entity_type == "API_KEY"] for fs in found] == [
         [], [], []]
+
+
+def test_an_iban_in_lower_case_is_found_as_presidio_s_engine_finds_it(
+        analyzer: Analyzer, strict: PrivacyProfile) -> None:
+    texts = ["pay to de89370400440532013000 now", "iban: de89 3704 0044 0532 0130 00",
+             "gb82 west 1234 5698 7654 32 please"]
+    assert_covers(analyzer, build_analyzer(strict, tuned=False), strict, texts)
+    found = analyzer.analyze(texts, strict.entities, strict.score_threshold)
+    assert all(any(f.entity_type == "IBAN_CODE" for f in findings) for findings in found)
+    # the check digits still count: a wrong one is not an IBAN
+    (wrong,) = analyzer.analyze(["to de89 3704 0044 0532 0130 01 ok"], ["IBAN_CODE"], 0.3)
+    assert wrong == []
