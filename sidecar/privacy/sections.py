@@ -63,6 +63,12 @@ def body_section(body: bytes | None, content_type: str | None, selector: Selecto
         text = body.decode(codec, "replace")
     except LookupError:  # a codec that is not a text encoding after all
         return MISSING, "unknown_charset"
+    if "\x00" in text or (codec.startswith(("utf-16", "utf-32")) and body.isascii()
+                          and b"\x00" not in body):
+        # Not in the charset it says (or none said): UTF-16 read as UTF-8 is NUL-spaced
+        # letters, ASCII read as UTF-16 is CJK; either hides values from the recognizers
+        # that a reader gets back at once.
+        return MISSING, "unknown_charset"
     if kind == "form":  # decoded, so "a%40b.com" is seen (and masked) as "a@b.com"
         return query_section(text), None
     return text, None

@@ -135,6 +135,12 @@ def test_form_bodies_and_declared_charsets_are_decoded_before_detection(make: Ma
     for codec in ("base64", "rot13", "zlib", "hex"):  # codecs, but not text encodings
         result = run(b"aGVsbG8=", f"text/plain; charset={codec}")
         assert (result.failure, result.omitted) == (None, {"request": "unknown_charset"})
+    # Not in the charset said (none: UTF-8): NUL-spaced, or ASCII read as CJK; either is
+    # the raw value back for a reader, so neither is recorded.
+    for body, ctype in ((text.encode("utf-16-le"), "text/plain"),
+                        (text.encode(), "text/plain; charset=utf-16-le")):
+        result = run(body, ctype)
+        assert (result.payload, result.omitted) == ({}, {"request": "unknown_charset"})
 
 
 def test_compressed_bodies_are_omitted_not_read_as_text(make: Make) -> None:
