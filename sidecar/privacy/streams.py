@@ -11,10 +11,16 @@ joined again.
   response, so a profile's response paths apply to streams unchanged: OpenAI chat and
   completions (``$.choices[*].message.content``, ``$.choices[*].text``), Hugging Face TGI
   (``$.generated_text``), Anthropic messages (``$.content[*].text``).
-- Other events whose data is plain text are joined into one text.
+- Other events whose data is plain text are joined into one text (a JSON string, as
+  ``data: "jane"``, by its value).
 - Events of JSON in an unknown shape cannot be joined safely: their payload is omitted
   (``stream_unassembled``), never recorded as the raw pieces.
-- A non-SSE stream is returned as it came (the masker judges it by its content type).
+- Newline-delimited JSON (``application/x-ndjson``, or a non-SSE, non-JSON stream of
+  several lines, all JSON objects): Ollama's ``/api/generate`` and ``/api/chat`` lines become the
+  non-streamed answer (``$.response``, ``$.message.content``), and OpenAI or TGI lines
+  as their SSE events do; other shapes are omitted as above.
+- Any other non-SSE stream is returned as it came (the masker judges it by its content
+  type).
 
 Cut streams (past ``max_bytes``): only complete lines are read, and the last
 ``TAIL_MARGIN`` characters of each assembled text are dropped back to a word boundary:
@@ -30,6 +36,7 @@ from typing import Any
 import orjson
 
 TAIL_MARGIN = 64
+_NDJSON = frozenset({"application/x-ndjson", "application/jsonl", "application/x-jsonlines"})
 UNASSEMBLED = "stream_unassembled"
 
 
@@ -55,6 +62,11 @@ class StreamAssembler:
         media = (self.content_type or "").split(";", 1)[0].strip().lower()
         raw = bytes(self._buffer)
         if media != "text/event-stream":
+            lines = _json_lines(raw[:raw.rfind(b"\n") + 1] if self.truncated else raw)
+            # A JSON body (one document, perhaps large) is not a stream of lines
+            if lines is not None and (media in _NDJSON or (
+                    len(lines) > 1 and not media.endswith(("/json", "+json")))):
+                return self._merged(lines)
             if self.truncated and not media.endswith(("/json", "+json")):
                 # Text (NDJSON, plain): its tail is untrusted. Cut JSON fails to parse.
                 text = _trusted(raw.decode("utf-8", "replace"))
@@ -67,18 +79,51 @@ class StreamAssembler:
             return None, None, None
         parsed = [_structured(data) for data in events]
         if all(chunk is not None for chunk in parsed):
-            for merge in (_openai, _tgi, _anthropic):
-                merged = merge(parsed)
-                if merged is not None:
-                    if self.truncated:
-                        _trust_texts(merged)
-                    return orjson.dumps(merged), "application/json", None
+            return self._merged(parsed)
         if any(chunk is not None for chunk in parsed):
             return None, None, UNASSEMBLED  # JSON of a shape we cannot join
-        text = "".join(data.decode("utf-8", "replace") for data in events)
+        text = "".join(_text(data) for data in events)
         if self.truncated:
             text = _trusted(text)
         return text.encode(), "text/plain; charset=utf-8", None
+
+    def _merged(self, chunks: list[Any]) -> tuple[bytes | None, str | None, str | None]:
+        """JSON chunks of a known token format as the non-streamed answer, else omitted."""
+        for merge in (_openai, _tgi, _anthropic, _ollama):
+            merged = merge(chunks)
+            if merged is not None:
+                if self.truncated:
+                    _trust_texts(merged)
+                return orjson.dumps(merged), "application/json", None
+        return None, None, UNASSEMBLED
+
+
+def _text(data: bytes) -> str:
+    """An event's data as text: a JSON string by its value (``"jane"`` is ``jane``)."""
+    if data[:1] == b'"':
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if isinstance(value, str):
+                return value
+    return data.decode("utf-8", "replace")
+
+
+def _json_lines(raw: bytes) -> list[Any] | None:
+    """Each non-empty line's JSON object, if there are any and every line is one."""
+    out = []
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        if line.lstrip()[:1] != b"{":
+            return None
+        try:
+            out.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            return None
+    return out or None
 
 
 def _structured(data: bytes) -> Any:
@@ -123,7 +168,8 @@ def _trust_texts(value: Any) -> None:
     """Apply ``_trusted`` to every assembled text of a merged response, in place."""
     if isinstance(value, dict):
         for key, child in value.items():
-            if key in ("content", "text", "generated_text") and isinstance(child, str):
+            if key in ("content", "text", "generated_text", "response") \
+                    and isinstance(child, str):
                 value[key] = _trusted(child)
             else:
                 _trust_texts(child)
@@ -205,3 +251,32 @@ def _anthropic(chunks: list[Any]) -> dict[str, Any] | None:
         return None
     return {"model": model, "content": [{"type": "text", "text": "".join(blocks[i])}
                                         for i in sorted(blocks)], "stream": True}
+
+
+def _ollama(chunks: list[Any]) -> dict[str, Any] | None:
+    """Ollama ``/api/generate`` (``response``) or ``/api/chat`` (``message.content``)
+    lines joined, as the non-streamed answer."""
+    pieces: list[str] = []
+    chat = None
+    model: str | None = None
+    for chunk in chunks:
+        if not isinstance(chunk, dict):
+            return None
+        if isinstance(chunk.get("model"), str):
+            model = chunk["model"]
+        message = chunk.get("message")
+        if isinstance(chunk.get("response"), str) and chat is not True:
+            chat = False
+            pieces.append(chunk["response"])
+        elif isinstance(message, dict) and isinstance(message.get("content"), str) \
+                and chat is not False:
+            chat = True
+            pieces.append(message["content"])
+        elif not chunk.get("done"):
+            return None  # neither shape, and not the final line of counts
+    if chat is None:
+        return None
+    if chat:
+        return {"model": model, "message": {"role": "assistant", "content": "".join(pieces)},
+                "stream": True}
+    return {"model": model, "response": "".join(pieces), "stream": True}

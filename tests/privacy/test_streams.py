@@ -52,9 +52,44 @@ def test_completions_stream_and_other_streams() -> None:
     tokens = StreamAssembler(4096, "text/event-stream")
     tokens.feed(b"event: token\ndata: mail jane\n\ndata: @exam\n\ndata: ple.com\n\n")
     assert tokens.assembled() == (b"mail jane@example.com", "text/plain; charset=utf-8", None)
+    # JSON-string tokens by their value, not with their quotes between the pieces
+    quoted = StreamAssembler(4096, "text/event-stream")
+    quoted.feed(b'data: "mail jane"\n\ndata: "@exam"\n\ndata: "ple.com"\n\n')
+    assert quoted.assembled() == (b"mail jane@example.com", "text/plain; charset=utf-8", None)
+    # newline-delimited JSON of an unknown shape: omitted, as SSE JSON events are
     chunked = StreamAssembler(4096, "application/x-ndjson")
-    chunked.feed(b'{"a": 1}\n')
-    assert chunked.assembled() == (b'{"a": 1}\n', "application/x-ndjson", None)
+    chunked.feed(b'{"a": "jane"}\n{"a": "@example.com"}\n')
+    assert chunked.assembled() == (None, None, UNASSEMBLED)
+    # one JSON document, large enough to be streamed: as it came
+    document = StreamAssembler(4096, "application/json")
+    document.feed(b'{"choices": [{"message": {"content": "hi"}}]}\n')
+    assert document.assembled() == (b'{"choices": [{"message": {"content": "hi"}}]}\n',
+                                    "application/json", None)
+
+
+def test_ollama_ndjson_streams_are_joined_line_by_line(strict: PrivacyProfile,
+                                                       analyzer: Analyzer) -> None:
+    generate = StreamAssembler(4096, "application/x-ndjson")
+    for piece in ("mail jane", ".doe@exam", "ple.com card 4012 ", "8888 8888 1881 ok"):
+        generate.feed(orjson.dumps({"model": "llama3", "response": piece, "done": False})
+                      + b"\n")
+    generate.feed(b'{"model": "llama3", "response": "", "done": true, "eval_count": 9}\n')
+    body, ctype, _ = generate.assembled()
+    assert body is not None and ctype == "application/json"
+    assert orjson.loads(body)["response"] == \
+        "mail jane.doe@example.com card 4012 8888 8888 1881 ok"
+    result = Masker(strict, analyzer, HASH_KEY).mask(
+        Captured("id", response_body=body, response_content_type=ctype),
+        Decision(True, "sampled"))
+    recorded = orjson.dumps(result.record())
+    assert b"jane" not in recorded and b"1881" not in recorded
+    chat = StreamAssembler(4096, "application/x-ndjson")
+    for piece in ("write to ja", "ne@example.com"):
+        chat.feed(orjson.dumps({"model": "m", "message": {"role": "assistant",
+                                                          "content": piece}}) + b"\n")
+    body, _, _ = chat.assembled()
+    assert body is not None
+    assert orjson.loads(body)["message"]["content"] == "write to jane@example.com"
 
 
 def test_tgi_and_anthropic_streams_are_joined_token_by_token() -> None:
