@@ -172,7 +172,14 @@ class FastPhoneRecognizer(LocalRecognizer):
         if self._IPV4.fullmatch(run):
             return []
         if sum(c.isdigit() for c in run) <= 15:
-            return [(offset, offset + len(run))] if self._valid(run) else []
+            if self._valid(run):
+                return [(offset, offset + len(run))]
+            # A number next to another ("+1 212-555-0143 24/7"): the run less a group or
+            # two at either end, as libphonenumber's matcher would find it inside.
+            for start, end in self._trimmed(run):
+                if self._valid(run[start:end]):
+                    return [(offset + start, offset + end)]
+            return []
         # The IBAN's or card's recognizer's, and slow to rule out; a card number only when
         # written as the card's recognizer reads one (digits, spaces, hyphens).
         if iban_tail or (_luhn(run) and _CARD_CHARS.issuperset(run)):
@@ -182,6 +189,16 @@ class FastPhoneRecognizer(LocalRecognizer):
         found = {(offset + m.start, offset + m.end) for region in self.regions
                  for m in phonenumbers.PhoneNumberMatcher(run, region, leniency=1)}
         return sorted(found)
+
+    _GROUP_EDGE = re.compile(r"[^0-9]+")
+
+    def _trimmed(self, run: str) -> list[tuple[int, int]]:
+        """Spans of ``run`` without its last, or first, one or two digit groups, longest
+        first, each still of 7 digits or more."""
+        cuts = [m.span() for m in self._GROUP_EDGE.finditer(run)]
+        spans = [(0, cut[0]) for cut in cuts[-2:][::-1]]
+        spans += [(cut[1], len(run)) for cut in cuts[:2]]
+        return [(a, b) for a, b in spans if sum(c.isdigit() for c in run[a:b]) >= 7]
 
     def _valid(self, candidate: str) -> bool:
         regions: tuple[str | None, ...] = (None,) if candidate.startswith("+") else self.regions

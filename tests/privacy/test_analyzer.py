@@ -172,3 +172,10 @@ def test_an_iban_in_lower_case_is_found_as_presidio_s_engine_finds_it(
     # the check digits still count: a wrong one is not an IBAN
     (wrong,) = analyzer.analyze(["to de89 3704 0044 0532 0130 01 ok"], ["IBAN_CODE"], 0.3)
     assert wrong == []
+
+
+def test_a_phone_number_next_to_another_number_is_found(
+        analyzer: Analyzer, strict: PrivacyProfile) -> None:
+    texts = ["Reach me at +1 212-555-0143 24/7, thanks", "call 212 555 0143 2 times",
+             "fax 030 1234567 12 pages"]
+    assert_covers(analyzer, build_analyzer(strict, tuned=False), strict, texts)
