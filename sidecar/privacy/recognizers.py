@@ -67,6 +67,9 @@ class AnyCaseIbanRecognizer(IbanRecognizer):
     [('de89 3704 0044 0532 0130 00', 1.0)]
     """
 
+    _LOWER_HEAD = re.compile(r"(?<![A-Za-z0-9])(?:[a-z][A-Za-z]|[A-Z][a-z])[0-9]{2}")
+    _WINDOW = 64
+
     def __init__(self) -> None:
         super().__init__(supported_language="en")
 
@@ -75,13 +78,20 @@ class AnyCaseIbanRecognizer(IbanRecognizer):
                 regex_flags: int | None = None) -> list[RecognizerResult]:
         # presidio's IBAN analyze reads neither NLP artifacts nor flags
         results: list[RecognizerResult] = super().analyze(text, entities)
-        upper = text.upper()
-        if upper == text or len(upper) != len(text):  # nothing to add; or offsets move
-            return results
         taken = [(r.start, r.end) for r in results]
-        for found in super().analyze(upper, entities):
-            if not any(found.start < end and start < found.end for start, end in taken):
-                results.append(found)
+        # Only where an IBAN could start with a lower-case letter, over the longest one
+        # can be (34 characters, 8 spaces) and a margin: not the whole text again.
+        for head in self._LOWER_HEAD.finditer(text):
+            start = head.start()
+            window = text[start:start + self._WINDOW]
+            upper = window.upper()
+            if len(upper) != len(window):  # offsets would move ("ß" is "SS")
+                continue
+            for found in super().analyze(upper, entities):
+                found.start, found.end = found.start + start, found.end + start
+                if not any(found.start < end and s < found.end for s, end in taken):
+                    results.append(found)
+                    taken.append((found.start, found.end))
         return results
 
 
