@@ -11,7 +11,8 @@ Every event carries the request's path, trace id and request id, under every pro
   API can put a user's address or account in a segment.
 - ``trace_id``: a W3C trace id only: 32 lower-case hex digits, not all zero.
 - ``request_id``: kept only when it is a UUID, a ULID, a hex id (16 to 64 hex digits,
-  some of them letters) or a word as a path segment keeps it; a client can put anything
+  some of them letters), any of these after a short prefix (``req_``), or a word as a
+  path segment keeps it; a client can put anything
   in it (a token, a card number), so anything else is not recorded.
 
 >>> safe_path("/v2/models/resnet-50/versions/3/infer")
@@ -32,6 +33,8 @@ True
 ('req-7', None)
 >>> request_id("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"), request_id("4012888888881881")
 ('0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b', None)
+>>> request_id("req_7f3c9a0b1c2d3e4f5a6b7c8d9e0f1a2b"), request_id("tok_4012888888881881")
+('req_7f3c9a0b1c2d3e4f5a6b7c8d9e0f1a2b', None)
 """
 
 from __future__ import annotations
@@ -47,10 +50,12 @@ _IPV4 = re.compile(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}")
 _KEY_PREFIXES = ("sk-", "sk_", "rk_", "pk_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
                  "github_pat_", "xox", "hf_", "glpat-", "aiza", "akia", "asia", "eyj")
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_PREFIX = re.compile(r"[A-Za-z]{1,8}[_-]")
 _REQUEST_ID = re.compile(
+    r"(?:[A-Za-z]{1,8}[_-])?(?:"  # a short prefix, as "req_" (OpenAI), "req-"
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"  # UUID
     r"|[0-7][0-9A-HJKMNP-TV-Z]{25}"  # ULID
-    r"|(?=[0-9a-f]*[a-f])[0-9a-f]{16,64}"  # hex, with a letter (not a long number)
+    r"|(?=[0-9a-f]*[a-f])[0-9a-f]{16,64})"  # hex, with a letter (not a long number)
 )
 
 
@@ -90,7 +95,7 @@ def trace_id(traceparent: str | None) -> str | None:
 def request_id(value: str | None) -> str | None:
     if value is None or not (_REQUEST_ID.fullmatch(value) or (value and _identifier(value))):
         return None
-    return None if _iban(value) else value
+    return None if _iban(value) or _iban(_PREFIX.sub("", value, count=1)) else value
 
 
 def _iban(value: str) -> bool:

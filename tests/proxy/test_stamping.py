@@ -294,10 +294,10 @@ async def test_head_keeps_the_upstreams_content_length(
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
     "4012888888881881", "4012-8888-8888-1881", "AKIAIOSFODNN7EXAMPLE",
     "sk-AbCdEfGhIjKlMnOpQrStUvWx", "203.0.113.77", "212-555-0143", "536-22-8471",
-    "DE89-3704-0044-0532-0130-00", "de89370400440532013000",
+    "DE89-3704-0044-0532-0130-00", "de89370400440532013000", "x_de89370400440532013000",
     "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
 ], ids=["jwt", "card", "card-dashed", "aws-key", "openai-key", "ipv4", "phone", "ssn",
-        "iban-dashed", "iban-lower", "github-token"])
+        "iban-dashed", "iban-lower", "iban-prefixed", "github-token"])
 async def test_a_request_id_or_path_segment_holding_a_secret_is_not_recorded(
     sidecar: Any, client: aiohttp.ClientSession, value: str
 ) -> None:
@@ -311,7 +311,8 @@ async def test_a_request_id_or_path_segment_holding_a_secret_is_not_recorded(
 
 @pytest.mark.parametrize("value", ["0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
                                    "01ARZ3NDEKTSV4RRFFQ69G5FAV", "4bf92f3577b34da6a3ce929d",
-                                   "req-7"])
+                                   "req_7f3c9a0b1c2d3e4f5a6b7c8d9e0f1a2b",
+                                   "req-0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "req-7"])
 async def test_a_request_id_in_a_usual_id_form_is_recorded(
     sidecar: Any, client: aiohttp.ClientSession, value: str
 ) -> None:
