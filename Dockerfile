@@ -33,12 +33,14 @@ COPY sidecar ./sidecar
 COPY detectors ./detectors
 COPY privacy_profiles ./privacy_profiles
 
-# The wheel, then the wheel and its dependencies into the venv; pip and setuptools leave
+# The wheel, then the wheel and its dependencies into the venv, with the librdkafka extra
+# (kafka_client: librdkafka works without rebuilding the image); pip and setuptools leave
 # the venv afterwards (no package manager at run time); byte-code compiled ahead with
 # unchecked hashes, since the runtime never writes .pyc files (read-only root).
 RUN /usr/bin/python3.11 -m venv /opt/venv \
     && /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
-    && /opt/venv/bin/pip install --no-cache-dir /wheels/inference_sidecar-*.whl \
+    && wheel="$(echo /wheels/inference_sidecar-*.whl)" \
+    && /opt/venv/bin/pip install --no-cache-dir "${wheel}[librdkafka]" \
     && /opt/venv/bin/pip uninstall -y pip setuptools \
     && /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/venv/lib \
     && install -d -o 65532 -g 65532 -m 0750 /staging/var/lib/inference-sidecar

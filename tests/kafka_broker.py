@@ -15,9 +15,12 @@ under-report (so a topic is read until it stays quiet, not up to its end offsets
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 import warnings
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import confluent_kafka
@@ -30,10 +33,38 @@ with warnings.catch_warnings():
     from kafka.consumer.fetcher import ConsumerRecord
 
 from sidecar.demo.broker import EmbeddedBroker, free_port
+from sidecar.events.record import Record
 
-__all__ = ["EmbeddedBroker", "consume_all", "consume_all_confluent", "free_port"]
+__all__ = ["EVENT_TYPE", "KEYS", "EmbeddedBroker", "consume_all", "consume_all_confluent",
+           "free_port", "make_records", "seq_counts", "seq_of"]
 
 IDLE_S = 1.0  # a topic quiet this long has been read
+KEYS = 7
+EVENT_TYPE = b"ai.inference.completed.v1"
+
+
+def make_records(start: int, count: int, pad: int = 200) -> list[Record]:
+    """CloudEvent-shaped records for the sink tests; ``seq`` is in the value, the key
+    (one of ``KEYS``) and a header."""
+    records = []
+    for seq in range(start, start + count):
+        event_id = f"inf-{seq:08d}"
+        value = json.dumps({
+            "specversion": "1.0", "id": event_id, "source": "/tests", "type": EVENT_TYPE.decode(),
+            "datacontenttype": "application/json", "data": {"seq": seq, "pad": "x" * pad},
+        }).encode()
+        headers = (("ce_id", event_id.encode()), ("ce_type", EVENT_TYPE), ("seq", b"%d" % seq))
+        records.append(Record(seq, f"client-{seq % KEYS}".encode(), value, headers))
+    return records
+
+
+def seq_of(value: bytes | None) -> int:
+    assert value is not None
+    return int(json.loads(value)["data"]["seq"])
+
+
+def seq_counts(values: Iterable[bytes | None]) -> Counter[int]:
+    return Counter(seq_of(v) for v in values)
 
 
 def _drain(poll: Any, deadline: float, min_records: int, idle_s: float) -> list[Any]:

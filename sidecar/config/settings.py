@@ -19,6 +19,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 KAFKA_SECURITY = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
 KAFKA_SASL = ("plain", "scram-sha-256", "scram-sha-512")
 KAFKA_COMPRESSION = ("auto", "none", "gzip", "lz4", "zstd", "snappy")
+KAFKA_CLIENTS = ("kafka-python", "librdkafka")
 
 REQUIRED: Any = object()  # marker: no default; the value must come from somewhere
 
@@ -116,6 +117,10 @@ class Settings:
     )
     kafka_compression: str = _setting(
         "auto", p.choice(*KAFKA_COMPRESSION), "Compression; auto: lz4 when installed."
+    )
+    kafka_client: str = _setting(
+        "kafka-python", p.choice(*KAFKA_CLIENTS),
+        "Kafka producer: kafka-python, or librdkafka (confluent-kafka: a quarter of the CPU).",
     )
     kafka_delivery_timeout: float = _setting(
         30.0, p.duration, "Time a batch may take to be acknowledged before it is retried."

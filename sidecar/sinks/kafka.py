@@ -81,7 +81,7 @@ class Producer(Protocol):
     def close(self, timeout: float | None = None) -> None: ...
 
 
-def _probe(settings: KafkaSettings) -> None:
+def probe(settings: KafkaSettings) -> None:
     """Fail fast, and cleanly, when no bootstrap address accepts a connection (with TLS:
     completes a handshake, so that a certificate the CA file does not vouch for is said,
     not reported as "Unable to bootstrap").
@@ -111,8 +111,9 @@ def _probe(settings: KafkaSettings) -> None:
 def write_bound_s(settings: KafkaSettings) -> float:
     """The longest one ``KafkaSink.write`` can take (see "Time" above)."""
     probes = len(bootstrap_addresses(settings.bootstrap)) * PROBE_TIMEOUT_S
-    return (probes + (settings.request_timeout_s or PROBE_TIMEOUT_S) + MAX_BLOCK_MS / 1000
-            + settings.delivery_timeout_s)
+    topics = 2  # the events topic's metadata and the alerts topic's: MAX_BLOCK_MS each
+    return (probes + (settings.request_timeout_s or PROBE_TIMEOUT_S)
+            + topics * MAX_BLOCK_MS / 1000 + settings.delivery_timeout_s)
 
 
 class KeyedPartitioner(DefaultPartitioner):  # type: ignore[misc]
@@ -144,7 +145,7 @@ class KeyedPartitioner(DefaultPartitioner):  # type: ignore[misc]
 
 def create_producer(settings: KafkaSettings, config: dict[str, Any]) -> Producer:
     """A connected ``KafkaProducer`` (the default factory), or ``SinkError``."""
-    _probe(settings)
+    probe(settings)
     clients: list[Any] = []
 
     def client_factory(**kwargs: Any) -> Any:
@@ -160,7 +161,7 @@ def create_producer(settings: KafkaSettings, config: dict[str, Any]) -> Producer
         for client in clients:
             with contextlib.suppress(Exception):
                 client.close()
-        raise SinkError(f"kafka: cannot connect to {settings.bootstrap}: {_reason(exc)}") from None
+        raise SinkError(f"kafka: cannot connect to {settings.bootstrap}: {reason(exc)}") from None
     return producer
 
 
@@ -181,7 +182,7 @@ def discard(producer: Producer) -> None:
         producer.close(timeout=0)  # nothing incomplete now: completes the close
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """A short, payload-free reason for the operator."""
     if isinstance(exc, SinkError):
         return str(exc)
@@ -220,10 +221,9 @@ class KafkaSink:
         with self._lock:
             try:
                 if self._producer is None:
-                    config = producer_config(self.settings, read_credentials(self.settings))
-                    self._producer = self._factory(self.settings, config)
+                    self._producer = self._factory(self.settings, self._config())
                 self._deliver(self._producer, records)
-            except _MetadataTimeout as exc:
+            except MetadataTimeout as exc:
                 # Nothing was handed to the producer, so nothing stale to discard; keep it
                 # (and the metadata request it has under way) for a few attempts, so a
                 # topic slower than MAX_BLOCK_MS to appear still gets there.
@@ -237,7 +237,7 @@ class KafkaSink:
                 self._discard()
                 if isinstance(exc, SinkError):
                     raise
-                raise SinkError(f"kafka: {_reason(exc)}") from None
+                raise SinkError(f"kafka: {reason(exc)}") from None
             self._healthy = True
             self._metadata_misses = 0
 
@@ -245,17 +245,31 @@ class KafkaSink:
         with self._lock:
             producer, self._producer = self._producer, None
             if producer is not None:
-                # write() waits for its batch, so nothing is pending: a short grace is plenty.
-                try:
-                    producer.close(timeout=CLOSE_TIMEOUT_S)
-                except Exception:
-                    discard(producer)
+                self._close_producer(producer)
 
     def _discard(self) -> None:
         producer, self._producer = self._producer, None
         self._metadata_misses = 0
         if producer is not None:
+            self._discard_producer(producer)
+
+    # --- what depends on the producer library (rdkafka.py overrides these) -------------
+
+    def _config(self) -> dict[str, Any]:
+        """The producer factory's configuration, credentials read from their files now."""
+        return producer_config(self.settings, read_credentials(self.settings))
+
+    @staticmethod
+    def _close_producer(producer: Any) -> None:
+        # write() waits for its batch, so nothing is pending: a short grace is plenty.
+        try:
+            producer.close(timeout=CLOSE_TIMEOUT_S)
+        except Exception:
             discard(producer)
+
+    @staticmethod
+    def _discard_producer(producer: Any) -> None:
+        discard(producer)
 
     def _deliver(self, producer: Producer, records: Sequence[Record]) -> None:
         """Send every record, then wait until each is acknowledged, or raise."""
@@ -263,7 +277,7 @@ class KafkaSink:
         alerts_topic = self.settings.alerts_topic or events_topic
         timeout = self.settings.delivery_timeout_s
         deadline = time.monotonic() + timeout
-        topics = [alerts_topic if _is_alert(record) else events_topic for record in records]
+        topics = [alerts_topic if is_alert(record) else events_topic for record in records]
         for topic in dict.fromkeys(topics):
             # Every topic's metadata before the first send: a topic that is missing (the
             # alerts topic on a cluster without auto-create) must fail the batch before any
@@ -271,10 +285,10 @@ class KafkaSink:
             try:
                 producer.partitions_for(topic)
             except kafka_errors.KafkaTimeoutError:
-                raise _MetadataTimeout(f"kafka: no metadata for topic {topic} within "
+                raise MetadataTimeout(f"kafka: no metadata for topic {topic} within "
                                        f"{MAX_BLOCK_MS} ms (does it exist?)") from None
             except Exception as exc:
-                raise SinkError(f"kafka: metadata of topic {topic}: {_reason(exc)}") from None
+                raise SinkError(f"kafka: metadata of topic {topic}: {reason(exc)}") from None
         futures = []
         for record, topic in zip(records, topics, strict=True):
             try:
@@ -284,13 +298,13 @@ class KafkaSink:
             except kafka_errors.KafkaTimeoutError:
                 if futures:
                     raise SinkError(f"kafka: send blocked over {MAX_BLOCK_MS} ms") from None
-                raise _MetadataTimeout(f"kafka: no metadata for topic {topic} within "
+                raise MetadataTimeout(f"kafka: no metadata for topic {topic} within "
                                        f"{MAX_BLOCK_MS} ms (does it exist?)") from None
             except kafka_errors.MessageSizeTooLargeError:
                 raise SinkError(f"kafka: record seq={record.seq} ({record.size} bytes) is larger "
                                 f"than max_request_size ({MAX_REQUEST_SIZE})") from None
             except Exception as exc:
-                raise SinkError(f"kafka: send failed: {_reason(exc)}") from None
+                raise SinkError(f"kafka: send failed: {reason(exc)}") from None
         # No flush(): its timeout applies to each internal batch in turn, and an in-flight
         # batch can outlive delivery_timeout_ms (it expires only after its request timed
         # out), so flush(t) can take a multiple of t. Waiting on every future against one
@@ -303,7 +317,7 @@ class KafkaSink:
             except kafka_errors.KafkaTimeoutError:
                 failed, first = failed + 1, first or "no acknowledgement in time"
             except Exception as exc:
-                failed, first = failed + 1, first or _reason(exc)
+                failed, first = failed + 1, first or reason(exc)
         if failed:
             raise SinkError(f"kafka: {failed} of {len(futures)} records not acknowledged within "
                             f"{timeout:g} s: {first}")
@@ -312,7 +326,7 @@ class KafkaSink:
 _ALERTS_PREFIX: Final = ALERTS_TYPE_PREFIX.encode()
 
 
-def _is_alert(record: Record) -> bool:
+def is_alert(record: Record) -> bool:
     """Records of ``ai.detector.*`` types go to the alerts topic (by their ce_type header:
     the log's record format needs no topic of its own)."""
     for name, value in record.headers:
@@ -321,5 +335,5 @@ def _is_alert(record: Record) -> bool:
     return False
 
 
-class _MetadataTimeout(Exception):
+class MetadataTimeout(Exception):
     """send() gave up waiting for the topic's metadata before any record was handed over."""

@@ -35,6 +35,7 @@ __all__ = ["DefaultPartitioner", "KafkaNetClient", "KafkaProducer", "kafka_error
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 COMPRESSIONS: Final = ("none", "gzip", "lz4", "zstd", "snappy")
+CLIENTS: Final = ("kafka-python", "librdkafka")
 
 CLIENT_ID: Final = "inference-sidecar"  # kafka-python names its I/O thread after it
 LINGER_MS: Final = 5
@@ -57,6 +58,16 @@ _CODEC_AVAILABLE: Final[dict[str, Callable[[], bool]]] = {
     "zstd": kafka_codec.has_zstd,
     "snappy": kafka_codec.has_snappy,
 }
+
+
+def has_librdkafka() -> bool:
+    """Whether the confluent-kafka package (librdkafka's binding, the ``librdkafka``
+    extra) imports."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def bootstrap_addresses(bootstrap: str) -> list[tuple[str, int]]:
@@ -90,6 +101,7 @@ class KafkaSettings:
     compression: str | None = field(default_factory=default_compression)
     delivery_timeout_s: float = 30.0
     request_timeout_s: float | None = None  # None: a third of delivery_timeout_s, at most 10
+    client: str = "kafka-python"  # or "librdkafka": the producer library (rdkafka.py)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -108,16 +120,24 @@ class KafkaSettings:
             for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}: set, but security_protocol {protocol} has no TLS")
+        client = self.client.lower()
+        if client not in CLIENTS:
+            raise ValueError(f"client: expected one of {CLIENTS}, got {self.client!r}")
+        if client == "librdkafka" and not has_librdkafka():
+            raise ValueError("client: librdkafka needs the confluent-kafka package "
+                             "(pip install 'inference-sidecar[librdkafka]')")
+        set_(self, "client", client)
         compression = self.compression.lower() if self.compression is not None else None
         if compression == "auto":
-            compression = default_compression()
+            # librdkafka has every codec built in
+            compression = "lz4" if client == "librdkafka" else default_compression()
         elif compression == "none":
             compression = None
         if compression is not None:
             if compression not in COMPRESSIONS:
                 raise ValueError(f"compression: expected auto or one of {COMPRESSIONS}, "
                                  f"got {self.compression!r}")
-            if not _CODEC_AVAILABLE[compression]():
+            if client == "kafka-python" and not _CODEC_AVAILABLE[compression]():
                 raise ValueError(f"compression: {compression} needs a module not installed")
         set_(self, "compression", compression)
         if not 0 < self.delivery_timeout_s <= 3600:
@@ -183,6 +203,7 @@ def kafka_settings_from(settings: Settings, topic: str | None = None) -> KafkaSe
             sasl_password_file=settings.kafka_sasl_password_file,
             compression=settings.kafka_compression,
             delivery_timeout_s=settings.kafka_delivery_timeout,
+            client=settings.kafka_client,
         )
     except ValueError as exc:
         field_name, _, reason = str(exc).partition(": ")

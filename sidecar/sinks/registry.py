@@ -1,7 +1,8 @@
 """Pick the event log and the sink from the settings (uvicorn-style: by config, not code).
 
 - sink: Kafka when ``kafka_bootstrap`` is set (its producer in a child process, off the
-  sidecar's GIL: ``isolated.py``), else the JSON-lines file;
+  sidecar's GIL: ``isolated.py``; kafka-python's, or librdkafka's with ``kafka_client:
+  librdkafka``: ``rdkafka.py``), else the JSON-lines file;
 - log: the on-disk write-ahead log, or a memory log with ``durability: memory``.
 """
 
@@ -26,7 +27,12 @@ def build_sink(settings: Settings) -> Sink:
         from sidecar.sinks.kafka import KafkaSink, kafka_settings_from, write_bound_s
 
         kafka = kafka_settings_from(settings)
-        return ProcessSink(functools.partial(KafkaSink, kafka), name=KafkaSink.name,
+        sink_class = KafkaSink
+        if kafka.client == "librdkafka":
+            from sidecar.sinks.rdkafka import RdKafkaSink
+
+            sink_class = RdKafkaSink
+        return ProcessSink(functools.partial(sink_class, kafka), name=KafkaSink.name,
                            reply_timeout_s=write_bound_s(kafka) + WORKER_SLACK_S,
                            log_level=settings.log_level)
     return JsonLinesSink(settings.events_file)

@@ -126,6 +126,7 @@ KAFKA_TLS_SASL = {
     "kafka": {
         "bootstrap": "kafka-0.kafka:9093,kafka-1.kafka:9093",
         "securityProtocol": "sasl_ssl",
+        "client": "librdkafka",
         "tls": {"secretName": "kafka-tls", "certFile": "tls.crt", "keyFile": "tls.key"},
         "sasl": {"mechanism": "scram-sha-512", "secretName": "kafka-sasl"},
         "egress": {"cidrs": ["10.40.0.0/16", "10.41.0.0/16"], "ports": [9093]},

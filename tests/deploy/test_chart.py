@@ -210,6 +210,7 @@ def test_kafka_tls_and_sasl_come_from_mounted_secret_files() -> None:
     mounts = rendered.mounts("sidecar")
     assert config["kafka_bootstrap"] == "kafka-0.kafka:9093,kafka-1.kafka:9093"
     assert config["kafka_security_protocol"] == "sasl_ssl"
+    assert config["kafka_client"] == "librdkafka"
     assert config["kafka_sasl_mechanism"] == "scram-sha-512"
     expected = {
         "kafka_ssl_cafile": ("kafka-tls", "ca.crt"), "kafka_ssl_certfile": ("kafka-tls", "tls.crt"),

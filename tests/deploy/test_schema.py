@@ -73,6 +73,7 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
         {"kafka": {"bootstrap": "k:9093", "sasl": {"mechanism": "plain", "secretName": "s"}}},
         "/kafka/securityProtocol"),
     "bad bootstrap": ({"kafka": {"bootstrap": "kafka without port"}}, "/kafka/bootstrap"),
+    "unknown kafka client": ({"kafka": {"client": "franz-go"}}, "/kafka/client"),
     "bad broker cidr": ({"kafka": {"egress": {"cidrs": ["kafka.internal"]}}},
                         "/kafka/egress/cidrs/0"),
     "bad profile file name": ({"privacyProfiles": {"custom": {"../x.yaml": "name: x"}}},

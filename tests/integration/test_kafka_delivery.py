@@ -80,10 +80,11 @@ async def kafka_sidecar(make_sidecar: Any, broker: EmbeddedBroker, **extra: str)
     )
 
 
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "librdkafka"])
 async def test_n_requests_give_exactly_n_cloudevents_on_the_topic(
-    make_sidecar: Any, broker: EmbeddedBroker
+    make_sidecar: Any, broker: EmbeddedBroker, kafka_client: str
 ) -> None:
-    sc = await kafka_sidecar(make_sidecar, broker)
+    sc = await kafka_sidecar(make_sidecar, broker, kafka_client=kafka_client)
     sent = await send_requests(sc.url, 1000)
     records = await asyncio.to_thread(
         lambda: consume_all(broker.bootstrap, TOPIC, 60.0, min_records=1000))
@@ -167,15 +168,17 @@ async def steady_load(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "librdkafka"])
 async def test_broker_paused_under_load_loses_nothing(
-    spawn_sidecar: Any, broker: EmbeddedBroker
+    spawn_sidecar: Any, broker: EmbeddedBroker, kafka_client: str
 ) -> None:
     # Paused for 10 s, longer than the 3 s delivery timeout: batches fail, the producer is
     # discarded and recreated, the log grows; the sidecar keeps answering throughout. The
     # sidecar runs as its own process so its loop-lag metric measures only its own loop,
     # and the load is paced (about 400 req/s) so that the two cores are not saturated:
     # at saturation the lag would measure the scheduler's queue, not the sidecar.
-    sc = await spawn_sidecar(kafka_bootstrap=broker.bootstrap, kafka_delivery_timeout="3s")
+    sc = await spawn_sidecar(kafka_bootstrap=broker.bootstrap, kafka_delivery_timeout="3s",
+                             kafka_client=kafka_client)
     stop = asyncio.Event()
     load = asyncio.create_task(steady_load(sc.url, stop, pause_s=0.02))
     await asyncio.sleep(1)

