@@ -3,6 +3,7 @@ fast a write-ahead log backlog drains to the broker.
 
     .venv/bin/python bench/pipeline.py            # 5 runs x 5 s per target; 3 drains of 50,000
     .venv/bin/python bench/pipeline.py --quick    # smoke mode: 1 run x 2 s; 1 drain of 5,000
+    .venv/bin/python bench/pipeline.py --kafka-client librdkafka   # the other producer
 
 Starts the demo model server, bench/passthrough.py, the embedded Kafka-compatible broker
 (Tansu) and six sidecars, one per sink (JSON-lines file, Kafka) and durability (memory,
@@ -96,6 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "The backlog is always sent by the Python one (exact count).")
     p.add_argument("--quick", action="store_true",
                    help="Smoke mode: 1 run of 2 s, 1 drain of 5,000; never waits for quiet.")
+    p.add_argument("--kafka-client", choices=("kafka-python", "librdkafka"),
+                   default="kafka-python",
+                   help="The Kafka sidecars' producer library (kafka_client).")
     p.add_argument("--keep-workdir", action="store_true",
                    help="Keep the servers' logs, write-ahead logs and events files.")
     args = p.parse_args(argv)
@@ -242,7 +246,8 @@ class PipelineBench:
         if sink == "kafka":
             assert bootstrap is not None
             topic = "bench." + name.replace("+", "-")
-            env.update(SIDECAR_KAFKA_BOOTSTRAP=bootstrap, SIDECAR_KAFKA_EVENTS_TOPIC=topic)
+            env.update(SIDECAR_KAFKA_BOOTSTRAP=bootstrap, SIDECAR_KAFKA_EVENTS_TOPIC=topic,
+                       SIDECAR_KAFKA_CLIENT=self.args.kafka_client)
         py = sys.executable
         exe = Path(py).with_name("inference-sidecar")
         cmd = [str(exe), "serve"] if exe.exists() else [py, "-m", "sidecar", "serve"]
@@ -536,7 +541,8 @@ def _measure(args: argparse.Namespace, bench: PipelineBench, date: str,
              "CPU other excludes this bench's idle servers. "
              "Sidecars on default settings except the privacy profile (metadata-only), "
              "detectors (off), `durability` and the sink: `kafka` = the "
-             "embedded broker (Tansu, in memory), one topic per sidecar; `jsonl` = an events "
+             "embedded broker (Tansu, in memory), one topic per sidecar, producer "
+             f"`kafka_client: {args.kafka_client}`; `jsonl` = an events "
              f"file. Their files in {bench.workdir.parent} ({report.filesystem(bench.workdir)}). "
              f"Drain: {args.backlog:,} requests sent by the Python generator ({args.connections} "
              "connections) to a kafka+batch sidecar whose broker was not started; events/s = "
