@@ -196,6 +196,12 @@ class SegmentWriter:
         self.rolled: list[int] = []  # finished segments, fdatasynced then closed by sync
         self.dirty = False  # written since the last sync
         self._cut_back: int | None = None  # a failed append could not truncate: redo first
+        # What was written since each file's last good fdatasync, by fd: (offset, bytes).
+        # After a failed fdatasync Linux may have dropped those pages, or marked them clean
+        # without writing them, and the next fdatasync reports success ("fsyncgate"): so
+        # they are written again before it. About one sync interval of writes.
+        self._unsynced: dict[int, list[tuple[int, bytes]]] = {}
+        self._sync_failed = False
 
     def write(
         self,
@@ -211,6 +217,7 @@ class SegmentWriter:
         """
         chunks: list[tuple[Segment, int, int]] = []
         created: list[tuple[Segment, int]] = []
+        written: list[tuple[int, int, bytes]] = []
         grew = False
         try:
             if self._cut_back is not None and self.fd is not None:
@@ -223,12 +230,15 @@ class SegmentWriter:
                         self.fd = os.open(seg.path, os.O_RDWR)
                     grew = True
                     pwrite_all(self.fd, body, seg.size)
+                    written.append((self.fd, seg.size, body))
                 else:
                     path = os.path.join(self.directory, segment_name(records[lo].seq))
                     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
                     seg = Segment(path, HEADER, HEADER)
                     created.append((seg, fd))
-                    pwrite_all(fd, framing.SEGMENT_HEADER + body, 0)
+                    body = framing.SEGMENT_HEADER + body
+                    pwrite_all(fd, body, 0)
+                    written.append((fd, 0, body))
                 chunks.append((seg, lo, hi))
         except OSError:
             if grew and self.fd is not None and active is not None:
@@ -242,6 +252,8 @@ class SegmentWriter:
                     os.unlink(seg.path)
             raise
         self.dirty = True
+        for fd, offset, body in written:
+            self._unsynced.setdefault(fd, []).append((offset, body))
         if created:
             if self.fd is not None:
                 self.rolled.append(self.fd)
@@ -250,20 +262,35 @@ class SegmentWriter:
         return chunks
 
     def sync(self) -> bool:
-        """fdatasync everything written since the last sync; False if there was nothing."""
+        """fdatasync everything written since the last sync; False if there was nothing.
+        After a failed one, everything not yet synced is written again first."""
         if not self.dirty:
             return False
-        while self.rolled:
-            os.fdatasync(self.rolled[0])
-            os.close(self.rolled.pop(0))
-        if self.fd is not None:
-            os.fdatasync(self.fd)
+        try:
+            if self._sync_failed:
+                for fd, writes in self._unsynced.items():
+                    for offset, body in writes:
+                        pwrite_all(fd, body, offset)
+            while self.rolled:
+                self._fdatasync(self.rolled[0])
+                os.close(self.rolled.pop(0))
+            if self.fd is not None:
+                self._fdatasync(self.fd)
+        except OSError:
+            self._sync_failed = True
+            raise
+        self._sync_failed = False
         self.dirty = False
         return True
+
+    def _fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+        self._unsynced.pop(fd, None)
 
     def take_fds(self) -> list[int]:
         fds = [*self.rolled] + ([self.fd] if self.fd is not None else [])
         self.rolled, self.fd = [], None
+        self._unsynced.clear()
         return fds
 
 

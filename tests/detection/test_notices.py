@@ -29,7 +29,7 @@ from sidecar.events.notices import (
 )
 from sidecar.events.record import Record
 from sidecar.ids import new_inference_id
-from sidecar.sinks.kafka import _is_alert
+from sidecar.sinks.kafka import is_alert
 from sidecar.telemetry import EVENT_TYPE_ALERT, EVENT_TYPE_INFERENCE, EVENT_TYPE_POLICY_CHANGED
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "sidecar" / "schemas"
@@ -211,7 +211,7 @@ def test_alert_records_validate_and_go_to_the_alerts_topic() -> None:
         assert envelope["type"] == "ai.detector.alert"
         assert envelope["dataschema"].endswith("schema:ai.detector.alert:1.0")
         assert record.key == notice.key.encode()
-        assert _is_alert(record) is True
+        assert is_alert(record) is True
 
 
 def test_policy_changed_records_validate_and_go_to_the_alerts_topic() -> None:
@@ -223,7 +223,7 @@ def test_policy_changed_records_validate_and_go_to_the_alerts_topic() -> None:
         envelope = validate(record, EVENT_TYPE_POLICY_CHANGED)
         assert envelope["data"]["previous_digest"] == previous
         assert record.key == IDENTITY["model_name"].encode()
-        assert _is_alert(record) is True
+        assert is_alert(record) is True
 
 
 def test_the_schema_refuses_a_malformed_notice() -> None:
@@ -257,12 +257,12 @@ def test_an_inference_with_features_and_detections_validates() -> None:
     envelope = validate(record, EVENT_TYPE_INFERENCE)
     assert envelope["data"]["features"] == features
     assert envelope["data"]["detections"] == detections
-    assert _is_alert(record) is False
+    assert is_alert(record) is False
     # detection off or failed: null; ran with nothing to say: empty
     for features_, detections_ in ((None, None), ({}, [])):
         plain = make_event(1, inference_id=new_inference_id(), features=features_,
                            detections=detections_)
-        assert _is_alert(validate_inference(plain)) is False
+        assert is_alert(validate_inference(plain)) is False
 
 
 def validate_inference(event: Any) -> Record:
@@ -279,8 +279,8 @@ def test_the_inference_schema_refuses_prompt_text_in_features() -> None:
 
 
 def test_records_without_a_detector_ce_type_are_not_alerts() -> None:
-    assert _is_alert(Record(seq=1, key=b"k", value=b"{}", headers=())) is False
-    assert _is_alert(Record(seq=1, key=b"k", value=b"{}",
+    assert is_alert(Record(seq=1, key=b"k", value=b"{}", headers=())) is False
+    assert is_alert(Record(seq=1, key=b"k", value=b"{}",
                             headers=(("ce_type", b"ai.inference.completed"),))) is False
-    assert _is_alert(Record(seq=1, key=b"k", value=b"{}",
+    assert is_alert(Record(seq=1, key=b"k", value=b"{}",
                             headers=(("ce_type", b"ai.detector.anything"),))) is True
