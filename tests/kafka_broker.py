@@ -16,6 +16,7 @@ under-report (so a topic is read until it stays quiet, not up to its end offsets
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 import warnings
@@ -36,7 +37,7 @@ from sidecar.demo.broker import EmbeddedBroker, free_port
 from sidecar.events.record import Record
 
 __all__ = ["EVENT_TYPE", "KEYS", "EmbeddedBroker", "consume_all", "consume_all_confluent",
-           "free_port", "make_records", "seq_counts", "seq_of"]
+           "free_port", "librdkafka_lines", "make_records", "seq_counts", "seq_of"]
 
 IDLE_S = 1.0  # a topic quiet this long has been read
 KEYS = 7
@@ -56,6 +57,13 @@ def make_records(start: int, count: int, pad: int = 200) -> list[Record]:
         headers = (("ce_id", event_id.encode()), ("ce_type", EVENT_TYPE), ("seq", b"%d" % seq))
         records.append(Record(seq, f"client-{seq % KEYS}".encode(), value, headers))
     return records
+
+
+def librdkafka_lines(stderr: str) -> list[str]:
+    """Lines librdkafka printed itself (``%3|1795841964.867|FAIL|inference-sidecar#producer-1|
+    ...``: its client.id names it), which the sink routes through the ``sidecar.kafka``
+    logger instead."""
+    return [line for line in stderr.splitlines() if re.match(r"%\d\|\d+\.\d+\|", line)]
 
 
 def seq_of(value: bytes | None) -> int:

@@ -20,8 +20,9 @@ Durability: ``append`` writes with ``pwrite`` at the offset the log knows is goo
 error it truncates back and deletes segments it created, so a failed append leaves nothing
 and may be retried. ``sync`` fdatasyncs written segments, then the directory if segments
 were created or deleted; after a failed fdatasync the next ``sync`` first writes again
-everything not yet synced (the kernel may have dropped it and would report success). ``ack`` rewrites the cursor in place and fsyncs it at most every
-``CURSOR_FSYNC_INTERVAL`` seconds: after a crash a few acked records may be redelivered.
+everything not yet synced (the kernel may have dropped it and would report success).
+``ack`` rewrites the cursor in place and fsyncs it at most every ``CURSOR_FSYNC_INTERVAL``
+seconds: after a crash a few acked records may be redelivered.
 Whole segments are deleted once every record in them is acked (never the active one); a
 delete that fails is retried later and never fails the append or ack it follows.
 

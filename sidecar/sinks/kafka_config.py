@@ -43,6 +43,8 @@ MAX_BLOCK_MS: Final = 1000  # send() waits this long at most, for the topic's me
 BATCH_SIZE: Final = 256 * 1024  # per partition; the 16 KiB default halved throughput (measured)
 MAX_REQUEST_SIZE: Final = 1024**2  # also the largest record the producer accepts
 RECONNECT_BACKOFF_MAX_MS: Final = 1000
+MIN_DELIVERY_TIMEOUT_S: Final = 0.1
+MAX_REQUEST_TIMEOUT_S: Final = 900.0  # librdkafka's bound on request.timeout.ms
 SECRET_MAX_BYTES: Final = 64 * 1024
 _TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 
@@ -140,17 +142,20 @@ class KafkaSettings:
             if client == "kafka-python" and not _CODEC_AVAILABLE[compression]():
                 raise ValueError(f"compression: {compression} needs a module not installed")
         set_(self, "compression", compression)
-        if not 0 < self.delivery_timeout_s <= 3600:
-            raise ValueError(
-                f"delivery_timeout_s: expected (0, 3600], got {self.delivery_timeout_s}"
-            )
+        if not MIN_DELIVERY_TIMEOUT_S <= self.delivery_timeout_s <= 3600:
+            # Below that, both producers refuse their own configuration (a delivery timeout
+            # is more than linger plus a request timeout), at every write.
+            raise ValueError(f"delivery_timeout_s: expected {MIN_DELIVERY_TIMEOUT_S:g} s to "
+                             f"3600 s, got {self.delivery_timeout_s:g}")
         request = self.request_timeout_s
         if request is None:
             set_(self, "request_timeout_s", min(10.0, self.delivery_timeout_s / 3))
-        elif not 0 < request * 1000 + LINGER_MS <= self.delivery_timeout_s * 1000:
+        elif not (0.001 <= request <= MAX_REQUEST_TIMEOUT_S
+                  and request * 1000 + LINGER_MS <= self.delivery_timeout_s * 1000):
             # kafka-python refuses delivery_timeout < linger + request timeout
-            raise ValueError(f"request_timeout_s: expected > 0 and at most delivery_timeout_s "
-                             f"({self.delivery_timeout_s}) - {LINGER_MS} ms, got {request}")
+            raise ValueError(f"request_timeout_s: expected 1 ms to {MAX_REQUEST_TIMEOUT_S} s "
+                             f"and at most delivery_timeout_s ({self.delivery_timeout_s}) - "
+                             f"{LINGER_MS} ms, got {request}")
 
     def _check_sasl(self, protocol: str) -> None:
         mechanism = self.sasl_mechanism.upper() if self.sasl_mechanism is not None else None

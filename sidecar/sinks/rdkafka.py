@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
@@ -54,6 +55,7 @@ log = logging.getLogger("sidecar.kafka")
 QUEUE_MAX_MESSAGES: Final = 10_000  # a write hands over one batch (at most 500 records)
 QUEUE_MAX_KBYTES: Final = 4 * MAX_REQUEST_SIZE // 1024  # ... of at most 1 MiB, or one record
 LOG_LEVEL: Final = 4  # syslog's warning: librdkafka's info lines are per connection
+METADATA_RETRY_S: Final = 0.05
 
 
 def rd_config(settings: KafkaSettings, credentials: SaslCredentials | None = None
@@ -82,8 +84,7 @@ def rd_config(settings: KafkaSettings, credentials: SaslCredentials | None = Non
     }
     if "SSL" in settings.security_protocol:
         config.update({
-            # "probe": the system's CA bundle, as kafka-python's default context uses
-            "ssl.ca.location": settings.ssl_cafile or "probe",
+            "ssl.ca.location": settings.ssl_cafile or default_ca_location(),
             "ssl.endpoint.identification.algorithm": "https",
         })
         if settings.ssl_certfile is not None:
@@ -99,6 +100,14 @@ def rd_config(settings: KafkaSettings, credentials: SaslCredentials | None = Non
             "sasl.password": credentials.password,
         })
     return config
+
+
+def default_ca_location() -> str:
+    """Without a CA file: the CAs Python's default context trusts, as the probe and
+    kafka-python do (``SSL_CERT_FILE``/``SSL_CERT_DIR`` included); librdkafka's own
+    ``probe`` searches a fixed list of paths instead."""
+    paths = ssl.get_default_verify_paths()
+    return paths.cafile or paths.capath or "probe"
 
 
 class _Reports:
@@ -135,12 +144,28 @@ def create_rd_producer(settings: KafkaSettings, config: dict[str, Any]) -> Any:
     from confluent_kafka import KafkaException, Producer
 
     probe(settings)
-    producer = Producer({**config, "logger": log})
+    errors: list[str] = []
+    forward = config.get("error_cb")
+
+    def on_error(err: Any) -> None:  # keeps the first reasons (a TLS failure) for below
+        errors.append(_describe(err))
+        del errors[:-3]
+        if forward is not None:
+            forward(err)
+
+    try:
+        producer = Producer({**config, "error_cb": on_error, "logger": log})
+    except KafkaException as exc:  # a configuration librdkafka refuses
+        raise SinkError(f"kafka: librdkafka refused the configuration: "
+                        f"{_describe(exc.args[0]) if exc.args else exc}") from None
     try:
         producer.list_topics(timeout=settings.request_timeout_s or MAX_BLOCK_MS / 1000)
     except KafkaException as exc:
+        with contextlib.suppress(Exception):
+            producer.poll(0)  # serves the error reports: the cause, where there is one
         discard_rd(producer)
-        cause = _describe(exc.args[0]) if exc.args else type(exc).__name__
+        cause = errors[0] if errors else (_describe(exc.args[0]) if exc.args
+                                          else type(exc).__name__)
         raise SinkError(f"kafka: cannot connect to {settings.bootstrap}: {cause}") from None
     return producer
 
@@ -193,7 +218,7 @@ class RdKafkaSink(KafkaSink):
         for topic in dict.fromkeys(topics):
             self._check_topic(producer, topic)
         reports = self._reports
-        reports.failed, reports.first_failure = 0, ""
+        reports.failed, reports.first_failure, reports.last_error = 0, "", ""
         produce = producer.produce
         for record, topic in zip(records, topics, strict=True):
             try:
@@ -222,15 +247,20 @@ class RdKafkaSink(KafkaSink):
             return
         from confluent_kafka import KafkaException
 
-        try:
-            metadata = producer.list_topics(topic, timeout=MAX_BLOCK_MS / 1000)
-        except KafkaException:
-            raise MetadataTimeout(f"kafka: no metadata for topic {topic} within "
-                                  f"{MAX_BLOCK_MS} ms (does it exist?)") from None
-        except Exception as exc:
-            raise SinkError(f"kafka: metadata of topic {topic}: {reason(exc)}") from None
-        found = metadata.topics.get(topic)
-        if found is None or found.error is not None or not found.partitions:
-            raise MetadataTimeout(f"kafka: no metadata for topic {topic} within "
-                                  f"{MAX_BLOCK_MS} ms (does it exist?)")
-        self._topics_known.add(topic)
+        # As kafka-python's wait for metadata: a topic being created (auto-create answers
+        # LEADER_NOT_AVAILABLE first) gets up to MAX_BLOCK_MS.
+        deadline = time.monotonic() + MAX_BLOCK_MS / 1000
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                metadata = producer.list_topics(topic, timeout=left)
+            except KafkaException:
+                break
+            except Exception as exc:
+                raise SinkError(f"kafka: metadata of topic {topic}: {reason(exc)}") from None
+            found = metadata.topics.get(topic)
+            if found is not None and found.error is None and found.partitions:
+                self._topics_known.add(topic)
+                return
+            time.sleep(min(METADATA_RETRY_S, max(deadline - time.monotonic(), 0.0)))
+        raise MetadataTimeout(f"kafka: no metadata for topic {topic} within "
+                              f"{MAX_BLOCK_MS} ms (does it exist?)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -32,6 +33,7 @@ from kafka_broker import (
     consume_all,
     consume_all_confluent,
     free_port,
+    librdkafka_lines,
     make_records,
     seq_counts,
     seq_of,
@@ -76,10 +78,18 @@ def sink_for(bootstrap: str, client: str = "kafka-python", **overrides: Any) -> 
     return RdKafkaSink(settings) if client == "librdkafka" else KafkaSink(settings)
 
 
-def librdkafka_lines(stderr: str) -> list[str]:
-    """Lines librdkafka printed itself (``%4|...|rdkafka#producer-1| ...``), which the
-    sink routes through the ``sidecar.kafka`` logger instead."""
-    return [line for line in stderr.splitlines() if "|rdkafka#" in line]
+def threads_now() -> int:
+    """Threads of this process, native ones included (librdkafka's never appear in
+    ``threading.enumerate()``)."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def threads_back_to(baseline: int, wait_s: float = 3.0) -> int:
+    """The thread count, once it is back to ``baseline`` or after ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while (now := threads_now()) > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return now
 
 
 def producer_threads(wait_s: float = 3.0) -> list[str]:
@@ -163,6 +173,7 @@ def test_paused_broker_fails_within_delivery_timeout_then_everything_arrives(
     broker: EmbeddedBroker, kafka_client: str, capfd: pytest.CaptureFixture[str],
 ) -> None:
     timeout_s = 2.0
+    baseline = threads_now()
     sink = sink_for(broker.bootstrap, kafka_client, delivery_timeout_s=timeout_s)
     first, second, third = make_records(0, 500), make_records(500, 500), make_records(1000, 500)
     try:
@@ -177,8 +188,9 @@ def test_paused_broker_fails_within_delivery_timeout_then_everything_arrives(
             broker.resume()
         assert elapsed < timeout_s + 1.5, f"write took {elapsed:.1f} s"
         assert not sink.healthy
-        # The failed producer was discarded, I/O thread included (see discard()).
+        # The failed producer was discarded, its threads included (see discard()).
         assert producer_threads() == []
+        assert threads_back_to(baseline) == baseline
         assert librdkafka_lines(capfd.readouterr().err) == []
 
         sink.write(second)  # the pipeline's retry: the same batch, whole
@@ -202,6 +214,7 @@ def test_paused_broker_fails_within_delivery_timeout_then_everything_arrives(
 def test_broker_paused_before_the_producer_exists_fails_within_request_timeout(
     broker: EmbeddedBroker, kafka_client: str,
 ) -> None:
+    baseline = threads_now()
     sink = sink_for(broker.bootstrap, kafka_client, delivery_timeout_s=3.0,
                     request_timeout_s=1.0)
     records = make_records(0, 50)
@@ -221,6 +234,7 @@ def test_broker_paused_before_the_producer_exists_fails_within_request_timeout(
     finally:
         sink.close()
     assert producer_threads() == []
+    assert threads_back_to(baseline) == baseline
     got = consume_all(broker.bootstrap, TOPIC, min_records=len(records))
     assert seq_counts(r.value for r in got) == Counter(range(50))
 
@@ -417,7 +431,13 @@ def test_settings_normalise_case_and_compression() -> None:
       "sasl_username_file": "/u", "sasl_password_file": "/p"}, "ssl_keyfile"),
     ({"compression": "brotli"}, "compression"),
     ({"delivery_timeout_s": 0}, "delivery_timeout_s"),
+    # both producers refuse a delivery timeout under linger + request timeout
+    ({"delivery_timeout_s": 0.005}, "delivery_timeout_s"),
     ({"delivery_timeout_s": 5, "request_timeout_s": 5}, "request_timeout_s"),
+    ({"delivery_timeout_s": 5, "request_timeout_s": 0.0005}, "request_timeout_s"),
+    # librdkafka's request.timeout.ms is at most 900,000
+    ({"delivery_timeout_s": 3600, "request_timeout_s": 1000}, "request_timeout_s"),
+    ({"client": "franz-go"}, "client"),
 ])
 def test_settings_reject_bad_values_naming_the_field(
     overrides: dict[str, Any], field: str

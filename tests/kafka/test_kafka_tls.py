@@ -135,3 +135,24 @@ def test_a_server_certificate_the_ca_file_does_not_vouch_for_is_refused(
     # said as such, not as "Unable to bootstrap"
     assert str(refused.value) == (f"kafka: no broker reachable: 127.0.0.1:{front.port} (TLS: "
                                   f"CERTIFICATE_VERIFY_FAILED: self-signed certificate)")
+
+
+def test_without_a_ca_file_the_default_trust_is_used(
+    tls_broker: tuple[EmbeddedBroker, TlsFront], kafka_client: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No kafka_ssl_cafile: the CAs Python's default context trusts (here SSL_CERT_FILE),
+    # for the probe and for either producer.
+    monkeypatch.setenv("SSL_CERT_FILE", str(TLS / "server.pem"))
+    _, front = tls_broker
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{front.port}", topic=TOPIC,
+                             security_protocol="ssl", delivery_timeout_s=10.0,
+                             client=kafka_client)
+    sink = RdKafkaSink(settings) if kafka_client == "librdkafka" else KafkaSink(settings)
+    try:
+        sink.write(make_records(0, 10))
+    finally:
+        sink.close()
+    records = consume_all(f"127.0.0.1:{front.port}", TOPIC, min_records=10,
+                          security_protocol="SSL", ssl_cafile=str(TLS / "server.pem"))
+    assert len(records) == 10

@@ -5,13 +5,24 @@ shares with ``KafkaSink`` is tested with both producers in ``test_kafka_sink.py`
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import confluent_kafka
 import pytest
-from kafka_broker import KEYS, EmbeddedBroker, consume_all, make_records, seq_counts
+from kafka_broker import (
+    KEYS,
+    EmbeddedBroker,
+    consume_all,
+    free_port,
+    librdkafka_lines,
+    make_records,
+    seq_counts,
+)
 
 import sidecar.sinks.kafka_config as kafka_config
 from sidecar.config import ConfigError, load_settings
@@ -21,6 +32,8 @@ from sidecar.sinks.kafka import KafkaSink
 from sidecar.sinks.kafka_config import KafkaSettings, SaslCredentials, kafka_settings_from
 from sidecar.sinks.rdkafka import RdKafkaSink, create_rd_producer, rd_config
 from sidecar.sinks.registry import build_sink
+
+TLS = Path(__file__).resolve().parent / "tls"
 
 
 def test_a_key_lands_on_the_partition_kafka_python_chooses(broker: EmbeddedBroker) -> None:
@@ -77,6 +90,36 @@ def test_a_missing_topic_fails_the_batch_before_any_of_it_is_sent(
         sink.close()
     got = consume_all(broker.bootstrap, "inference.events", timeout_s=10, min_records=1)
     assert seq_counts(r.value for r in got) == {3: 1}
+
+
+def test_a_topic_still_being_created_gets_its_metadata_wait(broker: EmbeddedBroker) -> None:
+    # Auto-creation answers LEADER_NOT_AVAILABLE at first: asked again within
+    # MAX_BLOCK_MS, as kafka-python's metadata wait does, instead of failing the batch.
+    class Creating:
+        def __init__(self, real: Any) -> None:
+            self.real, self.asked = real, 0
+
+        def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+            metadata = self.real.list_topics(topic, timeout=timeout)
+            self.asked += 1
+            if topic is not None and self.asked <= 3:
+                metadata.topics[topic].error = "LEADER_NOT_AVAILABLE"
+            return metadata
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+    made: list[Creating] = []
+    sink = RdKafkaSink(
+        KafkaSettings(bootstrap=broker.bootstrap, topic="creating", client="librdkafka"),
+        lambda s, config: made.append(Creating(create_rd_producer(s, config))) or made[-1])
+    try:
+        sink.write(make_records(0, 5))
+    finally:
+        sink.close()
+    assert made[0].asked == 4
+    got = consume_all(broker.bootstrap, "creating", min_records=5)
+    assert set(seq_counts(r.value for r in got)) == set(range(5))
 
 
 def test_a_failed_write_discards_the_producer_and_the_next_one_delivers(
@@ -139,7 +182,8 @@ def test_rd_config_sasl_ssl_and_mutual_tls(tmp_path: Path) -> None:
         rd_config(settings)
     system_ca = rd_config(KafkaSettings(bootstrap="k:1", topic="t", client="librdkafka",
                                         security_protocol="ssl"))
-    assert system_ca["ssl.ca.location"] == "probe"  # the system's CA bundle
+    trusted = ssl.get_default_verify_paths()  # what Python's default context trusts
+    assert system_ca["ssl.ca.location"] == (trusted.cafile or trusted.capath)
 
 
 def test_the_client_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,4 +229,66 @@ def test_librdkafka_logs_go_to_the_sidecar_logger(
         finally:
             sink.close()
     assert [r for r in caplog.records if r.name == "sidecar.kafka"], "nothing logged"
-    assert "|rdkafka#" not in capfd.readouterr().err
+    assert librdkafka_lines(capfd.readouterr().err) == []
+
+
+@pytest.mark.parametrize(("delivery", "request_"), [(0.1, None), (3600, None), (3600, 900.0),
+                                                    (5, 0.001)])
+def test_every_accepted_timeout_is_a_configuration_librdkafka_takes(
+        delivery: float, request_: float | None) -> None:
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", topic="t",
+                             client="librdkafka", delivery_timeout_s=delivery,
+                             request_timeout_s=request_)
+    producer = confluent_kafka.Producer({**rd_config(settings),
+                                         "logger": logging.getLogger("test.rdkafka")})
+    producer.close()
+
+
+def test_without_a_ca_file_the_ca_python_trusts_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the probe and kafka-python trust (SSL_CERT_FILE included), not librdkafka's own
+    # search of fixed paths.
+    monkeypatch.setenv("SSL_CERT_FILE", str(TLS / "server.pem"))
+    config = rd_config(KafkaSettings(bootstrap="k:1", topic="t", client="librdkafka",
+                                     security_protocol="ssl"))
+    assert config["ssl.ca.location"] == str(TLS / "server.pem")
+
+
+class _Err:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def str(self) -> str:
+        return self.text
+
+
+class _Unacknowledged:
+    """A producer whose records are never acknowledged (a unit test's stand-in)."""
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions={0: 0})})
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self, timeout: float = -1) -> int:
+        return 1
+
+    def purge(self, **kwargs: Any) -> None:
+        pass
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failure_is_not_blamed_on_an_earlier_error() -> None:
+    sink = RdKafkaSink(KafkaSettings(bootstrap="k:1", topic="t", client="librdkafka",
+                                     delivery_timeout_s=0.1),
+                       lambda settings, config: _Unacknowledged())
+    sink._reports.error(_Err("ssl://k:9093/1: SSL handshake failed (yesterday)"))
+    with pytest.raises(SinkError) as failed:
+        sink.write(make_records(0, 1))
+    assert str(failed.value).endswith("1 of 1 records not acknowledged within 0.1 s: "
+                                      "no acknowledgement in time")
