@@ -271,13 +271,17 @@ class KafkaSink:
     def _discard_producer(producer: Any) -> None:
         discard(producer)
 
-    def _deliver(self, producer: Producer, records: Sequence[Record]) -> None:
-        """Send every record, then wait until each is acknowledged, or raise."""
+    def _topics(self, records: Sequence[Record]) -> list[str]:
+        """Each record's topic: ``ai.detector.*`` records to the alerts topic, if any."""
         events_topic = self.settings.topic
         alerts_topic = self.settings.alerts_topic or events_topic
+        return [alerts_topic if is_alert(record) else events_topic for record in records]
+
+    def _deliver(self, producer: Producer, records: Sequence[Record]) -> None:
+        """Send every record, then wait until each is acknowledged, or raise."""
+        topics = self._topics(records)
         timeout = self.settings.delivery_timeout_s
         deadline = time.monotonic() + timeout
-        topics = [alerts_topic if is_alert(record) else events_topic for record in records]
         for topic in dict.fromkeys(topics):
             # Every topic's metadata before the first send: a topic that is missing (the
             # alerts topic on a cluster without auto-create) must fail the batch before any

@@ -35,7 +35,6 @@ from sidecar.sinks.kafka import (
     CLOSE_TIMEOUT_S,
     KafkaSink,
     MetadataTimeout,
-    is_alert,
     probe,
     reason,
 )
@@ -210,13 +209,11 @@ class RdKafkaSink(KafkaSink):
     def _deliver(self, producer: Any, records: Sequence[Record]) -> None:
         from confluent_kafka import KafkaError, KafkaException
 
-        events_topic = self.settings.topic
-        alerts_topic = self.settings.alerts_topic or events_topic
+        topics = self._topics(records)
+        for topic in dict.fromkeys(topics):  # before anything is sent (see KafkaSink)
+            self._check_topic(producer, topic)
         timeout = self.settings.delivery_timeout_s
         deadline = time.monotonic() + timeout
-        topics = [alerts_topic if is_alert(record) else events_topic for record in records]
-        for topic in dict.fromkeys(topics):
-            self._check_topic(producer, topic)
         reports = self._reports
         reports.failed, reports.first_failure, reports.last_error = 0, "", ""
         produce = producer.produce

@@ -57,7 +57,7 @@ from sidecar.sinks.kafka import (
     producer_config,
     read_credentials,
 )
-from sidecar.sinks.rdkafka import RdKafkaSink
+from sidecar.sinks.rdkafka import RdKafkaSink, create_rd_producer
 
 TOPIC = "inference.events"
 TLS = Path(__file__).resolve().parent / "tls"  # test-only certificate and key (see README)
@@ -288,30 +288,35 @@ def test_an_oversized_record_is_named_by_seq_never_by_payload(broker: EmbeddedBr
 
 
 def test_a_missing_alerts_topic_fails_the_batch_before_any_of_it_is_sent(
-        broker: EmbeddedBroker) -> None:
+        broker: EmbeddedBroker, kafka_client: str) -> None:
     # A cluster without auto-create where the alerts topic was never made: kafka-python's
-    # metadata wait for it times out (as partitions_for does there; Tansu auto-creates).
-    # Events sent before the alert would be published again by every retry.
+    # metadata wait for it times out (as partitions_for does there), librdkafka's metadata
+    # answers UNKNOWN_TOPIC_OR_PART (Tansu auto-creates: both simulated over the real
+    # producer). Events sent before the alert would be published again by every retry.
     class NoAlertsTopic:
         def __init__(self, real: Any) -> None:
             self.real = real
 
-        def partitions_for(self, topic: str) -> Any:
+        def partitions_for(self, topic: str) -> Any:  # kafka-python
             if topic == "inference.alerts":
                 raise kafka_config.kafka_errors.KafkaTimeoutError("no metadata")
             return self.real.partitions_for(topic)
 
-        def send(self, topic: str, **kwargs: Any) -> Any:
-            return self.real.send(topic, **kwargs)
+        def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+            metadata = self.real.list_topics(topic, timeout=timeout)  # librdkafka
+            if topic == "inference.alerts":
+                metadata.topics[topic].error = "UNKNOWN_TOPIC_OR_PART"
+            return metadata
 
-        def close(self, timeout: float | None = None) -> None:
-            self.real.close(timeout=timeout)
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
 
     alert = Record(99, b"client-a", b'{"id": "inf-a/rate"}', (("ce_type", b"ai.detector.alert"),))
-    sink = KafkaSink(KafkaSettings(bootstrap=broker.bootstrap, topic=TOPIC,
-                                   alerts_topic="inference.alerts"),
-                     lambda settings, config: NoAlertsTopic(
-                         kafka_sink.create_producer(settings, config)))
+    settings = KafkaSettings(bootstrap=broker.bootstrap, topic=TOPIC,
+                             alerts_topic="inference.alerts", client=kafka_client)
+    sink = (RdKafkaSink(settings, lambda s, c: NoAlertsTopic(create_rd_producer(s, c)))
+            if kafka_client == "librdkafka" else
+            KafkaSink(settings, lambda s, c: NoAlertsTopic(kafka_sink.create_producer(s, c))))
     try:
         for _ in range(3):
             with pytest.raises(SinkError, match=r"topic inference\.alerts"):
