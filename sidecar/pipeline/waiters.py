@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 
 class Durability:
@@ -45,13 +46,22 @@ class Durability:
 
     def expire(self, now: float) -> int:
         """Fail the waiters whose deadline passed; how many."""
-        waiters, expired = self._waiters, 0
-        while waiters and waiters[0][1] <= now:
+        return self._fail(lambda _seq, deadline: deadline <= now)
+
+    def fail_through(self, seq: int) -> int:
+        """Fail the waiters up to ``seq``, whose events the log never kept (a round given
+        up at shutdown): a later round's ``advance`` must not release them; how many."""
+        return self._fail(lambda waiting, _deadline: waiting <= seq)
+
+    def _fail(self, due: Callable[[int, float], bool]) -> int:
+        # Waiters are in seq order and share one timeout, so in deadline order too.
+        waiters, failed = self._waiters, 0
+        while waiters and due(waiters[0][0], waiters[0][1]):
             future = waiters.popleft()[2]
             if not future.done():
-                future.set_exception(TimeoutError())
-                expired += 1
-        return expired
+                future.set_exception(TimeoutError())  # the handler withholds the response
+                failed += 1
+        return failed
 
     async def run_watchdog(self, every_s: float = 0.1) -> None:
         loop = asyncio.get_running_loop()

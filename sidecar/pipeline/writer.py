@@ -328,6 +328,9 @@ class LogWriter:
             self._on_drop(gave_up, len(work.events))
             self._notices_dropped(gave_up, sum(1 for seq, _ in work.finals if not seq)
                                   + sum(carried_alerts(event) for _, event in work.events))
+            # Not kept: their responses must not go out as if they were, which the next
+            # round's advance (past these seqs) would do.
+            self.durability.fail_through(last)
         self._complete(work, appended=self._appended)
         if gave_up:
             return

@@ -612,6 +612,28 @@ async def test_log_full_at_shutdown_gives_up_at_the_deadline_and_counts_the_drop
     await h.finish()
 
 
+async def test_a_round_given_up_at_shutdown_never_has_its_responses_released() -> None:
+    # A transient disk error at shutdown: the first round is given up on (its event is
+    # counted dropped), the next is written. That round's advance must not release the
+    # first round's response as if its event were kept.
+    log = RecordingLog()
+    queue = EventQueue(1000, "block", first_seq=log.next_seq, on_accept=log.note_accepted)
+    drops: list[tuple[str, int]] = []
+    writer = LogWriter(queue, log, "sync", 0.05, on_appended=lambda: None,
+                       on_disk_error=lambda failing: None,
+                       on_drop=lambda reason, n: drops.append((reason, n)))
+    writer._record_max = 1e12  # one event a round, as with more queued than a round takes
+    futures = [writer.durability.wait(queue.put(make_event(n))) for n in (1, 2)]
+    queue.close()
+    writer.give_up_at = time.monotonic()
+    log.fail_appends = 1
+    await asyncio.wait_for(writer.run(), WAIT_S)
+    writer.shutdown()
+    assert drops == [("disk_error_at_shutdown", 1)]
+    assert futures[0] is not None and isinstance(futures[0].exception(), TimeoutError)
+    assert futures[1] is not None and futures[1].exception() is None  # kept and synced
+
+
 @pytest.mark.parametrize(
     ("when_full", "reason", "kept"),
     [("drop_newest", "log_full_newest", [1, 2, 3]),
