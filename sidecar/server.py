@@ -170,6 +170,10 @@ class Sidecar:
             "listen": f"{s.listen[0]}:{self.proxy_port}",
             "admin_listen": f"{s.admin_listen[0]}:{self.admin_port}",
             "upstream": s.upstream_url, **s.identity,
+            # what an operator checks first when events do not arrive where expected
+            "sink": (f"kafka ({s.kafka_client}) {s.kafka_bootstrap}" if s.kafka_bootstrap
+                     else f"jsonl {s.events_file}"),
+            "durability": s.durability,
         }})
 
     async def stop(self) -> None:

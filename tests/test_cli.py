@@ -484,6 +484,7 @@ def test_serve_answers_healthz_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     try:
         started = _wait_for_start(proc, log_path, deadline_s=15.0)
         assert started["model_version"] == "2.4.1"
+        assert started["sink"].startswith("jsonl ") and started["durability"] == "sync"
         admin = started["admin_listen"]
         assert admin.startswith("127.0.0.1:")
 
