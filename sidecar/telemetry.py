@@ -108,7 +108,18 @@ class Metrics:
         self.info.labels(**identity).set(1)
         # Per-request metrics (requests, durations, outcomes, upstream time, time to first
         # byte, in flight) are plain numbers on the loop, exported at scrape time.
-        self.requests = RequestStats(n, identity["model_version"], LATENCY_BUCKETS)
+        self.requests = RequestStats({
+            "requests": (f"{n}_requests", "Requests answered, by route and status."),
+            "duration": (f"{n}_request_duration_seconds",
+                         "Time from request received to response completed (with "
+                         "durability sync, its event's fsync included)."),
+            "outcomes": (f"{n}_outcomes", "Inferences by outcome (as the client saw it)."),
+            "upstream": (f"{n}_upstream_duration_seconds",
+                         "Time until the upstream's response headers."),
+            "ttfb": (f"{n}_time_to_first_byte_seconds",
+                     "Time until the first body byte was relayed."),
+            "in_flight": (f"{n}_requests_in_flight", "Requests being handled now."),
+        }, identity["model_version"], LATENCY_BUCKETS)
         registry.register(self.requests)
         self.events_emitted = Counter(
             f"{n}_events_emitted_total", "Events accepted into the pipeline (one per inference).",
@@ -164,7 +175,9 @@ class Metrics:
             registry=registry,
         )
         self.log_bytes = Gauge(
-            f"{n}_log_bytes", "Bytes in the event log not yet delivered.", registry=registry,
+            f"{n}_log_bytes",
+            "Bytes the event log holds (delivered records too, until their segment is "
+            "trimmed): what counts toward wal_max_bytes.", registry=registry,
         )
         self.log_events = Gauge(
             f"{n}_log_events", "Events in the event log not yet delivered.", registry=registry,
@@ -218,7 +231,8 @@ class Metrics:
         self.drift = DriftStatus(f"{n}_drift_status")
         registry.register(self.drift)
         self.overloaded = Counter(
-            f"{n}_requests_refused_total", "Requests refused before the upstream, by reason.",
+            f"{n}_requests_refused_total",
+            "Requests refused before the upstream, or cut after it (event_not_durable).",
             ["reason"], registry=registry,
         )
         self.loop_lag = Histogram(

@@ -10,7 +10,7 @@ the buckets come from ``sidecar.telemetry``, which builds this collector.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -36,10 +36,15 @@ class _Histogram:
 
 
 class RequestStats(Collector):
-    """Requests, durations, outcomes, upstream time, time to first byte, in flight."""
+    """Requests, durations, outcomes, upstream time, time to first byte, in flight.
 
-    def __init__(self, namespace: str, model_version: str, buckets: Sequence[float]) -> None:
-        self.namespace = namespace
+    ``names``: for each of ``requests``, ``duration``, ``outcomes``, ``upstream``, ``ttfb``
+    and ``in_flight``, the metric's name and help (given by ``sidecar.telemetry``).
+    """
+
+    def __init__(self, names: Mapping[str, tuple[str, str]], model_version: str,
+                 buckets: Sequence[float]) -> None:
+        self.names = dict(names)
         self.model_version = model_version
         self.buckets = tuple(buckets)
         self.in_flight = 0
@@ -76,31 +81,21 @@ class RequestStats(Collector):
             self._histogram(self._ttfb, route).observe(ttfb_s, self.buckets)
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        n, labels = self.namespace, ["route", "status", "model_version"]
-        requests = CounterMetricFamily(
-            f"{n}_requests", "Requests answered, by route and status.", labels=labels)
-        durations = HistogramMetricFamily(
-            f"{n}_request_duration_seconds",
-            "Time from request received to response completed.", labels=labels)
+        names, labels = self.names, ["route", "status", "model_version"]
+        requests = CounterMetricFamily(*names["requests"], labels=labels)
+        durations = HistogramMetricFamily(*names["duration"], labels=labels)
         for (route, status), count in list(self._requests.items()):
             values = [route, str(status), self.model_version]
             requests.add_metric(values, count[0])
             histogram = self._durations[(route, status)]
             durations.add_metric(values, histogram.cumulative(self.buckets), histogram.total)
-        outcomes = CounterMetricFamily(
-            f"{n}_outcomes", "Inferences by outcome.", labels=["outcome"])
+        outcomes = CounterMetricFamily(*names["outcomes"], labels=["outcome"])
         for outcome, count in list(self._outcomes.items()):
             outcomes.add_metric([outcome], count[0])
         yield from (requests, durations, outcomes)
-        for name, doc, table in (
-            ("upstream_duration_seconds", "Time until the upstream's response headers.",
-             self._upstream),
-            ("time_to_first_byte_seconds", "Time until the first body byte was relayed.",
-             self._ttfb),
-        ):
-            family = HistogramMetricFamily(f"{n}_{name}", doc, labels=["route"])
+        for key, table in (("upstream", self._upstream), ("ttfb", self._ttfb)):
+            family = HistogramMetricFamily(*names[key], labels=["route"])
             for route, histogram in list(table.items()):
                 family.add_metric([route], histogram.cumulative(self.buckets), histogram.total)
             yield family
-        yield GaugeMetricFamily(f"{n}_requests_in_flight", "Requests being handled now.",
-                                value=self.in_flight)
+        yield GaugeMetricFamily(*names["in_flight"], value=self.in_flight)

@@ -10,7 +10,7 @@ from sidecar.events.model import InferenceEvent
 class Recorder(Protocol):
     def record(self, event: InferenceEvent, started: float) -> int: ...
 
-    async def wait_durable(self, seq: int) -> None: ...
+    async def wait_durable(self, seq: int, event: InferenceEvent, started: float) -> None: ...
 
 
 class Exchange:
@@ -32,4 +32,4 @@ class Exchange:
         """
         self.committed = True
         seq = self.recorder.record(self.event, self.started)
-        await self.recorder.wait_durable(seq)
+        await self.recorder.wait_durable(seq, self.event, self.started)

@@ -243,35 +243,50 @@ class ProxyHandler:
         return response
 
     def record(self, event: InferenceEvent, started: float) -> int:
-        """Complete the event's timings and metrics and enqueue it; its sequence number."""
+        """Complete the event's timings and enqueue it; its sequence number. The request
+        metrics follow at once, or after ``wait_durable`` when the response waits for the
+        event's fsync (that wait is part of the response's time)."""
         elapsed = time.perf_counter() - started
         event.latency_ms = elapsed * 1000.0
         if not event.outcome:
             event.outcome = OUTCOME_CLIENT_DISCONNECTED
         if event.status == 0:
             event.status = STATUS_NO_RESPONSE
+        seq = self._queue.put(event)
+        self._emitted.inc()  # every inference: one the full queue dropped is counted dropped too
+        if not self._sync or not seq:
+            self._observe(event, event.status, event.outcome, elapsed)
+        return seq
+
+    def _observe(self, event: InferenceEvent, status: int, outcome: str, seconds: float) -> None:
         upstream_ms, ttfb_ms = event.upstream_latency_ms, event.ttfb_ms
         self._stats.observe(
-            event.route, event.status, event.outcome, elapsed,
+            event.route, status, outcome, seconds,
             None if upstream_ms is None else upstream_ms / 1000.0,
             None if ttfb_ms is None else ttfb_ms / 1000.0,
         )
-        seq = self._queue.put(event)
-        if seq:
-            self._emitted.inc()
-        return seq
 
-    async def wait_durable(self, seq: int) -> None:
+    async def wait_durable(self, seq: int, event: InferenceEvent, started: float) -> None:
+        """With ``durability: sync``, return once the event ``record`` enqueued as ``seq``
+        is fsynced; then (or when the wait fails) the request metrics. Only reads the
+        event: it belongs to the pipeline now."""
         if not self._sync or not seq:
             return
+        status, outcome = event.status, event.outcome
         future = self._durability.wait(seq)
-        if future is None:
-            return
         try:
-            await future  # the Durability watchdog fails it after durability_timeout
+            if future is not None:
+                await future  # the Durability watchdog fails it after durability_timeout
+        except asyncio.CancelledError:
+            status, outcome = STATUS_NO_RESPONSE, OUTCOME_CLIENT_DISCONNECTED
+            raise
         except TimeoutError:
-            # The answer must not reach the client without its evidence: cut it off.
+            # The answer must not reach the client without its evidence: cut it off. The
+            # metrics say what the client got; the event (already committed) cannot.
+            status, outcome = STATUS_NO_RESPONSE, OUTCOME_ABORTED
             self._metrics.overloaded.labels("event_not_durable").inc()
             log.error("event not durable in time; response withheld",
                       extra={"fields": {"seq": seq, "timeout_s": self._durability_timeout}})
             raise ConnectionResetError("event not durable in time") from None
+        finally:
+            self._observe(event, status, outcome, time.perf_counter() - started)

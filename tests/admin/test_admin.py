@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -124,3 +126,66 @@ async def test_loss_counters_are_exported_at_zero_before_any_loss(
     assert 'inference_sidecar_events_incomplete_total{reason="log_full"} 0.0' in text
     for reason in ("log_full_oldest", "log_full_newest"):
         assert f'inference_sidecar_alerts_dropped_total{{reason="{reason}"}} 0.0' in text
+
+
+async def test_emitted_counts_every_inference_also_those_a_full_queue_dropped(
+    make_sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    # One per inference, whichever end of the queue drop_newest/drop_oldest drops: so
+    # emitted = delivered + dropped (+ pending) holds under either policy.
+    sc = await make_sidecar(event_queue_size="1", when_full="drop_newest",
+                            durability="memory")
+
+    async def one() -> int:
+        async with client.post(sc.url + "/v1/chat/completions", json={"messages": []}) as r:
+            await r.read()
+            return r.status
+
+    statuses: list[int] = []
+    for _ in range(5):  # 200 requests, 40 at a time
+        statuses += await asyncio.gather(*(one() for _ in range(40)))
+    assert statuses == [200] * 200
+    for _ in range(200):
+        async with client.get(sc.admin_url + "/metrics") as r:
+            m = samples(await r.text())
+        delivered = m[("inference_sidecar_events_delivered_total", (("sink", "memory"),))]
+        dropped = m[("inference_sidecar_events_dropped_total", (("reason", "queue_full"),))]
+        if delivered + dropped == 200:
+            break
+        await asyncio.sleep(0.02)
+    assert dropped > 0, "the queue never filled: the test proves nothing"
+    assert m[("inference_sidecar_events_emitted_total", ())] == 200 == delivered + dropped
+
+
+async def test_sync_metrics_include_the_fsync_wait_and_count_a_withheld_response_as_cut(
+    make_sidecar: Any, client: aiohttp.ClientSession, monkeypatch: Any
+) -> None:
+    from sidecar.durability.wal import WriteAheadLog
+
+    delay = {"s": 0.0}
+    real_sync = WriteAheadLog.sync
+
+    def slow_sync(self: WriteAheadLog) -> None:
+        time.sleep(delay["s"])  # a slow disk, in the writer's thread
+        real_sync(self)
+
+    monkeypatch.setattr(WriteAheadLog, "sync", slow_sync)
+    sc = await make_sidecar(durability="sync", durability_timeout="1s")
+    delay["s"] = 0.4
+    async with client.post(sc.url + "/text", data=b"hi") as r:
+        assert r.status == 200
+        await r.read()
+    delay["s"] = 1.5  # past durability_timeout: the response is withheld
+    with pytest.raises(aiohttp.ClientError):
+        async with client.post(sc.url + "/text", data=b"hi") as r:
+            await r.read()
+    delay["s"] = 0.0
+    async with client.get(sc.admin_url + "/metrics") as r:
+        m = samples(await r.text())
+    ok = (("model_version", "1.2.3"), ("route", "other"), ("status", "200"))
+    cut = (("model_version", "1.2.3"), ("route", "other"), ("status", "499"))
+    assert m[("inference_sidecar_request_duration_seconds_sum", ok)] >= 0.4  # fsync included
+    assert m[("inference_sidecar_requests_total", ok)] == 1
+    assert m[("inference_sidecar_requests_total", cut)] == 1
+    assert m[("inference_sidecar_outcomes_total", (("outcome", "aborted"),))] == 1
+    assert m[("inference_sidecar_requests_refused_total", (("reason", "event_not_durable"),))] == 1
