@@ -8,7 +8,7 @@ from sidecar.events.model import InferenceEvent
 
 
 class Recorder(Protocol):
-    def record(self, event: InferenceEvent, started: float) -> int: ...
+    def record(self, event: InferenceEvent, started: float, then_wait: bool = False) -> int: ...
 
     async def wait_durable(self, seq: int, event: InferenceEvent, started: float) -> None: ...
 
@@ -31,5 +31,5 @@ class Exchange:
         change it any more.
         """
         self.committed = True
-        seq = self.recorder.record(self.event, self.started)
+        seq = self.recorder.record(self.event, self.started, then_wait=True)
         await self.recorder.wait_durable(seq, self.event, self.started)

@@ -242,10 +242,11 @@ class ProxyHandler:
         self.record(event, started)
         return response
 
-    def record(self, event: InferenceEvent, started: float) -> int:
+    def record(self, event: InferenceEvent, started: float, then_wait: bool = False) -> int:
         """Complete the event's timings and enqueue it; its sequence number. The request
-        metrics follow at once, or after ``wait_durable`` when the response waits for the
-        event's fsync (that wait is part of the response's time)."""
+        metrics follow at once, or, when the caller will wait for the event's fsync
+        (``then_wait``, ``Exchange.commit``), after ``wait_durable``: that wait is part of
+        the response's time."""
         elapsed = time.perf_counter() - started
         event.latency_ms = elapsed * 1000.0
         if not event.outcome:
@@ -254,7 +255,7 @@ class ProxyHandler:
             event.status = STATUS_NO_RESPONSE
         seq = self._queue.put(event)
         self._emitted.inc()  # every inference: one the full queue dropped is counted dropped too
-        if not self._sync or not seq:
+        if not (then_wait and self._sync and seq):
             self._observe(event, event.status, event.outcome, elapsed)
         return seq
 
@@ -267,9 +268,9 @@ class ProxyHandler:
         )
 
     async def wait_durable(self, seq: int, event: InferenceEvent, started: float) -> None:
-        """With ``durability: sync``, return once the event ``record`` enqueued as ``seq``
-        is fsynced; then (or when the wait fails) the request metrics. Only reads the
-        event: it belongs to the pipeline now."""
+        """With ``durability: sync``, return once the event ``record(then_wait=True)``
+        enqueued as ``seq`` is fsynced; then (or when the wait fails) the request metrics.
+        Only reads the event: it belongs to the pipeline now."""
         if not self._sync or not seq:
             return
         status, outcome = event.status, event.outcome

@@ -189,3 +189,24 @@ async def test_sync_metrics_include_the_fsync_wait_and_count_a_withheld_response
     assert m[("inference_sidecar_requests_total", cut)] == 1
     assert m[("inference_sidecar_outcomes_total", (("outcome", "aborted"),))] == 1
     assert m[("inference_sidecar_requests_refused_total", (("reason", "event_not_durable"),))] == 1
+
+
+async def test_sync_metrics_count_requests_that_never_committed(
+    make_sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    # Recorded outside Exchange.commit (a client gone before the answer): nothing waits
+    # for their fsync, and their metrics must not wait for it either.
+    sc = await make_sidecar(durability="sync")
+    with pytest.raises(asyncio.TimeoutError):
+        async with client.get(sc.url + "/hang", timeout=aiohttp.ClientTimeout(total=0.3)) as r:
+            await r.read()
+    for _ in range(200):
+        async with client.get(sc.admin_url + "/metrics") as r:
+            m = samples(await r.text())
+        if m.get(("inference_sidecar_outcomes_total", (("outcome", "client_disconnected"),))):
+            break
+        await asyncio.sleep(0.02)
+    gone = (("model_version", "1.2.3"), ("route", "other"), ("status", "499"))
+    assert m[("inference_sidecar_requests_total", gone)] == 1
+    assert m[("inference_sidecar_outcomes_total", (("outcome", "client_disconnected"),))] == 1
+    assert m[("inference_sidecar_requests_in_flight", ())] == 0
