@@ -153,7 +153,8 @@ class FastPhoneRecognizer(LocalRecognizer):
     # Digits and phone punctuation: "+1 (212) 555-0143", "212.555.0143", "030 / 1234567",
     # "03\u30fc1234\u30fc5678" (the text is folded: fold.py);
     # not ". (" or ", ": sentence punctuation must not glue two numbers into one run.
-    _RUN = re.compile(r"(?<![\w+])\+?\(?[0-9]"
+    # Not after a letter or digit, as libphonenumber; after "_" yes (tel_212-555-0143).
+    _RUN = re.compile(r"(?<![^\W_]|\+)\+?\(?[0-9]"
                       r"(?:(?:\.|[ \t]?[-/(~\u30fc][ \t]?|\)[ \t-]?|[ \t])?[0-9]){6,}")
     _IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")  # an address, not a phone number
     _IBAN_HEAD = re.compile(r"[A-Z]{2}[0-9]{2} ?$")  # "DE89 3704 0044 0532 0130 00"
@@ -245,14 +246,18 @@ def _entropy(text: str) -> float:
 
 def custom_recognizers() -> list[EntityRecognizer]:
     """One instance of each recognizer for ``CUSTOM_ENTITIES``."""
+    # Bounded by letters and digits, not by \b: "_" is a word character, and keys sit
+    # in names such as aws_key_AKIA... or token_eyJ...
     aws = PatternRecognizer(
         supported_entity="AWS_ACCESS_KEY_ID", name="AwsAccessKeyRecognizer",
-        patterns=[Pattern("aws key id", r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b", 0.95)],
+        patterns=[Pattern("aws key id",
+                          r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}(?![A-Za-z0-9])",
+                          0.95)],
         global_regex_flags=_CASE_SENSITIVE)
     jwt = PatternRecognizer(
         supported_entity="JWT", name="JwtRecognizer",
-        patterns=[Pattern("jwt", r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*",
-                          0.95)],
+        patterns=[Pattern("jwt", r"(?<![A-Za-z0-9])eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}"
+                                 r"\.[A-Za-z0-9_-]*", 0.95)],
         global_regex_flags=_CASE_SENSITIVE)
     return [ApiKeyRecognizer(), aws, jwt, BearerTokenRecognizer()]
 

@@ -179,3 +179,30 @@ def test_a_phone_number_next_to_another_number_is_found(
     texts = ["Reach me at +1 212-555-0143 24/7, thanks", "call 212 555 0143 2 times",
              "fax 030 1234567 12 pages"]
     assert_covers(analyzer, build_analyzer(strict, tuned=False), strict, texts)
+
+
+def test_a_phone_number_glued_to_a_word_by_an_underscore_is_found_whole(
+        analyzer: Analyzer, strict: PrivacyProfile) -> None:
+    # libphonenumber (presidio) refuses a number after a letter, not after "_": field names
+    # and slugs glue numbers that way. Only "555-0143" was found here, keeping "212".
+    texts = ["call tel_212-555-0143 now", "see phone_2125550143", "row x_+1 212-555-0143"]
+    assert_covers(analyzer, build_analyzer(strict, tuned=False), strict, texts)
+    found = analyzer.analyze(texts, ["PHONE_NUMBER"], strict.score_threshold)
+    spans = [[text[f.start:f.end] for f in fs] for text, fs in zip(texts, found, strict=True)]
+    assert spans == [["212-555-0143"], ["2125550143"], ["+1 212-555-0143"]]
+    # still not a phone number: digits inside a word
+    (inside,) = analyzer.analyze(["order abc2125550143 shipped"], ["PHONE_NUMBER"], 0.3)
+    assert inside == []
+
+
+def test_keys_glued_to_a_name_by_an_underscore_are_found(
+        analyzer: Analyzer, strict: PrivacyProfile) -> None:
+    jwt = ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
+           "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U")
+    texts = ["aws_key_AKIAIOSFODNN7EXAMPLE_prod", f"token_{jwt}"]
+    found = analyzer.analyze(texts, strict.entities, strict.score_threshold)
+    spans = [{text[f.start:f.end] for f in fs} for text, fs in zip(texts, found, strict=True)]
+    assert "AKIAIOSFODNN7EXAMPLE" in spans[0] and jwt in spans[1], spans
+    # inside a longer run of letters and digits, still not a key id
+    (inside,) = analyzer.analyze(["XAKIAIOSFODNN7EXAMPLE9"], ["AWS_ACCESS_KEY_ID"], 0.3)
+    assert inside == []
