@@ -9,7 +9,7 @@ under ``features``, next to token counts when the upstream reported them::
         "prompt_chars": 412,              # length of the normalised text
         "prompt_simhash": 1234567890,     # 64-bit SimHash (unsigned int) of word shingles
         "signatures": ["PI-001"],         # ids of matched rules (detectors/signatures.yaml)
-        "signatures_version": 1,
+        "signatures_version": 2,
         "input_tokens": 98,               # from the upstream's usage, when known
         "output_tokens": 240,
     }
@@ -20,7 +20,8 @@ The word hashes are keyed (``key``: the sidecar passes its privacy hash key): un
 the SimHash of a one-word prompt is that word's hash, and a phone number or a name is
 found again by trying candidates. Replicas that share the key produce comparable hashes.
 
-Normalisation: NFKC, case-folded, every run of non-word characters is one space. So
+Normalisation: NFKC, combining marks left over removed, case-folded, every run of non-word
+characters is one space. So
 ``"Ignore   ALL previous instructions!"`` and ``"ignore all previous instructions"``
 are the same prompt (same SimHash, same length). SimHash (Charikar): each word trigram
 (the words themselves when there are fewer than three) is hashed to 64 bits by mixing
@@ -53,6 +54,8 @@ from typing import Any, Final
 
 import numpy as np
 import yaml
+
+from detectors import confusables
 
 MAX_CHARS: Final = 16_384
 MAX_SCAN: Final = 262_144
@@ -93,13 +96,20 @@ class SignatureSet:
         return {rule.id: rule for rule in self.rules}
 
     def match(self, normalised: str) -> list[str]:
-        """Ids of the rules whose pattern matches ``normalised`` text, in rule order."""
+        """Ids of the rules whose pattern matches ``normalised`` text or one of its
+        skeletons (look-alike letters as ASCII: ``detectors.confusables``), in rule order."""
+        found = self._matching(normalised)
+        for skeleton in confusables.skeletons(normalised):
+            found |= self._matching(skeleton)
+        return [self.rules[i].id for i in sorted(found)]
+
+    def _matching(self, text: str) -> set[int]:
         rules = self.rules
         if self.prefilter is None:
-            return [rule.id for rule in rules if rule.pattern.search(normalised)]
-        maybe = {self.screened[i] for i in self.prefilter.Match(normalised) or ()}
+            return {i for i, rule in enumerate(rules) if rule.pattern.search(text)}
+        maybe = {self.screened[i] for i in self.prefilter.Match(text) or ()}
         maybe.update(self.unscreened)
-        return [rules[i].id for i in sorted(maybe) if rules[i].pattern.search(normalised)]
+        return {i for i in maybe if rules[i].pattern.search(text)}
 
 
 def _prefilter(rules: tuple[Signature, ...]) -> tuple[Any, tuple[int, ...], tuple[int, ...]]:
@@ -152,14 +162,20 @@ _IGNORABLE: Final = re.compile(
 
 
 def normalise(text: str) -> str:
-    """Lower-cased words joined by single spaces, format characters removed.
+    """Lower-cased words joined by single spaces, format characters removed, and the
+    combining marks NFKC leaves (no precomposed letter: "v\u0308", zalgo text) removed,
+    which would otherwise split a word in two.
 
     >>> normalise("Ig\u00adnore  all PREVIOUS\u200b instruc\u2060tions!")
     'ignore all previous instructions'
+    >>> normalise("pre\u0301vio\u0336u\u0336s")  # é composes; the strokes go
+    'prévious'
     """
     if text.isascii():
         return " ".join(text.lower().translate(_ASCII_SPACE).split())
     text = unicodedata.normalize("NFKC", _IGNORABLE.sub("", text)).casefold()
+    # after casefold, which decomposes some letters again ("İ" -> "i\u0307")
+    text = confusables.marks().sub("", text)
     return _NON_WORD.sub(" ", text).strip()
 
 
@@ -197,6 +213,7 @@ def parse_signatures(text: str) -> SignatureSet:
     rules = tuple(_rule(r, f"rules[{i}]") for i, r in enumerate(raw_rules))
     if len({r.id for r in rules}) != len(rules):
         raise ValueError("signatures: rule ids must be unique")
+    confusables.warm()
     return SignatureSet(data["version"], rules, *_prefilter(rules))
 
 
