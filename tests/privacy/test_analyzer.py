@@ -206,3 +206,27 @@ def test_keys_glued_to_a_name_by_an_underscore_are_found(
     # inside a longer run of letters and digits, still not a key id
     (inside,) = analyzer.analyze(["XAKIAIOSFODNN7EXAMPLE9"], ["AWS_ACCESS_KEY_ID"], 0.3)
     assert inside == []
+
+
+def test_an_underscore_hides_no_value_a_space_would_not(
+        analyzer: Analyzer, strict: PrivacyProfile) -> None:
+    # presidio's patterns bound values with \b, and "_" is a word character to \b, so
+    # "card_4111..." was one word and the card number went through unmasked.
+    texts = ["card_4111 1111 1111 1111_exp", "ssn_078-05-1120 on file", "ip_192.168.12.7_gw",
+             "iban_DE89370400440532013000_ok", "mail_jane.doe@example.com_x",
+             "user_id 12 card_5500005555555559 and tel_+44 20 7946 0958_home"]
+    spaced = [t.replace("_", " ") for t in texts]  # same length: same offsets
+    glued = analyzer.analyze(texts, strict.entities, strict.score_threshold)
+    apart = analyzer.analyze(spaced, strict.entities, strict.score_threshold)
+    assert all(apart)
+    for text, mine, reference in zip(texts, glued, apart, strict=True):
+        for f in reference:
+            assert any(g.entity_type == f.entity_type and g.start <= f.start and f.end <= g.end
+                       for g in mine), (text, text[f.start:f.end])
+
+
+def test_the_e_mail_pattern_is_presidio_s_with_its_domain_labels_narrowed() -> None:
+    from sidecar.privacy.recognizers import OfflineEmailRecognizer
+
+    (pattern,) = OfflineEmailRecognizer().patterns
+    assert OfflineEmailRecognizer._LABELS in pattern.regex
