@@ -7,7 +7,9 @@ keeps every event until it returns, so taking the model out of service would onl
 
 The upstream is probed in the background (a TCP connect, or a GET of
 ``upstream_health_path``), so ``/readyz`` answers from memory and a slow model server
-cannot make the probe itself time out.
+cannot make the probe itself time out. So is the Kafka bootstrap (a TCP connect to any of
+its addresses): a sink only learns of a broker problem when it writes, and an idle pod
+would say nothing of a broker that is down or a bootstrap address that is wrong.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import aiohttp
 from sidecar.config import Settings
 from sidecar.logs import get_logger
 from sidecar.sinks.base import Sink
+from sidecar.sinks.kafka_config import bootstrap_addresses
 
 log = get_logger("health")
 
@@ -54,8 +57,11 @@ class Readiness:
         self.upstream_ok = False
         self.upstream_reason = "not probed yet"
         self.draining = False
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._brokers = (bootstrap_addresses(settings.kafka_bootstrap)
+                         if settings.kafka_bootstrap else [])
+        self.broker_problem: str | None = None  # the last bootstrap probe's failure
 
     def reasons(self) -> list[str]:
         """Why the sidecar is not ready; empty when it is."""
@@ -82,6 +88,9 @@ class Readiness:
         problems = []
         if not self._sink.healthy:
             problems.append(f"sink {self._sink.name}: delivery failing, events kept in the log")
+        elif self.broker_problem is not None:
+            problems.append(f"sink {self._sink.name}: {self.broker_problem}, "
+                            "events kept in the log")
         if not self._block and not self._disk_ok():
             problems.append("event log: disk writes failing")
         problem = self._privacy_problem()
@@ -109,6 +118,25 @@ class Readiness:
             return
         self.upstream_ok, self.upstream_reason = True, "ok"
 
+    async def probe_brokers(self) -> None:
+        """A TCP connect to each bootstrap address until one accepts."""
+        failure = "no address"
+        for host, port in self._brokers:
+            try:
+                async with asyncio.timeout(PROBE_TIMEOUT_S):
+                    _, writer = await asyncio.open_connection(host, port)
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            except (OSError, TimeoutError) as exc:
+                failure = type(exc).__name__
+                continue
+            self.broker_problem = None
+            return
+        if self.broker_problem is None:
+            log.warning("kafka bootstrap unreachable", extra={"fields": {"reason": failure}})
+        self.broker_problem = f"bootstrap unreachable ({failure})"
+
     def _not_ok(self, reason: str) -> None:
         if self.upstream_ok:
             log.warning("upstream not ready", extra={"fields": {"reason": reason}})
@@ -119,13 +147,21 @@ class Readiness:
             await self.probe_once()
             await asyncio.sleep(PROBE_INTERVAL_S)
 
+    async def _broker_loop(self) -> None:  # apart: a black-holed broker must not slow the above
+        while True:
+            await self.probe_brokers()
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="readiness")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._loop(), name="readiness")]
+        if self._brokers:
+            self._tasks.append(loop.create_task(self._broker_loop(), name="readiness-kafka"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         if self._session is not None:
             await self._session.close()

@@ -237,6 +237,34 @@ async def test_broker_absent_at_start_then_everything_is_delivered(
         await sc.sidecar.stop()
 
 
+async def _degraded(admin_url: str, want: bool) -> list[str]:
+    """/readyz's degraded list once it is non-empty (want) or empty; bounded."""
+    async with aiohttp.ClientSession() as s:
+        for _ in range(100):
+            async with s.get(admin_url + "/readyz") as r:
+                assert r.status == 200
+                body = await r.json()
+            if bool(body["degraded"]) == want:
+                break
+            await asyncio.sleep(0.1)
+    degraded: list[str] = body["degraded"]
+    return degraded
+
+
+async def test_an_idle_sidecar_says_when_its_broker_is_unreachable(
+    make_sidecar: Any, port_factory: Any
+) -> None:
+    # No request, so no write: before the bootstrap probe, /readyz said nothing at all of
+    # a broker that is down or a bootstrap address that is wrong.
+    port = port_factory()
+    sc = await make_sidecar(real_sink=True, kafka_bootstrap=f"127.0.0.1:{port}")
+    degraded = await _degraded(sc.admin_url, want=True)
+    assert any("sink kafka: bootstrap unreachable" in d for d in degraded), degraded
+    with EmbeddedBroker(port=port):
+        assert await _degraded(sc.admin_url, want=False) == []
+    await sc.sidecar.stop()
+
+
 async def test_full_log_with_block_refuses_fast_and_never_hangs(
     make_sidecar: Any, port_factory: Any
 ) -> None:
