@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from detectors.config import DetectorsConfig
 from detectors.registry import DetectorSet, DetectorSpec
-from detectors.text import normalise, scan_window, signatures
+from detectors.text import scan_window, signatures
 from sidecar.detection.extract import read_request, request_params
 from sidecar.detection.observed import Observed, Plan
 from sidecar.errors import RequestRejected
@@ -77,7 +77,7 @@ class Gate:
                     "values, or not parseable here)", status=413, code="prompt_unscannable")
             features: dict[str, Any] = {}
             if self._scan:
-                features["signatures"] = signatures().match(normalise(scan_window(text)))
+                features["signatures"] = signatures().scan(scan_window(text))
             if self._params:
                 features["params"] = request_params(doc, self._params)
             view["features"] = features
