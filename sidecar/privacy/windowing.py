@@ -14,13 +14,14 @@ presidio's de-duplication), two differences:
   never sees the real number). Overlapped scanning finds it.
 - no per-pattern timing, debug logging or explanation objects: a third of presidio's
   time on short texts.
-- where a number is glued to a ``_``, the text around it is read again with each ``_`` as
-  a space: presidio's ``\\b`` sees "card_4111 1111 1111 1111" or "dob_1990-01-31" as one
-  word and lets the value through. (Rewriting ``\\b`` as look-arounds that treat ``_``
-  as a boundary cost 2.8x the masking throughput: the regex engine loses its fast search
-  for a pattern's start; reading a whole text twice when it holds such a ``_``, as API
-  keys and JWTs do, cost 30%.) Values without digits glued by ``_`` are the e-mail
-  recognizer's (``recognizers.OfflineEmailRecognizer``).
+- where a value with a digit is glued to a name by ``_``, the text around it is read
+  again with each ``_`` as a space: presidio's ``\\b`` sees "card_4111 1111 1111 1111",
+  "nino_AB123456C" or "dob_1990-01-31" as one word and lets the value through. (Rewriting
+  ``\\b`` as look-arounds that treat ``_`` as a boundary cost 2.8x the masking
+  throughput: the regex engine loses its fast search for a pattern's start; reading a
+  whole text twice whenever a ``_`` touches a digit, as in API keys and JWTs, cost 30%.)
+  An e-mail address glued by ``_`` is the e-mail recognizer's business
+  (``recognizers.OfflineEmailRecognizer``).
 
 A pattern that runs past ``TIMEOUT_S`` on a text raises ``ScanTimeout``: skipping it, as
 presidio does, would let every value of its entity in that text through unmasked (a
@@ -30,6 +31,7 @@ batch's events one by one and drops the payload of the event that still times ou
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import regex  # type: ignore[import-untyped]  # presidio's regex engine
@@ -70,29 +72,35 @@ def plain(recognizer: EntityRecognizer) -> bool:
         type(recognizer).analyze is PatternRecognizer.analyze
 
 
-# A "_" before or after six digits and separators, as a number written out is: "card_4111
-# 1111 ...", "dob_1990-01-31_", "ip_10.0.0.12". Not the "_5lH" inside an API key or JWT.
-# (Each "_" found by str.find, then its neighbours checked: a regex search for the whole
-# pattern tries it at every space and digit, which costs more than the rest of the pass.)
-_NUMBER_AFTER = regex.compile(r"[0-9][0-9 ./:-]{5}")
-_NUMBER_BEFORE = regex.compile(r"[0-9 ./:-]{5}[0-9]")
-GLUED_RADIUS = 64  # past the longest digit value a "_" can hold on to (a card: 23)
+# A "_" gluing a name to a value: inside a run of word characters and hyphens under
+# ``KEY_LIKE`` long that holds a digit ("card_4111", "nino_AB123456C", "addr_fe80",
+# "dob_1990-01-31"). A longer run is an API key or a JWT, whose "_" glue nothing (and
+# whose recognizers bound them without \b). Each run is looked at once, from its first
+# "_": a regex search for such runs backtracks over every long word.
+_NOT_RUN_BACK = regex.compile(r"[^A-Za-z0-9_-]", flags=regex.REVERSE)
+_NOT_RUN = regex.compile(r"[^A-Za-z0-9_-]")
+_DIGIT = regex.compile(r"[0-9]")
+KEY_LIKE = 40
+GLUED_RADIUS = 64  # past the longest value a "_" can hold on to (a card: 23 characters)
 
 
-def _glued(text: str) -> list[tuple[int, int]]:
-    """Spans of ``text`` within ``GLUED_RADIUS`` of a ``_`` glued to a number, merged."""
+@lru_cache(maxsize=16)  # one text, every recognizer of its family
+def _glued(text: str) -> tuple[tuple[int, int], ...]:
+    """Spans of ``text`` within ``GLUED_RADIUS`` of a run where ``_`` glues a value."""
     spans: list[tuple[int, int]] = []
     at = text.find("_")
     while at != -1:
-        if _NUMBER_AFTER.match(text, at + 1) or (
-                at >= 6 and _NUMBER_BEFORE.fullmatch(text, at - 6, at)):
-            start, end = max(0, at - GLUED_RADIUS), at + 1 + GLUED_RADIUS
+        before = _NOT_RUN_BACK.search(text, 0, at)
+        after = _NOT_RUN.search(text, at)
+        first, last = (before.end() if before else 0), (after.start() if after else len(text))
+        if last - first < KEY_LIKE and _DIGIT.search(text, first, last):
+            start, end = max(0, first - GLUED_RADIUS), min(len(text), last + GLUED_RADIUS)
             if spans and start <= spans[-1][1]:
-                spans[-1] = (spans[-1][0], min(len(text), end))
+                spans[-1] = (spans[-1][0], end)
             else:
-                spans.append((start, min(len(text), end)))
-        at = text.find("_", at + 1)
-    return spans
+                spans.append((start, end))
+        at = text.find("_", last)
+    return tuple(spans)
 
 
 class Lean:
@@ -108,13 +116,15 @@ class Lean:
         flags: int = state["global_regex_flags"]
         self.patterns = [(regex.compile(p.regex, flags=flags), p.score)
                          for p in state["patterns"]]
+        # Only a pattern bounded by \b can miss a value glued by "_" (see the docstring).
+        self.bounded = any("\\b" in p.regex for p in state["patterns"])
         base = PatternRecognizer
         self.validates = type(recognizer).validate_result is not base.validate_result
         self.invalidates = type(recognizer).invalidate_result is not base.invalidate_result
 
     def scan(self, text: str) -> list[RecognizerResult]:
         results = self._scan(text)
-        if "_" in text:
+        if self.bounded and "_" in text:
             for start, end in _glued(text):
                 for found in self._scan(text[start:end].replace("_", " ")):
                     found.start, found.end = found.start + start, found.end + start
