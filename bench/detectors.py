@@ -11,6 +11,12 @@ bench's 1 KB chat prompt (bench/loadgen.py), and the sidecar's detection worker 
 whole (``DetectionService.batch``: decode the event, parse the body, prompt features,
 token usage, the default set; batches of 256), which is what one inference costs the
 worker process. Prints a markdown table of the median per-event cost (min-max over runs).
+
+A second table: what the enforce gate's signature scan costs the event loop per 1 KB
+prompt by script (``normalise`` + ``SignatureSet.match``, as ``sidecar/detection/gate.py``
+calls them), with the part the look-alike skeletons add (``detectors/confusables.py``:
+the same scan without them, measured in the same run), and each as a ratio to the ASCII
+prompt's scan.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from loadgen import chat_body
 
 from detectors.config import load_config
 from detectors.registry import DetectorSet
-from detectors.text import prompt_features
+from detectors.text import normalise, prompt_features, signatures
 from sidecar.detection.extract import parse_request
 from sidecar.detection.service import DetectionService, Item
 
@@ -89,6 +95,43 @@ def worker_us(events: list[dict[str, object]]) -> float:
     return elapsed / len(timed) * 1e6
 
 
+# About 1 KB of ordinary text per script (the scan's cost depends on the script only).
+SCRIPTS = {
+    "ASCII (English)": "Hello, how are you? Tell me about the weather in Paris and London. ",
+    "accented Latin": "Bonjour, ça va ? Décris-moi la météo à Genève et à Zürich, s'il te plaît. ",
+    "Cyrillic": "Привет, как дела? Расскажи мне о погоде в Москве и Санкт-Петербурге. ",
+    "Greek": "Γεια σου, τι κάνεις; Πες μου για τον καιρό στην Αθήνα και τη Θεσσαλονίκη. ",
+    "CJK": "今日の天気はどうですか。東京と大阪について教えてください。",
+}
+
+
+def scan_us(text: str, n: int, skeletons: bool) -> float:
+    rules = signatures()
+    match = rules.match if skeletons else rules._matching
+    gc.disable()
+    start = time.perf_counter()
+    for _ in range(n):
+        match(normalise(text))
+    elapsed = time.perf_counter() - start
+    gc.enable()
+    return elapsed / n * 1e6
+
+
+def scan_table(runs: int, n: int) -> None:
+    texts = {name: (line * (1 + 1024 // len(line.encode())))[:1024] for name, line in
+             SCRIPTS.items()}
+    costs = {name: ([scan_us(t, n, True) for _ in range(runs)],
+                    [scan_us(t, n, False) for _ in range(runs)]) for name, t in texts.items()}
+    base = statistics.median(costs["ASCII (English)"][0])
+    print(f"\nSignature scan per 1 KB prompt (normalise + match), {runs} runs x {n:,}; µs\n")
+    print("| script | median µs | min-max | of which skeletons | vs ASCII |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (with_, without) in costs.items():
+        median = statistics.median(with_)
+        print(f"| {name} | {median:.1f} | {min(with_):.1f}-{max(with_):.1f} | "
+              f"{median - statistics.median(without):.1f} | {median / base:.1f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
@@ -117,6 +160,7 @@ def main() -> None:
     for name, kind, costs in rows:
         print(f"| {name} | {kind} | {statistics.median(costs):.2f} | "
               f"{min(costs):.2f}-{max(costs):.2f} |")
+    scan_table(runs, n // 4)
 
 
 if __name__ == "__main__":
