@@ -9,13 +9,16 @@ The upstream is probed in the background (a TCP connect, or a GET of
 ``upstream_health_path``), so ``/readyz`` answers from memory and a slow model server
 cannot make the probe itself time out. So is the Kafka bootstrap (a TCP connect to any of
 its addresses): a sink only learns of a broker problem when it writes, and an idle pod
-would say nothing of a broker that is down or a bootstrap address that is wrong.
+would say nothing of a broker that is down or a bootstrap address that is wrong. It is
+reported while nothing was delivered since it began failing: a producer that knows the
+cluster delivers without its bootstrap address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -62,6 +65,7 @@ class Readiness:
         self._brokers = (bootstrap_addresses(settings.kafka_bootstrap)
                          if settings.kafka_bootstrap else [])
         self.broker_problem: str | None = None  # the last bootstrap probe's failure
+        self._broker_failing_since = 0.0  # time.monotonic() of the first failed probe
 
     def reasons(self) -> list[str]:
         """Why the sidecar is not ready; empty when it is."""
@@ -88,9 +92,13 @@ class Readiness:
         problems = []
         if not self._sink.healthy:
             problems.append(f"sink {self._sink.name}: delivery failing, events kept in the log")
-        elif self.broker_problem is not None:
+        elif self.broker_problem is not None and (
+                self._sink.last_success is None
+                or self._sink.last_success < self._broker_failing_since):
+            # Only while nothing was delivered since: the bootstrap serves discovery only,
+            # and a producer that knows the cluster delivers without it.
             problems.append(f"sink {self._sink.name}: {self.broker_problem}, "
-                            "events kept in the log")
+                            "nothing delivered since")
         if not self._block and not self._disk_ok():
             problems.append("event log: disk writes failing")
         problem = self._privacy_problem()
@@ -135,6 +143,7 @@ class Readiness:
             return
         if self.broker_problem is None:
             log.warning("kafka bootstrap unreachable", extra={"fields": {"reason": failure}})
+            self._broker_failing_since = time.monotonic()
         self.broker_problem = f"bootstrap unreachable ({failure})"
 
     def _not_ok(self, reason: str) -> None:

@@ -21,6 +21,7 @@ class SinkError(Exception):
 
 class Sink(Protocol):
     name: str
+    last_success: float | None  # time.monotonic() of the last write that stored its batch
 
     @property
     def healthy(self) -> bool:

@@ -17,6 +17,7 @@ then is failed and retried whole by the pipeline, which the at-least-once contra
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,6 +72,7 @@ class ProcessSink:
         self._child = Child(name, functools.partial(SinkService, factory), log_level)
         self._reply_timeout_s = reply_timeout_s
         self._healthy = True
+        self.last_success: float | None = None  # monotonic; readiness reads it
 
     @property
     def healthy(self) -> bool:
@@ -96,6 +98,7 @@ class ProcessSink:
             self._healthy = False
             raise SinkError(str(exc)) from None
         self._healthy = True
+        self.last_success = time.monotonic()
 
     def close(self) -> None:
         self._child.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
 from collections.abc import Sequence
 
 from sidecar.events.record import Record
@@ -28,6 +29,7 @@ class JsonLinesSink:
     def __init__(self, path: str) -> None:
         self.path = path
         self._healthy = True
+        self.last_success: float | None = None  # monotonic; readiness reads it
         self._seekable = True  # False for a pipe (events_file=/dev/stdout): no truncation
         self._syncable = True
         try:
@@ -58,6 +60,7 @@ class JsonLinesSink:
                     os.ftruncate(self._fd, start)
             raise SinkError(f"events file {self.path}: write failed ({exc.strerror})") from None
         self._healthy = True
+        self.last_success = time.monotonic()
 
     def _sync(self) -> None:
         try:

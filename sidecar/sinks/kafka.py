@@ -205,6 +205,7 @@ class KafkaSink:
         self._factory = producer_factory
         self._producer: Producer | None = None
         self._healthy = True
+        self.last_success: float | None = None  # monotonic; readiness reads it
         self._metadata_misses = 0
         self._lock = threading.Lock()  # the pipeline writes from one thread; close may race
 
@@ -239,6 +240,7 @@ class KafkaSink:
                     raise
                 raise SinkError(f"kafka: {reason(exc)}") from None
             self._healthy = True
+            self.last_success = time.monotonic()
             self._metadata_misses = 0
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 from sidecar.events.record import Record
@@ -17,6 +18,7 @@ class MemorySink:
         self.fail_next = 0  # tests set this to make the next N writes fail
         self._lock = threading.Lock()
         self._healthy = True
+        self.last_success: float | None = None  # monotonic; readiness reads it
 
     @property
     def healthy(self) -> bool:
@@ -30,6 +32,7 @@ class MemorySink:
                 raise SinkError("memory sink told to fail")
             self.records.extend(records)
             self._healthy = True
+            self.last_success = time.monotonic()
 
     def close(self) -> None:
         pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import signal
 import time
@@ -263,6 +264,54 @@ async def test_an_idle_sidecar_says_when_its_broker_is_unreachable(
     with EmbeddedBroker(port=port):
         assert await _degraded(sc.admin_url, want=False) == []
     await sc.sidecar.stop()
+
+
+async def _drained(admin_url: str) -> None:
+    for _ in range(200):
+        if await metric(admin_url, "inference_sidecar_log_events") == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("events still in the log after 10 s")
+
+
+async def test_a_delivering_sink_is_not_degraded_by_its_bootstrap_address(
+    make_sidecar: Any,
+) -> None:
+    # The bootstrap address only serves discovery: behind a forwarder that goes away (a
+    # DNS alias, a load balancer, the one listed broker of a cluster), the producer goes
+    # on delivering to the brokers it learnt. Readiness must not call that degraded.
+    with EmbeddedBroker() as broker:
+        links: list[asyncio.StreamWriter] = []
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            b_reader, b_writer = await asyncio.open_connection("127.0.0.1", broker.port)
+            links.extend([writer, b_writer])
+            await asyncio.gather(pipe(reader, b_writer), pipe(b_reader, writer))
+
+        front = await asyncio.start_server(forward, "127.0.0.1", 0)
+        front_port = front.sockets[0].getsockname()[1]
+        sc = await make_sidecar(real_sink=True, kafka_bootstrap=f"127.0.0.1:{front_port}")
+        await send_requests(sc.url, 5)
+        await _drained(sc.admin_url)
+        front.close()
+        for link in links:
+            link.close()
+        await front.wait_closed()
+        # noticed by the probe: nothing was delivered since, so it is said
+        degraded = await _degraded(sc.admin_url, want=True)
+        assert any("bootstrap unreachable" in d and "nothing delivered since" in d
+                   for d in degraded), degraded
+        await send_requests(sc.url, 5)  # delivered through the broker the producer knows
+        await _drained(sc.admin_url)
+        assert await _degraded(sc.admin_url, want=False) == []
+        await sc.sidecar.stop()
 
 
 async def test_full_log_with_block_refuses_fast_and_never_hangs(
