@@ -18,7 +18,7 @@ skeleton, so a rule written in another script still matches its own script.
 >>> fold("IGΝORE ALL preνious")  # a capital and a small nu in one text
 'IGNORE ALL previous'
 >>> fold("привет мир")  # other text stays other text: it only grows look-alikes
-'пpивeт миp'
+'пpиBeT Mиp'
 >>> fold("quoted text"), fold("日本語")  # nothing to fold
 (None, None)
 """
@@ -101,6 +101,11 @@ def _table() -> tuple[Table, re.Pattern[str], re.Pattern[str]]:
             continue
         if category.startswith("L"):
             target = looks.get(char) or _base(char)
+            upper = char.upper()
+            if target is None and char.islower() and len(upper) == 1:
+                # no look-alike of its own (Cyrillic т, к, м; Greek ε, τ): its capital's,
+                # as attacks use them ("instrucтions", "jailbreaк")
+                target = looks.get(upper)
         if target is not None:
             table[code] = target
             changed.add(char)
