@@ -44,6 +44,7 @@ from typing import Any, ClassVar, Protocol
 from presidio_analyzer import EntityRecognizer, PatternRecognizer, RecognizerResult
 
 from sidecar.privacy.windowing import Lean, plain
+from sidecar.privacy.windowing import glued as glued_spans
 
 SEPARATOR = "\n\x00\n"  # white space around a NUL: no pattern's class holds NUL
 _MARGIN = 8  # look-around context kept each side of a radius window
@@ -162,6 +163,13 @@ class Digest:
     text: str
     at: list[int]  # where each window starts in ``text``
     origin: list[int]  # where each window starts in the analysed text
+    _glued: tuple[tuple[int, int], ...] | None = None
+
+    def glued(self) -> tuple[tuple[int, int], ...]:
+        """``windowing.glued(text)``, once for all the recognizers of the family."""
+        if self._glued is None:
+            self._glued = glued_spans(self.text)
+        return self._glued
 
     @classmethod
     def build(cls, text: str, spans: list[tuple[int, int]]) -> Digest:
@@ -228,7 +236,8 @@ class Scanner:
                 digest = digests[key] = Digest.build(text, spans) if spans else None
             if digest is None:
                 continue
-            found: list[RecognizerResult] = lean.scan(digest.text) if lean is not None \
+            found: list[RecognizerResult] = lean.scan(digest.text, digest.glued) \
+                if lean is not None \
                 else recognizer.analyze(digest.text, names, None)  # type: ignore[arg-type]
             for result in found:
                 if result.entity_type in wanted:

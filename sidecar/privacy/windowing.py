@@ -31,7 +31,7 @@ batch's events one by one and drops the payload of the event that still times ou
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable
 from typing import Any
 
 import regex  # type: ignore[import-untyped]  # presidio's regex engine
@@ -72,33 +72,33 @@ def plain(recognizer: EntityRecognizer) -> bool:
         type(recognizer).analyze is PatternRecognizer.analyze
 
 
-# A "_" gluing a name to a value: inside a run of word characters and hyphens under
-# ``KEY_LIKE`` long that holds a digit ("card_4111", "nino_AB123456C", "addr_fe80",
-# "dob_1990-01-31"). A longer run is an API key or a JWT, whose "_" glue nothing (and
-# whose recognizers bound them without \b). Each run is looked at once, from its first
-# "_": a regex search for such runs backtracks over every long word.
-_NOT_RUN_BACK = regex.compile(r"[^A-Za-z0-9_-]", flags=regex.REVERSE)
-_NOT_RUN = regex.compile(r"[^A-Za-z0-9_-]")
+# A "_" gluing a name to a value: the letters and digits on either side of it (up to the
+# next character that is neither) hold a digit ("card_4111", "nino_AB123456C",
+# "addr_fe80", "dob_1990-01-31", "customer_credit_card_number_4111..."). Each run of "_"
+# is looked at once, its neighbours by anchored matches: a regex search for such
+# segments would backtrack over every long word.
+_SEGMENT_BACK = regex.compile(r"[A-Za-z0-9]*", flags=regex.REVERSE)
+_SEGMENT = regex.compile(r"[A-Za-z0-9]*")
+_UNDERSCORES = regex.compile(r"_+")
 _DIGIT = regex.compile(r"[0-9]")
-KEY_LIKE = 40
 GLUED_RADIUS = 64  # past the longest value a "_" can hold on to (a card: 23 characters)
 
 
-@lru_cache(maxsize=16)  # one text, every recognizer of its family
-def _glued(text: str) -> tuple[tuple[int, int], ...]:
-    """Spans of ``text`` within ``GLUED_RADIUS`` of a run where ``_`` glues a value."""
+def glued(text: str) -> tuple[tuple[int, int], ...]:
+    """Spans of ``text`` within ``GLUED_RADIUS`` of a ``_`` that glues a value, merged.
+    Linear in ``text``; the caller keeps the result for as long as it keeps the text."""
     spans: list[tuple[int, int]] = []
     at = text.find("_")
     while at != -1:
-        before = _NOT_RUN_BACK.search(text, 0, at)
-        after = _NOT_RUN.search(text, at)
-        first, last = (before.end() if before else 0), (after.start() if after else len(text))
-        if last - first < KEY_LIKE and _DIGIT.search(text, first, last):
-            start, end = max(0, first - GLUED_RADIUS), min(len(text), last + GLUED_RADIUS)
+        end = _UNDERSCORES.match(text, at).end()
+        first = _SEGMENT_BACK.match(text, 0, at).start()
+        last = _SEGMENT.match(text, end).end()
+        if _DIGIT.search(text, first, at) or _DIGIT.search(text, end, last):
+            start, stop = max(0, first - GLUED_RADIUS), min(len(text), last + GLUED_RADIUS)
             if spans and start <= spans[-1][1]:
-                spans[-1] = (spans[-1][0], end)
+                spans[-1] = (spans[-1][0], stop)
             else:
-                spans.append((start, end))
+                spans.append((start, stop))
         at = text.find("_", last)
     return tuple(spans)
 
@@ -122,10 +122,14 @@ class Lean:
         self.validates = type(recognizer).validate_result is not base.validate_result
         self.invalidates = type(recognizer).invalidate_result is not base.invalidate_result
 
-    def scan(self, text: str) -> list[RecognizerResult]:
+    def scan(self, text: str,
+             spans: Callable[[], tuple[tuple[int, int], ...]] | None = None,
+             ) -> list[RecognizerResult]:
+        """Matches in ``text``; ``spans`` gives ``glued(text)``, computed once for every
+        recognizer that reads the same text (``prefilter.Digest.glued``)."""
         results = self._scan(text)
         if self.bounded and "_" in text:
-            for start, end in _glued(text):
+            for start, end in (spans() if spans is not None else glued(text)):
                 for found in self._scan(text[start:end].replace("_", " ")):
                     found.start, found.end = found.start + start, found.end + start
                     results.append(found)

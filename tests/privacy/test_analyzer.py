@@ -228,12 +228,22 @@ def test_an_underscore_hides_no_value_a_space_would_not(
                        for g in mine), (text, text[f.start:f.end])
 
 
-def test_underscores_in_keys_and_long_runs_cost_no_second_read() -> None:
-    from sidecar.privacy.windowing import _glued
+def test_a_long_name_glued_to_a_value_hides_it_no_more_than_a_short_one(
+        analyzer: Analyzer, strict: PrivacyProfile) -> None:
+    texts = ["customer_credit_card_number_4111111111111111",
+             "x_4111111111111111_exp_2027_cvv_123_zip_94105",
+             "my_primary_card_4111111111111111_exp_12_27"]
+    for text in texts:
+        (found,) = analyzer.analyze([text], ["CREDIT_CARD"], strict.score_threshold)
+        assert [text[f.start:f.end] for f in found] == ["4111111111111111"], text
 
-    key = "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc" * 2  # one long run: an API key
-    assert _glued(f"the key {key} and {'_' * 10_000} rule") == ()
-    assert _glued("row card_4111 1111 1111 1111 ok") == ((0, 31),)
+
+def test_only_a_underscore_next_to_digits_costs_a_second_read() -> None:
+    from sidecar.privacy.windowing import glued
+
+    assert glued(f"a snake_case_name, {'_' * 10_000} and {'a_' * 5_000} end") == ()
+    assert glued("row card_4111 1111 1111 1111 ok") == ((0, 31),)
+    assert glued("y " + "x" * 100 + "_9") == ((0, 104),)  # the whole segment, and around
 
 
 def test_the_e_mail_pattern_is_presidio_s_with_its_domain_labels_narrowed() -> None:
