@@ -100,8 +100,16 @@ async def _demo(
                 stamps = "  ".join(f"{h}={response.headers.get(h)}" for h in STAMP_HEADERS)
                 print(f"{method} {path} -> {response.status} "
                       f"({len(payload)} bytes)\n    {stamps}")
-            async with client.get(f"http://127.0.0.1:{sidecar.admin_port}/readyz") as r:
-                print(f"\n/readyz -> {r.status} {(await r.text()).strip()}")
+            # The masking worker loads presidio for a few seconds after start: its events
+            # wait for it in the pipeline. Readiness is shown once it is up (or as it is).
+            status, text = 0, ""
+            for _ in range(200):
+                async with client.get(f"http://127.0.0.1:{sidecar.admin_port}/readyz") as r:
+                    status, text = r.status, (await r.text()).strip()
+                if status == 200:
+                    break
+                await asyncio.sleep(0.1)
+            print(f"\n/readyz -> {status} {text}")
         if keep_running:
             print(f"\nserving: try  curl -i {base}/v1/chat/completions "
                   "-d '{\"messages\":[{\"content\":\"hi\"}]}'   (Ctrl-C to stop)")
