@@ -35,6 +35,14 @@ PROBE_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 1.0
 
 
+async def _connect(host: str, port: int) -> None:
+    """Open a TCP connection and close it: the probe of an address."""
+    _, writer = await asyncio.open_connection(host, port)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 class Readiness:
     def __init__(
         self,
@@ -110,10 +118,7 @@ class Readiness:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 if self._health_url is None:
-                    _, writer = await asyncio.open_connection(self._host, self._port)
-                    writer.close()
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
+                    await _connect(self._host, self._port)
                 else:
                     if self._session is None:
                         self._session = aiohttp.ClientSession()
@@ -132,10 +137,7 @@ class Readiness:
         for host, port in self._brokers:
             try:
                 async with asyncio.timeout(PROBE_TIMEOUT_S):
-                    _, writer = await asyncio.open_connection(host, port)
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+                    await _connect(host, port)
             except (OSError, TimeoutError) as exc:
                 failure = type(exc).__name__
                 continue
