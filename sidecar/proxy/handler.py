@@ -185,7 +185,7 @@ class ProxyHandler:
         # The sidecar serves plain HTTP only (TLS ends before it, or at the mesh):
         # x-forwarded-proto is always http.
         headers = request_headers(request.headers, event.inference_id, request.remote,
-                                  request.raw_path)
+                                  request.raw_path, request.version)
         upstream = await self._upstream.send(request.method, request.raw_path, headers, body)
         failed = True
         try:

@@ -5,6 +5,9 @@
 Headers are rewritten per RFC 9110 §7.6.1: hop-by-hop fields (and any the
 ``Connection`` header names) are removed in both directions; trace context and
 ``x-request-id`` pass through; stamp headers a client sent are never forwarded.
+The request gains a ``Via`` entry (RFC 9110 §7.6.3: a gateway must add one to the
+requests it forwards), so the model server and anything between can tell a request
+came through the sidecar, and a forwarding loop shows in the list.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ HOP_BY_HOP = frozenset(
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect", *STAMP_HEADERS}
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", *STAMP_HEADERS}
+VIA_NAME = "inference-sidecar"  # a pseudonym: no host name or version goes upstream
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -65,10 +69,12 @@ def end_to_end(
 
 
 def request_headers(
-    headers: CIMultiDictProxy[str], inference_id: str, client: str | None, target: str = ""
+    headers: CIMultiDictProxy[str], inference_id: str, client: str | None, target: str = "",
+    version: tuple[int, int] = (1, 1),
 ) -> CIMultiDict[str]:
     """What the upstream gets: end-to-end headers, the sidecar's inference id (so the
-    model server can log the same id), and the X-Forwarded-* trio.
+    model server can log the same id), the X-Forwarded-* trio and ``Via`` (the client's
+    protocol version, then ``VIA_NAME``, appended to the list any proxy before started).
 
     As a proxy that is not the edge (an ingress or a mesh is in front of the pod), the
     sidecar keeps the proto and host the proxy before it set, adding its own only when
@@ -87,6 +93,9 @@ def request_headers(
     if client:
         prior = ", ".join(out.popall("x-forwarded-for", ()))
         extra.append(("x-forwarded-for", f"{prior}, {client}" if prior else client))
+    via = f"{version[0]}.{version[1]} {VIA_NAME}"
+    prior_via = ", ".join(out.popall("via", ()))
+    extra.append(("via", f"{prior_via}, {via}" if prior_via else via))
     out.extend(extra)
     return out
 

@@ -102,6 +102,7 @@ async def test_hop_by_hop_headers_are_not_forwarded(
     assert seen["traceparent"].startswith("00-4bf92f35")
     assert seen["tracestate"] == "vendor=1" and seen["x-request-id"] == "req-7"
     assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["via"] == "1.1 inference-sidecar"  # RFC 9110 §7.6.3
     (event,) = await sidecar.validated_events(1)
     assert event["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert event["request_id"] == "req-7"
@@ -115,7 +116,8 @@ async def test_header_bytes_pass_unchanged_and_forwarding_headers_stay_single(
     Proxy-* field either way."""
     headers = [("X-Name", "Jos\u00e9 5\u20ac"), ("X-Forwarded-Proto", "https"),
                ("X-Forwarded-Host", "public.example"), ("X-Forwarded-For", "203.0.113.7"),
-               ("X-Forwarded-For", "10.0.0.1"), ("Proxy-Token", "p")]
+               ("X-Forwarded-For", "10.0.0.1"), ("Proxy-Token", "p"),
+               ("Via", "1.1 edge"), ("Via", "2 mesh")]
     async with client.get(sidecar.url + "/echo-headers", headers=headers) as response:
         seen = await response.json()
         assert response.headers["content-disposition"] == 'attachment; filename="caf\u00e9.txt"'
@@ -124,7 +126,24 @@ async def test_header_bytes_pass_unchanged_and_forwarding_headers_stay_single(
     assert seen["x-forwarded-proto"] == "https"
     assert seen["x-forwarded-host"] == "public.example"
     assert seen["x-forwarded-for"] == "203.0.113.7, 10.0.0.1, 127.0.0.1"
+    assert seen["via"] == "1.1 edge, 2 mesh, 1.1 inference-sidecar"
     assert "proxy-token" not in seen
+
+
+async def test_via_names_the_clients_protocol_version(sidecar: Any) -> None:
+    """An HTTP/1.0 request is forwarded as HTTP/1.1, and its Via entry says what the
+    sidecar received (RFC 9110 §7.6.3: the received protocol)."""
+    port = int(sidecar.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /echo-headers HTTP/1.0\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), 5)  # 1.0 without keep-alive: closed
+    writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], head[:80]
+    seen = {k.lower(): v for k, v in json.loads(body).items()}
+    assert seen["via"] == "1.0 inference-sidecar"
+    await sidecar.validated_events(1)
 
 
 async def test_recorded_path_trace_and_request_ids_carry_no_personal_data(
