@@ -8,11 +8,15 @@ also skips the router and middleware machinery that a single catch-all proxy nev
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from sidecar.logs import get_logger
@@ -22,6 +26,19 @@ log = get_logger("proxy")
 # Set on a request once the proxy handler has taken it: from then on that handler owns
 # its one event, and an exception escaping it is not a parse error.
 OWNED = web.RequestKey("inference_sidecar_owned", bool)
+
+# aiohttp fills in fields a response lacks, as an origin server would: its own name and
+# version as ``Server``, and ``Content-Type: application/octet-stream`` for content. A proxy
+# forwards what the model server sent and names no software of its own, so the relay lists
+# here the fields the model server did not send, and they are taken out again before the
+# head is written. The sidecar's own responses (no entry) carry no ``Server``.
+UNSENT = web.ResponseKey("inference_sidecar_unsent", tuple)
+FILLED_IN = ("Server", "Content-Type")  # what aiohttp adds when absent (``Date`` is due)
+
+
+def unsent(headers: Mapping[str, str]) -> tuple[str, ...]:
+    """The fields of ``FILLED_IN`` that ``headers`` (the forwarded ones) lack."""
+    return tuple(name for name in FILLED_IN if name not in headers)
 
 
 class ErrorResponder(Protocol):
@@ -55,6 +72,14 @@ def classify_parse_error(status: int, exc: BaseException | None,
     if status == 500:
         return 500, "internal_error"
     return status, "bad_request"
+
+
+class ProxyRequest(web.BaseRequest):
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        # aiohttp calls this between filling in the head and writing it (for
+        # ``web.Application`` it runs ``on_response_prepare``; the low-level server has none).
+        for name in response.get(UNSENT, ("Server",)):
+            response.headers.popall(name, None)
 
 
 class _StampedRequestHandler(RequestHandler):
@@ -95,10 +120,16 @@ class ProxyServer(web.Server):
         on_error: ErrorResponder,
         **kwargs: Any,
     ) -> None:
-        super().__init__(handler, handler_cancellation=True, **kwargs)
+        super().__init__(handler, handler_cancellation=True,
+                         request_factory=self._proxy_request, **kwargs)
         self.on_error = on_error
         self.line_limit: int | None = kwargs.get("max_line_size")
         self.field_limit: int | None = kwargs.get("max_field_size")
+
+    def _proxy_request(self, message: RawRequestMessage, payload: StreamReader,
+                       protocol: RequestHandler, writer: AbstractStreamWriter,
+                       task: asyncio.Task[None]) -> web.BaseRequest:
+        return ProxyRequest(message, payload, protocol, writer, task, self._loop)
 
     def __call__(self) -> RequestHandler:
         return _StampedRequestHandler(self, loop=self._loop, **self._kwargs)

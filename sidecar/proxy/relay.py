@@ -22,6 +22,7 @@ from sidecar.errors import SidecarError
 from sidecar.privacy.context import Capture
 from sidecar.proxy.exchange import Exchange
 from sidecar.proxy.pool import UpstreamResponse
+from sidecar.proxy.protocol import UNSENT, unsent
 from sidecar.proxy.stamp import Stamp
 from sidecar.proxy.upstream import response_headers
 
@@ -103,6 +104,7 @@ class Relay:
         response = web.Response(
             status=upstream.status, reason=upstream.reason, body=body, headers=headers
         )
+        response[UNSENT] = unsent(headers)
         if upstream.method == "HEAD" and upstream.content_length is not None and not replaced:
             # RFC 9110 §9.3.2: the size a GET would have sent, not the empty body's
             response.headers["Content-Length"] = str(upstream.content_length)
@@ -125,6 +127,7 @@ class Relay:
         )
         if length is not None:
             response.content_length = length
+        response[UNSENT] = unsent(response.headers)
         self._stamp.headers(response.headers, event.inference_id)
         event.stream = True
         event.status = upstream.status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from typing import Any
@@ -339,3 +340,54 @@ async def test_a_request_id_in_a_usual_id_form_is_recorded(
         pass
     (event,) = await sidecar.validated_events(1)
     assert event["request_id"] == value
+
+
+async def test_no_fields_the_model_server_did_not_send(make_sidecar: Any, upstream: Any,
+                                                       client: aiohttp.ClientSession) -> None:
+    """aiohttp fills in ``Server`` (its name and version) and an octet-stream
+    ``Content-Type`` as an origin server would; a proxy forwards what the model server
+    sent. Only ``Date`` is added (RFC 9110 §6.6.1), and the sidecar's own answers name
+    no software."""
+    replies = {
+        b"/plain": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+        b"/stream": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"/empty": b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"/error": b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy",
+    }
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            for _ in range(20):
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1]
+                writer.write(replies[path])
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        bare = await make_sidecar(upstream_url=f"http://127.0.0.1:{port}")
+        for method, path in [("GET", "/plain"), ("GET", "/stream"), ("GET", "/empty"),
+                             ("GET", "/error"), ("HEAD", "/plain")]:
+            async with client.request(method, bare.url + path) as response:
+                await response.read()
+                names = {k.lower() for k in response.headers}
+                assert_stamped(response.headers)
+                assert "server" not in names and "content-type" not in names, (path, names)
+                assert "date" in names
+        async with client.post(bare.url + "/plain", data=b"x" * 64,  # the sidecar's own
+                               headers={"Content-Length": str(100 * 1024**2)}) as response:
+            assert response.status == 413
+            assert "server" not in {k.lower() for k in response.headers}
+        await bare.validated_events(6)
+    finally:
+        server.close()
+        await server.wait_closed()
+    # A model server's own Server and Content-Type pass through.
+    plain = await make_sidecar()
+    async with client.get(upstream.url + "/v1/models") as direct:
+        sent_server = direct.headers["Server"]
+    async with client.get(plain.url + "/v1/models") as response:
+        assert response.headers.getall("Server") == [sent_server]
+        assert response.headers["Content-Type"].startswith("application/json")
