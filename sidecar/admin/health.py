@@ -8,16 +8,20 @@ keeps every event until it returns, so taking the model out of service would onl
 The upstream is probed in the background (a TCP connect, or a GET of
 ``upstream_health_path``), so ``/readyz`` answers from memory and a slow model server
 cannot make the probe itself time out. So is the Kafka bootstrap (a TCP connect to any of
-its addresses): a sink only learns of a broker problem when it writes, and an idle pod
-would say nothing of a broker that is down or a bootstrap address that is wrong. It is
-reported while nothing was delivered since it began failing: a producer that knows the
-cluster delivers without its bootstrap address.
+its addresses; with TLS, a handshake that verifies the broker's certificate as the
+producer would): a sink only learns of a broker problem when it writes, and an idle pod
+would say nothing of a broker that is down, a bootstrap address that is wrong or a CA
+file that does not vouch for the broker. It is reported while nothing was delivered
+since it began failing: a producer that knows the cluster delivers without its bootstrap
+address. SASL credentials are not tried: a wrong password shows at the first write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import ssl
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -26,8 +30,14 @@ import aiohttp
 
 from sidecar.config import Settings
 from sidecar.logs import get_logger
-from sidecar.sinks.base import Sink
-from sidecar.sinks.kafka_config import bootstrap_addresses
+from sidecar.sinks.base import Sink, SinkError
+from sidecar.sinks.kafka import probe_failures
+from sidecar.sinks.kafka_config import (
+    KafkaSettings,
+    bootstrap_addresses,
+    kafka_settings_from,
+    tls_context,
+)
 
 log = get_logger("health")
 
@@ -41,6 +51,15 @@ async def _connect(host: str, port: int) -> None:
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
+
+
+def _mtime(path: str | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -1.0  # missing now: tls_context says so
 
 
 class Readiness:
@@ -72,6 +91,10 @@ class Readiness:
         self._session: aiohttp.ClientSession | None = None
         self._brokers = (bootstrap_addresses(settings.kafka_bootstrap)
                          if settings.kafka_bootstrap else [])
+        kafka = kafka_settings_from(settings) if settings.kafka_bootstrap else None
+        self._kafka_tls = kafka if kafka is not None and "SSL" in kafka.security_protocol \
+            else None
+        self._tls: tuple[tuple[float | None, ...], ssl.SSLContext] | None = None
         self.broker_problem: str | None = None  # the last bootstrap probe's failure
         self._broker_failing_since = 0.0  # time.monotonic() of the first failed probe
 
@@ -132,7 +155,21 @@ class Readiness:
         self.upstream_ok, self.upstream_reason = True, "ok"
 
     async def probe_brokers(self) -> None:
-        """A TCP connect to each bootstrap address until one accepts."""
+        """A TCP connect to each bootstrap address until one accepts; with TLS, a
+        handshake, in a thread (OpenSSL lets go of the GIL there; the loop would not)."""
+        if self._kafka_tls is not None:
+            failure = await asyncio.to_thread(self._probe_tls, self._kafka_tls)
+        else:
+            failure = await self._probe_tcp()
+        if failure is None:
+            self.broker_problem = None
+            return
+        if self.broker_problem is None:
+            log.warning("kafka bootstrap unreachable", extra={"fields": {"reason": failure}})
+            self._broker_failing_since = time.monotonic()
+        self.broker_problem = f"bootstrap unreachable ({failure})"
+
+    async def _probe_tcp(self) -> str | None:
         failure = "no address"
         for host, port in self._brokers:
             try:
@@ -141,12 +178,23 @@ class Readiness:
             except (OSError, TimeoutError) as exc:
                 failure = type(exc).__name__
                 continue
-            self.broker_problem = None
-            return
-        if self.broker_problem is None:
-            log.warning("kafka bootstrap unreachable", extra={"fields": {"reason": failure}})
-            self._broker_failing_since = time.monotonic()
-        self.broker_problem = f"bootstrap unreachable ({failure})"
+            return None
+        return failure
+
+    def _probe_tls(self, kafka: KafkaSettings) -> str | None:
+        # The context is built again when a file it was read from changes (a rotated CA
+        # or client certificate), and only then: loading CA certificates takes milliseconds.
+        stamp = tuple(_mtime(path) for path in
+                      (kafka.ssl_cafile, kafka.ssl_certfile, kafka.ssl_keyfile))
+        if self._tls is None or self._tls[0] != stamp:
+            try:
+                context = tls_context(kafka)
+            except SinkError as exc:
+                return str(exc)
+            assert context is not None
+            self._tls = (stamp, context)
+        failures = probe_failures(kafka, self._tls[1], PROBE_TIMEOUT_S)
+        return "; ".join(failures) if failures else None
 
     def _not_ok(self, reason: str) -> None:
         if self.upstream_ok:

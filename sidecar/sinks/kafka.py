@@ -92,20 +92,29 @@ def probe(settings: KafkaSettings) -> None:
     pipeline every few seconds, from going through either.
     """
     timeout = min(PROBE_TIMEOUT_S, settings.request_timeout_s or PROBE_TIMEOUT_S)
-    context = tls_context(settings)
+    failures = probe_failures(settings, tls_context(settings), timeout)
+    if failures:
+        raise SinkError(f"kafka: no broker reachable: {', '.join(failures)}")
+
+
+def probe_failures(settings: KafkaSettings, context: ssl.SSLContext | None,
+                   timeout: float) -> list[str]:
+    """Connect (and with ``context``, shake hands) with each bootstrap address in turn
+    until one succeeds: the failures, one per address, or [] once one succeeded. Blocking:
+    call it from a thread."""
     failures = []
     for host, port in bootstrap_addresses(settings.bootstrap):
         try:
             with socket.create_connection((host, port), timeout=timeout) as sock:
                 if context is not None:  # the name checked as kafka-python checks it
                     context.wrap_socket(sock, server_hostname=host.rstrip(".")).close()
-            return
+            return []
         except ssl.SSLError as exc:
             failures.append(f"{host}:{port} (TLS: {exc.reason or type(exc).__name__}: "
                             f"{getattr(exc, 'verify_message', None) or exc})"[:300])
         except OSError as exc:
             failures.append(f"{host}:{port} ({exc.strerror or type(exc).__name__})")
-    raise SinkError(f"kafka: no broker reachable: {', '.join(failures)}")
+    return failures
 
 
 def write_bound_s(settings: KafkaSettings) -> float:

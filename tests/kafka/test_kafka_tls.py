@@ -6,19 +6,26 @@ TLS-terminating TCP relay on loopback (Python's ``ssl``, the way stunnel or a cl
 load balancer fronts a broker), and the broker advertises the relay's port: every
 connection the producer makes, bootstrap and produce, is a real TLS connection with
 certificate and host-name verification (``kafka_ssl_cafile``), carrying the real Kafka
-protocol to a real broker. SASL cannot be tested end to end here (the broker has no
-SASL mechanism to configure); its settings are unit-tested in ``test_kafka_sink.py``.
+protocol to a real broker. The readiness probe's handshake is checked here too.
+
+SASL cannot be tested end to end here: Tansu 0.6.0 speaks SCRAM (``--authentication``),
+but a user can only be created over an authenticated connection or in postgres storage,
+which this build lacks (its s3 storage, tried against an S3 server, stores none). The
+SASL settings are unit-tested in ``test_kafka_sink.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from factories import make_records
 from kafka_broker import EmbeddedBroker, consume_all, free_port
@@ -156,3 +163,40 @@ def test_without_a_ca_file_the_default_trust_is_used(
     records = consume_all(f"127.0.0.1:{front.port}", TOPIC, min_records=10,
                           security_protocol="SSL", ssl_cafile=str(TLS / "server.pem"))
     assert len(records) == 10
+
+
+async def _degraded(admin_url: str, want: bool) -> list[str]:
+    """/readyz's degraded list once it is non-empty (want) or empty; bounded."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            async with session.get(admin_url + "/readyz") as response:
+                assert response.status == 200
+                body = await response.json()
+            if bool(body["degraded"]) == want:
+                break
+            await asyncio.sleep(0.1)
+    degraded: list[str] = body["degraded"]
+    return degraded
+
+
+async def test_an_idle_sidecar_says_when_the_ca_file_does_not_vouch_for_the_broker(
+    tls_broker: tuple[EmbeddedBroker, TlsFront], make_sidecar: Any, tmp_path: Path,
+) -> None:
+    """The readiness probe shakes hands as the producer would, before any write; a CA
+    file replaced by one that vouches for the broker (a rotated secret) is read again."""
+    _, front = tls_broker
+    cafile = tmp_path / "ca.pem"
+    cafile.write_bytes((TLS / "ca.pem").read_bytes())  # another certificate's
+    sc = await make_sidecar(real_sink=True, kafka_bootstrap=f"127.0.0.1:{front.port}",
+                            kafka_security_protocol="ssl", kafka_ssl_cafile=str(cafile))
+    degraded = await _degraded(sc.admin_url, want=True)
+    assert degraded == [f"sink kafka: bootstrap unreachable (127.0.0.1:{front.port} (TLS: "
+                        "CERTIFICATE_VERIFY_FAILED: self-signed certificate)), nothing "
+                        "delivered since"], degraded
+    assert front.handshakes == 0
+    cafile.write_bytes((TLS / "server.pem").read_bytes())
+    stat = cafile.stat()
+    os.utime(cafile, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert await _degraded(sc.admin_url, want=False) == []
+    assert front.handshakes >= 1  # the probe's: no request was sent
+    await sc.sidecar.stop()
