@@ -38,7 +38,8 @@ KEEPALIVE_S: Final = 15.0  # an idle connection older than this is not reused
 
 
 class Pool:
-    """Connections to one ``host:port``, at most ``limit`` open; LIFO reuse."""
+    """Connections to one ``host:port``, at most ``limit`` open; LIFO reuse; requests
+    wait for one first come, first served."""
 
     def __init__(
         self, host: str, port: int, limit: int, connect_timeout: float, read_timeout: float,
@@ -51,7 +52,10 @@ class Pool:
         self.loop = asyncio.get_running_loop()
         self._idle: list[Connection] = []
         self._open: set[Connection] = set()
-        self._slots: deque[asyncio.Future[None]] = deque()  # waiting for a free connection
+        # Requests waiting for a connection, in arrival order; each gets a connection
+        # that was put back, or None: room to open one (counted in _granted until it does).
+        self._slots: deque[asyncio.Future[Connection | None]] = deque()
+        self._granted = 0
 
     async def request(self, method: str, head: bytes, body: bytes) -> UpstreamResponse:
         """Send; return the response once its head is in. Raises ``UpstreamError``s."""
@@ -78,27 +82,35 @@ class Pool:
         raise AssertionError("unreachable")
 
     async def _acquire(self, deadline: float) -> tuple[Connection, bool]:
-        now = self.loop.time()
-        while True:
+        if not self._slots:  # nobody is waiting: whatever is free is ours
+            now = self.loop.time()
             while self._idle:
                 conn = self._idle.pop()
                 if not conn.closed and now - conn.idle_since < KEEPALIVE_S:
                     return conn, True
                 conn.abort()
-            if len(self._open) < self.limit:
+            if len(self._open) + self._granted < self.limit:
                 return await self._connect(), False
-            slot: asyncio.Future[None] = self.loop.create_future()
-            self._slots.append(slot)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    try:
-                        await slot
-                    except asyncio.CancelledError:
-                        if slot.done() and not slot.cancelled():
-                            self._wake_one()  # woken, then cancelled: someone else's turn
-                        raise
-            except TimeoutError:
-                raise UpstreamTimeout("no upstream connection was free in time") from None
+        # First come, first served: a request that arrives while others wait queues
+        # behind them, and what frees up is handed to the first in line, so no newcomer
+        # can take it between its release and the waiter's turn (each lost race would
+        # have sent the waiter to the back, until total_timeout).
+        slot: asyncio.Future[Connection | None] = self.loop.create_future()
+        self._slots.append(slot)
+        try:
+            async with asyncio.timeout_at(deadline):
+                try:
+                    handed = await slot
+                except asyncio.CancelledError:
+                    if slot.done() and not slot.cancelled():  # served, then cancelled:
+                        self._pass_on(slot.result())  # the next in line gets it
+                    raise
+        except TimeoutError:
+            raise UpstreamTimeout("no upstream connection was free in time") from None
+        if handed is not None:
+            return handed, True
+        self._granted -= 1  # the room to open one, counted in _open from here
+        return await self._connect(), False
 
     async def _connect(self) -> Connection:
         conn = Connection(self)
@@ -124,20 +136,37 @@ class Pool:
 
     def put_back(self, conn: Connection) -> None:
         conn.idle_since = self.loop.time()
-        self._idle.append(conn)
-        self._wake_one()
+        slot = self._next_slot()
+        if slot is None:
+            self._idle.append(conn)
+        else:
+            slot.set_result(conn)
 
     def forget(self, conn: Connection) -> None:
         if conn in self._open:
             self._open.discard(conn)
-            self._wake_one()
+            self._grant()
 
-    def _wake_one(self) -> None:
+    def _grant(self) -> None:
+        """Room for one more connection: the first in line may open it."""
+        slot = self._next_slot()
+        if slot is not None:
+            self._granted += 1
+            slot.set_result(None)
+
+    def _pass_on(self, handed: Connection | None) -> None:
+        if handed is None:
+            self._granted -= 1
+            self._grant()
+        else:
+            self.put_back(handed)
+
+    def _next_slot(self) -> asyncio.Future[Connection | None] | None:
         while self._slots:
             slot = self._slots.popleft()
-            if not slot.done():
-                slot.set_result(None)
-                return
+            if not slot.done():  # else cancelled (its waiter timed out or went away)
+                return slot
+        return None
 
     async def close(self) -> None:
         for conn in list(self._open):

@@ -646,6 +646,93 @@ async def test_cancelled_waiter_passes_its_wakeup_on(serve: Any, make_pool: Pool
     assert await asyncio.wait_for(third, 1.0) == (200, b"hello")
 
 
+async def test_waiters_are_served_in_arrival_order(serve: Any, make_pool: PoolFactory) -> None:
+    """A request arriving while others wait queues behind them: a connection put back
+    goes to the first in line, not to whoever runs first. (Before, a newcomer that ran
+    between the release and the waiter's turn took it, and the waiter went to the back of
+    the line, again at each lost race, until total_timeout.)"""
+    gate = asyncio.Event()
+    served: list[bytes] = []
+
+    async def handler(conn: Conn) -> None:
+        while True:
+            head, _ = await conn.request()
+            served.append(head.split(b" ")[1])
+            if head.startswith(b"GET /first "):
+                await asyncio.wait_for(gate.wait(), WAIT)
+            await conn.send(OK_HELLO)
+
+    async def get(path: str) -> bytes:
+        response = await pool.request("GET", request_head(path=path), b"")
+        body = await collect(response)
+        response.release(failed=False)
+        return body
+
+    server = await serve(handler)
+    pool = make_pool(server.port, limit=1)
+    first = asyncio.create_task(get("/first"))
+    await until(lambda: served == [b"/first"])
+    waiting = [asyncio.create_task(get(f"/waiting-{i}")) for i in range(3)]
+    await until(lambda: len(pool._slots) == 3)
+    newcomers: list[asyncio.Task[bytes]] = []
+    original = pool.put_back
+
+    def put_back(conn: Any) -> None:  # a newcomer arrives in the same loop turn, first
+        newcomers.append(asyncio.create_task(get("/newcomer")))
+        original(conn)
+
+    pool.put_back = put_back  # type: ignore[method-assign]
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *waiting), WAIT)
+    pool.put_back = original  # type: ignore[method-assign]
+    await asyncio.wait_for(asyncio.gather(*newcomers), WAIT)
+    assert served[:4] == [b"/first", b"/waiting-0", b"/waiting-1", b"/waiting-2"], served
+    assert server.max_active == 1
+
+
+async def test_room_freed_by_a_closed_connection_goes_to_the_first_in_line(
+    serve: Any, make_pool: PoolFactory
+) -> None:
+    """A connection that closes leaves room for a new one: the first waiter opens it,
+    and a newcomer in the same loop turn does not open one more than the limit."""
+    gate = asyncio.Event()
+    served: list[bytes] = []
+
+    async def handler(conn: Conn) -> None:
+        head, _ = await conn.request()
+        served.append(head.split(b" ")[1])
+        if head.startswith(b"GET /first "):
+            await asyncio.wait_for(gate.wait(), WAIT)
+        await conn.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello")
+
+    async def get(path: str) -> bytes:
+        response = await pool.request("GET", request_head(path=path), b"")
+        body = await collect(response)
+        response.release(failed=False)
+        return body
+
+    server = await serve(handler)
+    pool = make_pool(server.port, limit=1)
+    first = asyncio.create_task(get("/first"))
+    await until(lambda: served == [b"/first"])
+    waiter = asyncio.create_task(get("/waiter"))
+    await until(lambda: len(pool._slots) == 1)
+    newcomers: list[asyncio.Task[bytes]] = []
+    original = pool.forget
+
+    def forget(conn: Any) -> None:
+        newcomers.append(asyncio.create_task(get("/newcomer")))
+        original(conn)
+
+    pool.forget = forget  # type: ignore[method-assign]
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(first, waiter), WAIT)
+    pool.forget = original  # type: ignore[method-assign]
+    await asyncio.wait_for(asyncio.gather(*newcomers), WAIT)
+    assert served[:2] == [b"/first", b"/waiter"], served
+    assert server.max_active == 1
+
+
 # -- 13. back-pressure ---------------------------------------------------------------------
 
 
