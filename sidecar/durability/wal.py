@@ -49,20 +49,10 @@ import time
 from collections.abc import Sequence
 
 from sidecar.durability import disk, framing, segments
-from sidecar.durability.base import (
-    LogStats,
-    check_increasing,
-    check_when_full,
-    full_headroom,
-)
-from sidecar.durability.segments import HEADER, Segment, first_unacked
-from sidecar.events.record import (
-    Record,
-    event_number,
-    is_notice,
-    next_event_seq,
-    starts_event,
-)
+from sidecar.durability.base import LogStats, check_increasing, check_when_full, full_headroom
+from sidecar.durability.index import LogIndex
+from sidecar.durability.segments import HEADER, Segment
+from sidecar.events.record import Record, event_number, next_event_seq
 
 log = logging.getLogger("inference_sidecar.wal")
 
@@ -70,10 +60,6 @@ _ACCEPTED = struct.Struct("<Q")  # hwm offset 0: accepted; offset 8: settled
 
 
 HWM_FLUSH_S = 1.0  # power-cut crash accounting granularity
-
-
-def _events(records: Sequence[Record]) -> int:
-    return sum(1 for r in records if starts_event(r.seq))
 
 
 class WriteAheadLog:
@@ -99,11 +85,6 @@ class WriteAheadLog:
         self._closed = False
         self._writer = disk.SegmentWriter(directory)  # writer thread's files
         self._rfds: dict[Segment, int] = {}  # delivery thread's read fds
-        self._dir_dirty = False  # segments created or deleted since the last sync
-        self._rgen = 0  # bumped when drop_oldest moves the read position under a reader
-        self._dropped_oldest = self._dropped_newest = self._dropped_in_flight = 0
-        self._notices_dropped = 0
-        self._read_seq = 0  # the highest seq ``read`` handed out since the last rewind
         self._unlink_later: list[str] = []  # trimmed segments a failed unlink left behind
         self._cursor_stale = False  # the cursor file is behind ``_cursor``: a store failed
         os.makedirs(directory, exist_ok=True)
@@ -121,21 +102,14 @@ class WriteAheadLog:
                 "write-ahead log: files that are not part of the log were ignored",
                 extra={"fields": {"directory": self.directory, "files": found.unknown_files[:20]}},
             )
-        self._segs = found.segments
-        self._corrupt = found.corrupt
-        self._dir_dirty = found.changed
         self._cursor_file = disk.CursorFile(self.directory)
-        self._cursor = self._cursor_file.load()
-        self._last_seq = max(self._segs[-1].last if self._segs else 0, self._cursor)
-        self._pending = sum(s.pending(self._cursor) for s in self._segs)
-        self._pending_events = sum(s.events(self._cursor) for s in self._segs)
-        self._bytes_used = sum(s.size for s in self._segs)
-        self._rseg, self._ridx = first_unacked(self._segs, self._cursor)
+        self._ix = ix = LogIndex(found.segments, self._cursor_file.load(), found.corrupt)
+        ix.dir_dirty = found.changed
         # A crash between cursor write and delete:
-        self._remove([seg.path for seg in self._take_trimmable()])
+        self._remove([seg.path for seg in ix.take_trimmable()])
         self._mm = disk.map_hwm(self.directory)
         accepted, settled = (int(v) for v in disk.HWM.unpack_from(self._mm, 0))
-        written = max(self._last_seq, settled)
+        written = max(ix.last_seq, settled)
         # Counted in events, not seqs: final records share their event blocks.
         self._lost = max(0, event_number(accepted) - event_number(written))
         if self._lost:
@@ -162,41 +136,28 @@ class WriteAheadLog:
 
     @property
     def next_seq(self) -> int:
-        return next_event_seq(max(self._accepted, self._last_seq))
+        return next_event_seq(max(self._accepted, self._ix.last_seq))
 
     @property
     def last_seq(self) -> int:
-        return self._last_seq
+        return self._ix.last_seq
 
     @property
     def bytes_used(self) -> int:
-        return self._bytes_used  # one int read: no lock (a hint, as ``full``)
+        return self._ix.bytes_used  # one int read: no lock (a hint, as ``full``)
 
     @property
     def corrupt_skipped(self) -> int:
-        return self._corrupt
+        return self._ix.corrupt
 
     @property
     def full(self) -> bool:
         """True when ``bytes_used`` plus ``full_headroom(max_bytes)`` exceeds ``max_bytes``."""
-        return self._bytes_used + self._headroom > self.max_bytes
+        return self._ix.bytes_used + self._headroom > self.max_bytes
 
     def stats(self) -> LogStats:
         with self._lock:
-            seg, idx = first_unacked(self._segs, self._cursor)
-            oldest = seg.stamps[idx] if seg is not None and idx < len(seg.seqs) else None
-            return LogStats(
-                bytes_used=self._bytes_used,
-                records_pending=self._pending,
-                events_pending=self._pending_events,
-                dropped_oldest=self._dropped_oldest,
-                dropped_newest=self._dropped_newest,
-                corrupt_skipped=self._corrupt,
-                lost_on_crash=self._lost,
-                oldest_pending_ts=oldest,
-                dropped_in_flight=self._dropped_in_flight,
-                notices_dropped=self._notices_dropped,
-            )
+            return self._ix.stats(self._lost)
 
     # --- writer thread -----------------------------------------------------------------
 
@@ -204,89 +165,27 @@ class WriteAheadLog:
         self._check_open()
         if not records:
             return
-        check_increasing(records, self._last_seq)
+        ix = self._ix
+        check_increasing(records, ix.last_seq)
         ts = time.time()
         frames = framing.encode_batch(records, ts)
         sizes = [len(f) for f in frames]
         with self._lock:
             keep_from, keep_to, roll = segments.plan_batch(
-                self._segs, sizes, self._bytes_used, self._cursor,
+                ix.segs, sizes, ix.bytes_used, ix.cursor,
                 self.max_bytes, self.segment_bytes, self.when_full,
             )
-            active = None if roll or not self._segs else self._segs[-1]
+            active = None if roll or not ix.segs else ix.segs[-1]
         kept = range(keep_from, keep_to)
         chunks: list[tuple[Segment, int, int]] = []
         if kept:
             layout = segments.layout(sizes, kept, active, self.segment_bytes)
             chunks = self._writer.write(records, frames, layout, active)
         with self._lock:
-            doomed = self._commit(records, sizes, kept, chunks, ts)
+            doomed = ix.commit(records, sizes, kept, chunks, ts, self.max_bytes, self.when_full)
         self._remove([seg.path for seg in doomed])  # never raises: the batch is in
         with contextlib.suppress(ValueError):
             _ACCEPTED.pack_into(self._mm, 8, records[-1].seq)  # settled: written or dropped
-
-    def _commit(
-        self,
-        records: Sequence[Record],
-        sizes: list[int],
-        kept: range,
-        chunks: list[tuple[Segment, int, int]],
-        ts: float,
-    ) -> list[Segment]:
-        """Publish what was written, count drops; under lock. Returns files to delete."""
-        for seg, lo, hi in chunks:
-            if not seg.seqs:
-                self._segs.append(seg)
-                self._bytes_used += HEADER
-                self._dir_dirty = True
-            for i in range(lo, hi):
-                seg.starts.append(seg.size)
-                seg.seqs.append(records[i].seq)
-                seg.stamps.append(ts)
-                seg.size += sizes[i]
-            seg.end = seg.size
-            self._bytes_used += sum(sizes[lo:hi])
-        if kept:
-            self._pending += len(kept)
-            self._pending_events += _events(records[kept.start:kept.stop])
-            self._last_seq = records[kept.stop - 1].seq
-        self._dropped_newest += _events(records[kept.stop:])
-        self._dropped_oldest += _events(records[:kept.start])
-        refused = [*records[:kept.start], *records[kept.stop:]]
-        self._notices_dropped += sum(1 for r in refused if is_notice(r.seq))
-        doomed: list[Segment] = []
-        touched = {seg for seg, _, _ in chunks}
-        if self.when_full == "drop_oldest":
-            while self._segs and self._bytes_used > self.max_bytes and self._segs[0] not in touched:
-                seg = self._segs.pop(0)
-                gone = seg.events(self._cursor)
-                unread = seg.events(max(self._cursor, self._read_seq))
-                self._dropped_oldest += unread
-                self._notices_dropped += seg.notices(max(self._cursor, self._read_seq))
-                self._dropped_in_flight += gone - unread  # delivery holds and sends these
-                self._pending_events -= gone
-                self._pending -= seg.pending(self._cursor)
-                self._forget(seg)
-                doomed.append(seg)
-        doomed += self._take_trimmable()
-        if self._rseg is not None and not self._rseg.live:
-            self._rseg, self._ridx = first_unacked(self._segs, self._cursor)
-            self._rgen += 1
-        return doomed
-
-    def _forget(self, seg: Segment) -> None:
-        seg.live = False
-        self._bytes_used -= seg.size
-        self._dir_dirty = True
-
-    def _take_trimmable(self) -> list[Segment]:
-        """Pop the segments whose every record is acked (never the active one)."""
-        out: list[Segment] = []
-        while len(self._segs) > 1 and self._segs[0].last <= self._cursor:
-            seg = self._segs.pop(0)
-            self._forget(seg)
-            out.append(seg)
-        return out
 
     def sync(self) -> None:
         """fdatasync written segments, then the directory if files came or went.
@@ -300,13 +199,13 @@ class WriteAheadLog:
             disk.sync_hwm(self.directory)
             self._mm_flushed = time.monotonic()
         with self._lock:
-            dir_dirty, self._dir_dirty = self._dir_dirty, False
+            dir_dirty, self._ix.dir_dirty = self._ix.dir_dirty, False
         if dir_dirty:
             try:
                 disk.fsync_dir(self.directory)
             except OSError:
                 with self._lock:
-                    self._dir_dirty = True
+                    self._ix.dir_dirty = True
                 raise
 
     # --- delivery thread ---------------------------------------------------------------
@@ -318,16 +217,15 @@ class WriteAheadLog:
         If drop_oldest deletes the segment being read mid-read, the read starts over; [] is
         possible only if that keeps happening, and the next call carries on."""
         self._check_open()
+        ix = self._ix
         for _ in range(8):
             with self._lock:
-                if self._rseg is None or not self._rseg.live:
-                    self._rseg, self._ridx = first_unacked(self._segs, self._cursor)
-                if self._rseg is None:
+                if ix.rseg is None or not ix.rseg.live:
+                    ix.reposition()
+                if ix.rseg is None:
                     return []
-                plan, end = segments.read_plan(
-                    self._segs, self._rseg, self._ridx, max_records, max_bytes
-                )
-                gen = self._rgen
+                plan, end = segments.read_plan(ix.segs, ix.rseg, ix.ridx, max_records, max_bytes)
+                gen = ix.rgen
             if not plan:
                 return []
             try:
@@ -338,12 +236,12 @@ class WriteAheadLog:
                         raise  # deleted behind the log's back: report, do not spin
                 continue
             with self._lock:
-                if gen != self._rgen:
+                if gen != ix.rgen:
                     continue
-                self._rseg, self._ridx = end
-                self._corrupt += corrupt
+                ix.rseg, ix.ridx = end
+                ix.corrupt += corrupt
                 if out:
-                    self._read_seq = max(self._read_seq, out[-1].seq)
+                    ix.read_seq = max(ix.read_seq, out[-1].seq)
             self._close_stale_fds()
             return out
         return []
@@ -351,20 +249,20 @@ class WriteAheadLog:
     def rewind(self) -> None:
         self._check_open()
         with self._lock:
-            self._rseg, self._ridx = first_unacked(self._segs, self._cursor)
-            self._read_seq = self._cursor
+            self._ix.rewind()
 
     def ack(self, seq: int) -> None:
         """Advance the cursor to ``seq`` (capped at ``last_seq``), trim finished segments."""
         self._check_open()
+        ix = self._ix
         with self._lock:
-            seq = min(seq, self._last_seq)
-            if seq <= self._cursor:
+            seq = min(seq, ix.last_seq)
+            if seq <= ix.cursor:
                 if not self._cursor_stale:
                     return
-                seq, doomed = self._cursor, []  # only the store that failed is left to do
+                seq, doomed = ix.cursor, []  # only the store that failed is left to do
             else:
-                doomed = self._advance(seq)
+                doomed = ix.advance(seq)
             self._cursor_stale = True
         try:
             self._cursor_file.store(seq, force_sync=False)
@@ -378,26 +276,10 @@ class WriteAheadLog:
                         extra={"fields": {"reason": exc.strerror or type(exc).__name__}})
             return
         with self._lock:
-            if self._cursor == seq:
+            if ix.cursor == seq:
                 self._cursor_stale = False
         self._remove([seg.path for seg in doomed])
         self._close_stale_fds()
-
-    def _advance(self, seq: int) -> list[Segment]:
-        """Move the cursor to ``seq`` in memory; under lock. Returns segments to delete."""
-        for seg in self._segs:
-            if seg.seqs[0] > seq:
-                break
-            self._pending -= seg.pending(self._cursor) - seg.pending(seq)
-            self._pending_events -= seg.events(self._cursor, seq)
-        self._cursor = seq
-        if self._rseg is not None and self._rseg.live:  # never hand out acked records
-            first = first_unacked(self._segs, seq)
-            if segments.position_key(self._segs, first) > segments.position_key(
-                self._segs, (self._rseg, self._ridx)
-            ):
-                self._rseg, self._ridx = first
-        return self._take_trimmable()
 
     def _remove(self, paths: list[str]) -> None:
         """Delete trimmed segment files, and any an earlier failure left behind. Never
@@ -436,7 +318,7 @@ class WriteAheadLog:
             return
         try:
             self.sync()
-            self._cursor_file.store(self._cursor, force_sync=True)
+            self._cursor_file.store(self._ix.cursor, force_sync=True)
         finally:
             self._closed = True
             self._release_files()
