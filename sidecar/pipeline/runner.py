@@ -4,7 +4,7 @@
         │  LogWriter: encode as CloudEvents, append, fsync        (writer thread)
         │     events the stages below still complete are written *ahead*: their
         │     metadata at once (sync responses wait for this fsync only) …
-        ├──► Handoff (at most writer.ROOM events with the stages)
+        ├──► Handoff (at most rounds.ROOM events with the stages)
         │      DetectionStage: features, monitor-mode detectors   (worker process)
         │         (unless detectors are off); alerts follow their batch as notices
         │    Handoff
@@ -38,9 +38,10 @@ from sidecar.pipeline.delivery import Delivery
 from sidecar.pipeline.detection import DetectionStage
 from sidecar.pipeline.handoff import Handoff
 from sidecar.pipeline.privacy import PrivacyStage
+from sidecar.pipeline.rounds import BATCH_MAX as WRITER_BATCH_MAX
+from sidecar.pipeline.rounds import ROOM, Completion
 from sidecar.pipeline.waiters import Durability
-from sidecar.pipeline.writer import BATCH_MAX as WRITER_BATCH_MAX
-from sidecar.pipeline.writer import ROOM, Completion, LogWriter
+from sidecar.pipeline.writer import LogWriter
 from sidecar.sinks.base import Sink
 from sidecar.telemetry import Metrics
 from sidecar.workers.child import Child

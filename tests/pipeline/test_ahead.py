@@ -30,11 +30,13 @@ from sidecar.events.notices import alert_event
 from sidecar.events.queue import EventQueue
 from sidecar.events.record import EVENT_SEQ_STEP, Record, event_number, is_notice
 from sidecar.pipeline import ahead
+from sidecar.pipeline import rounds as rounds_module
 from sidecar.pipeline import writer as writer_module
 from sidecar.pipeline.ahead import Ledger, Mark
 from sidecar.pipeline.delivery import Delivery
 from sidecar.pipeline.handoff import Handoff
-from sidecar.pipeline.writer import Completion, LogWriter
+from sidecar.pipeline.rounds import Completion
+from sidecar.pipeline.writer import LogWriter
 from sidecar.sinks.memory import MemorySink
 from sidecar.telemetry import Metrics
 
@@ -96,7 +98,7 @@ class Harness:
         self.queue = EventQueue(10_000, "block", first_seq=self.log.next_seq,
                                 on_accept=self.log.note_accepted)
         self.ledger = Ledger(self.log.last_seq)
-        out, back = Handoff(writer_module.ROOM), Handoff(2048)
+        out, back = Handoff(rounds_module.ROOM), Handoff(2048)
         self.stage = FakeStage(out, back)
         self.delivery = Delivery(self.log, self.sink, self.metrics, self.ledger)
         self.drops: list[tuple[str, int]] = []
@@ -213,7 +215,7 @@ async def test_events_with_nothing_to_complete_are_written_once_and_all_arrive(
 async def test_at_most_room_events_are_with_the_stages_and_order_is_kept(
     make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(writer_module, "ROOM", 3)
+    monkeypatch.setattr(rounds_module, "ROOM", 3)
     h = make_harness()
     h.stage.release.clear()
     h.start()
@@ -472,7 +474,7 @@ async def test_a_round_given_up_at_shutdown_counts_its_notices_and_carried_gate_
     drops: list[tuple[str, int]] = []
     alerts: list[tuple[str, int]] = []
     queue = EventQueue(10, first_seq=log.next_seq)
-    out, back = Handoff(writer_module.ROOM), Handoff(2048)
+    out, back = Handoff(rounds_module.ROOM), Handoff(2048)
     writer = LogWriter(queue, log, "sync", 0.01, on_appended=lambda: None,
                        on_disk_error=lambda failing: None,
                        on_drop=lambda reason, n: drops.append((reason, n)),

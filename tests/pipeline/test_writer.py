@@ -34,6 +34,7 @@ from sidecar.durability.wal import WriteAheadLog
 from sidecar.events.cloudevents import to_record
 from sidecar.events.queue import EventQueue
 from sidecar.events.record import EVENT_SEQ_STEP, Record
+from sidecar.pipeline import rounds as rounds_module
 from sidecar.pipeline import writer as writer_module
 from sidecar.pipeline.waiters import Durability
 from sidecar.pipeline.writer import LogWriter
@@ -107,7 +108,7 @@ class WriterHarness:
         """Let the first round take every event queued, however small the log: these tests
         are about a round the log has no room for (the writer otherwise cuts rounds to
         half of what the log holds, by the largest record seen)."""
-        self.writer._record_max = 1.0
+        self.writer.rounds.record_max = 1.0
         return self
 
     def wait_for(self, seqs: list[int]) -> list[asyncio.Future[None]]:
@@ -257,11 +258,11 @@ async def test_log_io_runs_in_one_worker_thread_off_the_loop(
 
 async def test_batches_are_at_most_batch_max(make_writer: Callable[..., WriterHarness]) -> None:
     h = make_writer()
-    total = writer_module.BATCH_MAX * 2 + 3
+    total = rounds_module.BATCH_MAX * 2 + 3
     h.put(range(total))
     h.start()
     await h.finish()
-    assert max(len(a) for a in h.log.appended) <= writer_module.BATCH_MAX
+    assert max(len(a) for a in h.log.appended) <= rounds_module.BATCH_MAX
     assert len(h.log.appended) >= 3
     assert seqs(read_all(h.log)) == evs(range(1, total + 1))
 
@@ -622,7 +623,7 @@ async def test_a_round_given_up_at_shutdown_never_has_its_responses_released() -
     writer = LogWriter(queue, log, "sync", 0.05, on_appended=lambda: None,
                        on_disk_error=lambda failing: None,
                        on_drop=lambda reason, n: drops.append((reason, n)))
-    writer._record_max = 1e12  # one event a round, as with more queued than a round takes
+    writer.rounds.record_max = 1e12  # one event a round, as with more queued than a round takes
     futures = [writer.durability.wait(queue.put(make_event(n))) for n in (1, 2)]
     queue.close()
     writer.give_up_at = time.monotonic()
