@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
+import aiohttp
 import orjson
 import pytest
 
@@ -127,6 +128,21 @@ async def wait_until(
             await asyncio.sleep(poll_s)
 
     await asyncio.wait_for(poll(), timeout)
+
+
+async def readyz_degraded(admin_url: str, want: bool) -> list[str]:
+    """/readyz's ``degraded`` list once it is non-empty (``want``) or empty; polled for at
+    most 10 s, /readyz answering 200 throughout."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            async with session.get(admin_url + "/readyz") as response:
+                assert response.status == 200
+                body = await response.json()
+            if bool(body["degraded"]) == want:
+                break
+            await asyncio.sleep(0.1)
+    degraded: list[str] = body["degraded"]
+    return degraded
 
 
 def record_sleeps(

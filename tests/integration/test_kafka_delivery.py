@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
+from factories import readyz_degraded  # type: ignore[import-not-found]
 from kafka_broker import (  # type: ignore[import-not-found]
     EmbeddedBroker,
     consume_all,
@@ -238,20 +239,6 @@ async def test_broker_absent_at_start_then_everything_is_delivered(
         await sc.sidecar.stop()
 
 
-async def _degraded(admin_url: str, want: bool) -> list[str]:
-    """/readyz's degraded list once it is non-empty (want) or empty; bounded."""
-    async with aiohttp.ClientSession() as s:
-        for _ in range(100):
-            async with s.get(admin_url + "/readyz") as r:
-                assert r.status == 200
-                body = await r.json()
-            if bool(body["degraded"]) == want:
-                break
-            await asyncio.sleep(0.1)
-    degraded: list[str] = body["degraded"]
-    return degraded
-
-
 async def test_an_idle_sidecar_says_when_its_broker_is_unreachable(
     make_sidecar: Any, port_factory: Any
 ) -> None:
@@ -259,10 +246,10 @@ async def test_an_idle_sidecar_says_when_its_broker_is_unreachable(
     # a broker that is down or a bootstrap address that is wrong.
     port = port_factory()
     sc = await make_sidecar(real_sink=True, kafka_bootstrap=f"127.0.0.1:{port}")
-    degraded = await _degraded(sc.admin_url, want=True)
+    degraded = await readyz_degraded(sc.admin_url, want=True)
     assert any("sink kafka: bootstrap unreachable" in d for d in degraded), degraded
     with EmbeddedBroker(port=port):
-        assert await _degraded(sc.admin_url, want=False) == []
+        assert await readyz_degraded(sc.admin_url, want=False) == []
     await sc.sidecar.stop()
 
 
@@ -305,12 +292,12 @@ async def test_a_delivering_sink_is_not_degraded_by_its_bootstrap_address(
             link.close()
         await front.wait_closed()
         # noticed by the probe: nothing was delivered since, so it is said
-        degraded = await _degraded(sc.admin_url, want=True)
+        degraded = await readyz_degraded(sc.admin_url, want=True)
         assert any("bootstrap unreachable" in d and "nothing delivered since" in d
                    for d in degraded), degraded
         await send_requests(sc.url, 5)  # delivered through the broker the producer knows
         await _drained(sc.admin_url)
-        assert await _degraded(sc.admin_url, want=False) == []
+        assert await readyz_degraded(sc.admin_url, want=False) == []
         await sc.sidecar.stop()
 
 

@@ -25,9 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from factories import make_records
+from factories import make_records, readyz_degraded
 from kafka_broker import EmbeddedBroker, consume_all, free_port
 
 from sidecar.sinks.base import SinkError
@@ -165,20 +164,6 @@ def test_without_a_ca_file_the_default_trust_is_used(
     assert len(records) == 10
 
 
-async def _degraded(admin_url: str, want: bool) -> list[str]:
-    """/readyz's degraded list once it is non-empty (want) or empty; bounded."""
-    async with aiohttp.ClientSession() as session:
-        for _ in range(100):
-            async with session.get(admin_url + "/readyz") as response:
-                assert response.status == 200
-                body = await response.json()
-            if bool(body["degraded"]) == want:
-                break
-            await asyncio.sleep(0.1)
-    degraded: list[str] = body["degraded"]
-    return degraded
-
-
 async def test_an_idle_sidecar_says_when_the_ca_file_does_not_vouch_for_the_broker(
     tls_broker: tuple[EmbeddedBroker, TlsFront], make_sidecar: Any, tmp_path: Path,
 ) -> None:
@@ -189,7 +174,7 @@ async def test_an_idle_sidecar_says_when_the_ca_file_does_not_vouch_for_the_brok
     cafile.write_bytes((TLS / "ca.pem").read_bytes())  # another certificate's
     sc = await make_sidecar(real_sink=True, kafka_bootstrap=f"127.0.0.1:{front.port}",
                             kafka_security_protocol="ssl", kafka_ssl_cafile=str(cafile))
-    degraded = await _degraded(sc.admin_url, want=True)
+    degraded = await readyz_degraded(sc.admin_url, want=True)
     assert degraded == [f"sink kafka: bootstrap unreachable (127.0.0.1:{front.port} (TLS: "
                         "CERTIFICATE_VERIFY_FAILED: self-signed certificate)), nothing "
                         "delivered since"], degraded
@@ -197,6 +182,6 @@ async def test_an_idle_sidecar_says_when_the_ca_file_does_not_vouch_for_the_brok
     cafile.write_bytes((TLS / "server.pem").read_bytes())
     stat = cafile.stat()
     os.utime(cafile, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert await _degraded(sc.admin_url, want=False) == []
+    assert await readyz_degraded(sc.admin_url, want=False) == []
     assert front.handshakes >= 1  # the probe's: no request was sent
     await sc.sidecar.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -646,6 +647,30 @@ async def test_cancelled_waiter_passes_its_wakeup_on(serve: Any, make_pool: Pool
     assert await asyncio.wait_for(third, 1.0) == (200, b"hello")
 
 
+def first_waits(gate: asyncio.Event, served: list[bytes], reply: bytes,
+                keep_alive: bool = True) -> Handler:
+    """Answers ``reply`` to each request, recording its path; ``/first`` waits for
+    ``gate`` before its answer."""
+    async def handler(conn: Conn) -> None:
+        while True:
+            head, _ = await conn.request()
+            served.append(head.split(b" ")[1])
+            if head.startswith(b"GET /first "):
+                await asyncio.wait_for(gate.wait(), WAIT)
+            await conn.send(reply)
+            if not keep_alive:
+                return
+
+    return handler
+
+
+async def get_path(pool: Pool, path: str) -> bytes:
+    response = await pool.request("GET", request_head(path=path), b"")
+    body = await collect(response)
+    response.release(failed=False)
+    return body
+
+
 async def test_waiters_are_served_in_arrival_order(serve: Any, make_pool: PoolFactory) -> None:
     """A request arriving while others wait queues behind them: a connection put back
     goes to the first in line, not to whoever runs first. (Before, a newcomer that ran
@@ -653,23 +678,9 @@ async def test_waiters_are_served_in_arrival_order(serve: Any, make_pool: PoolFa
     the line, again at each lost race, until total_timeout.)"""
     gate = asyncio.Event()
     served: list[bytes] = []
-
-    async def handler(conn: Conn) -> None:
-        while True:
-            head, _ = await conn.request()
-            served.append(head.split(b" ")[1])
-            if head.startswith(b"GET /first "):
-                await asyncio.wait_for(gate.wait(), WAIT)
-            await conn.send(OK_HELLO)
-
-    async def get(path: str) -> bytes:
-        response = await pool.request("GET", request_head(path=path), b"")
-        body = await collect(response)
-        response.release(failed=False)
-        return body
-
-    server = await serve(handler)
+    server = await serve(first_waits(gate, served, OK_HELLO))
     pool = make_pool(server.port, limit=1)
+    get = functools.partial(get_path, pool)
     first = asyncio.create_task(get("/first"))
     await until(lambda: served == [b"/first"])
     waiting = [asyncio.create_task(get(f"/waiting-{i}")) for i in range(3)]
@@ -697,22 +708,10 @@ async def test_room_freed_by_a_closed_connection_goes_to_the_first_in_line(
     and a newcomer in the same loop turn does not open one more than the limit."""
     gate = asyncio.Event()
     served: list[bytes] = []
-
-    async def handler(conn: Conn) -> None:
-        head, _ = await conn.request()
-        served.append(head.split(b" ")[1])
-        if head.startswith(b"GET /first "):
-            await asyncio.wait_for(gate.wait(), WAIT)
-        await conn.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello")
-
-    async def get(path: str) -> bytes:
-        response = await pool.request("GET", request_head(path=path), b"")
-        body = await collect(response)
-        response.release(failed=False)
-        return body
-
-    server = await serve(handler)
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
+    server = await serve(first_waits(gate, served, closing, keep_alive=False))
     pool = make_pool(server.port, limit=1)
+    get = functools.partial(get_path, pool)
     first = asyncio.create_task(get("/first"))
     await until(lambda: served == [b"/first"])
     waiter = asyncio.create_task(get("/waiter"))
