@@ -23,7 +23,7 @@ import contextlib
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -51,6 +51,16 @@ async def _connect(host: str, port: int) -> None:
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
+
+
+async def _guarded(probe: Callable[[], Awaitable[None]], what: str) -> None:
+    """A probe that fails in a way it did not expect is logged, and probing goes on: a
+    readiness loop that died would leave /readyz answering from its last state for ever."""
+    try:
+        await probe()
+    except Exception as exc:
+        log.error("readiness probe failed", extra={"fields": {
+            "probe": what, "reason": f"{type(exc).__name__}: {exc}"[:300]}})
 
 
 def _mtime(path: str | None) -> float | None:
@@ -203,12 +213,12 @@ class Readiness:
 
     async def _loop(self) -> None:
         while True:
-            await self.probe_once()
+            await _guarded(self.probe_once, "upstream")
             await asyncio.sleep(PROBE_INTERVAL_S)
 
     async def _broker_loop(self) -> None:  # apart: a black-holed broker must not slow the above
         while True:
-            await self.probe_brokers()
+            await _guarded(self.probe_brokers, "kafka bootstrap")
             await asyncio.sleep(PROBE_INTERVAL_S)
 
     def start(self) -> None:

@@ -7,6 +7,7 @@ producer is created, so rotating a secret needs no restart.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -73,14 +74,32 @@ def has_librdkafka() -> bool:
 
 
 def bootstrap_addresses(bootstrap: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of ``host:port[,host:port...]``; ``ValueError`` names what
+    is wrong, including a host no resolver would take (``a..b``: an empty label, a label
+    over 63 characters), which would otherwise fail every connection attempt later."""
     addresses = []
     for item in bootstrap.split(","):
         host, sep, port = item.strip().rpartition(":")
         host = host.strip("[]")  # [::1]:9092
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"bootstrap: expected host:port[,host:port...], got {bootstrap!r}")
+        if not _is_host(host):
+            raise ValueError(f"bootstrap: {host!r} is not a host name or an IP address")
         addresses.append((host, int(port)))
     return addresses
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:  # as the socket module encodes it before resolving
+        host.rstrip(".").encode("idna")
+    except UnicodeError:
+        return False
+    return host not in (".", "")
 
 
 @dataclass(frozen=True, slots=True)

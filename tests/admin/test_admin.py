@@ -8,7 +8,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from factories import readyz_degraded
 from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.admin import health
+from sidecar.admin.health import Readiness
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -210,3 +214,23 @@ async def test_sync_metrics_count_requests_that_never_committed(
     assert m[("inference_sidecar_requests_total", gone)] == 1
     assert m[("inference_sidecar_outcomes_total", (("outcome", "client_disconnected"),))] == 1
     assert m[("inference_sidecar_requests_in_flight", ())] == 0
+
+
+async def test_a_probe_that_fails_unexpectedly_does_not_end_probing(
+    make_sidecar: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A probe loop that died left /readyz answering from its last state for ever.
+    calls: list[int] = []
+
+    async def flaky(self: Readiness) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("not expected")
+        self.broker_problem = "bootstrap unreachable (test)"
+
+    monkeypatch.setattr(Readiness, "probe_brokers", flaky)
+    monkeypatch.setattr(health, "PROBE_INTERVAL_S", 0.05)
+    sc = await make_sidecar(kafka_bootstrap="127.0.0.1:9")
+    degraded = await readyz_degraded(sc.admin_url, want=True)
+    assert degraded == ["sink memory: bootstrap unreachable (test), nothing delivered since"]
+    assert len(calls) >= 2

@@ -572,3 +572,15 @@ def test_kafka_settings_from_names_the_sidecar_setting(tmp_path: Path) -> None:
                "SIDECAR_KAFKA_SSL_CAFILE": secret(tmp_path / "ca.pem", "ca")}  # without TLS
     with pytest.raises(ConfigError, match=r"^kafka_ssl_cafile: set, but"):
         kafka_settings_from(load_settings(environ=environ))
+
+
+@pytest.mark.parametrize("host", ["a..b", ".", "x" * 64 + ".example"])
+def test_a_bootstrap_host_no_resolver_takes_is_refused_at_start_up(host: str) -> None:
+    # Before, it passed validation and failed every connection attempt with a UnicodeError
+    # from the IDNA codec, which also ended the readiness probe's loop.
+    environ = {**IDENTITY_ENV, "SIDECAR_KAFKA_BOOTSTRAP": f"{host}:9093"}
+    with pytest.raises(ConfigError, match=r"^kafka_bootstrap: .* is not a host name"):
+        kafka_settings_from(load_settings(environ=environ))
+    for good in ("kafka-0.kafka.svc.cluster.local.:9093", "[::1]:9092", "10.0.0.7:9092"):
+        kafka_settings_from(load_settings(environ={**IDENTITY_ENV,
+                                                   "SIDECAR_KAFKA_BOOTSTRAP": good}))
