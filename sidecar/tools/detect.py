@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import signal
 import sys
 import threading
@@ -65,10 +66,12 @@ START_HELP: Final = (
     "and history warms the baselines. latest: judge only traffic from now on.")
 
 
-def _positive(kind: type[int] | type[float]) -> Any:
+def _positive(kind: type[int] | type[float], minimum: float = 0.0) -> Any:
     def parse(text: str) -> int | float:
-        if (value := kind(text)) <= 0:  # ValueError: argparse says "invalid int value"
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        value = kind(text)  # ValueError: argparse says "invalid int value"
+        if not (minimum < value < math.inf):  # nan and inf too: never true for nan
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number > {minimum:g}, got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse
@@ -87,7 +90,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add("--idle-exit", type=_positive(float), metavar="SECONDS", help="Stop after this long "
         "with nothing new, counted from the start and from each rebalance (allow for a group "
         "join, a few seconds); default: run until signalled.")
-    add("--session-timeout", type=_positive(float), default=10.0, metavar="SECONDS",
+    # Above 0.3 s: heartbeats go every third of it, and at least 100 ms apart.
+    add("--session-timeout", type=_positive(float, 0.3), default=10.0, metavar="SECONDS",
         help="How long the group waits for a silent member before moving its partitions.")
     add("--delivery-timeout", type=_positive(float), default=30.0, metavar="SECONDS",
         help="Per alerts batch, as in the sidecar; Kafka requests (and connecting at start) "

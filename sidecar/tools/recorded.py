@@ -49,9 +49,11 @@ class Recorded:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.size = os.stat(path).st_size  # OSError: missing, unreadable
+        self.size = os.stat(path).st_size  # OSError: missing
         if not os.path.isfile(path):
             raise IsADirectoryError(f"{path} is not a file")
+        with open(path, "rb"):  # OSError: unreadable (stat does not need read permission)
+            pass
         self.stats = ReadStats()
 
     def events(

@@ -61,7 +61,12 @@ def _value(text: str) -> Any:
             return number(text)
         except ValueError:
             pass
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # "[1" after the split at commas, "@x", "%x"
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise SweepError(f"--sweep value {text!r} is not a YAML value ({problem}); "
+                         "values are separated by commas, so a list cannot be one") from None
 
 
 def check(config: DetectorsConfig, sweeps: Sequence[Sweep]) -> None:

@@ -325,6 +325,23 @@ def test_configuration_errors_name_the_key_and_exit_2(
     assert len(lines) == 1 and lines[0].startswith(expected.format(file=bad)), lines
 
 
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--session-timeout", "inf"), ("--session-timeout", "nan"), ("--session-timeout", "0.05"),
+    ("--idle-exit", "nan"), ("--idle-exit", "inf"), ("--delivery-timeout", "nan"),
+    ("--max-events", "0"),
+])
+def test_numbers_that_cannot_work_are_refused_by_the_parser(
+    capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    # Before: --session-timeout inf or nan crashed once connected, 0.05 failed as "cannot
+    # connect" (heartbeats go at least 100 ms apart), --idle-exit nan never exited.
+    with pytest.raises(SystemExit) as stopped:
+        detect.main(["--bootstrap", f"127.0.0.1:{free_port()}", "--group", "g", flag, value])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and "Traceback" not in err, err
+
+
 def test_no_broker_exits_1_with_one_clear_line() -> None:
     port = free_port()
     started = time.monotonic()

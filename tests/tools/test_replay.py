@@ -232,6 +232,28 @@ def test_a_missing_events_file_is_one_line_and_exit_2(
     assert status == 2 and err.count("\n") == 1
 
 
+def test_an_unreadable_events_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stat() needs no read permission: the file passed the check, then its first read
+    # raised PermissionError with a traceback. (As root permissions do not stop a read,
+    # so the refusal is the one open() would give a user.)
+    events = tmp_path / "events.jsonl"
+    events.write_text("{}\n")
+    real_open = open
+
+    def refusing_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file) == str(events):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refusing_open)
+    status, _, err = run(capsys, "--events", str(events))
+    assert status == 2
+    assert err == (f"inference-sidecar: replay: events file {events}: cannot read it "
+                   "(Permission denied)\n")
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("nope.params.delta=1", "no detector 'nope'"),
@@ -242,7 +264,10 @@ def test_a_missing_events_file_is_one_line_and_exit_2(
       "with request-rate-burst.params.factor=-1: detectors[0].params.factor: must be > 0"),
      ("request-rate-burst.params.max_clients=1.5",
       "detectors[0].params.max_clients: must be int"),
-     ("latency-adwin.mode=enforce", "detectors[0].mode: type adwin cannot decide")],
+     ("latency-adwin.mode=enforce", "detectors[0].mode: type adwin cannot decide"),
+     # Not YAML (a list is split at its commas): a traceback before.
+     ("latency-adwin.params.delta=[1,2]", "--sweep value '[1' is not a YAML value"),
+     ("latency-adwin.params.delta=@x", "--sweep value '@x' is not a YAML value")],
 )
 def test_a_bad_sweep_is_one_line_and_exit_2(
     recording: tuple[Path, int], tmp_path: Path, capsys: pytest.CaptureFixture[str],
