@@ -22,6 +22,7 @@ import orjson
 import pytest
 
 from detectors.config import load_config
+from sidecar import telemetry
 from sidecar.cli import main
 from sidecar.tools import recorded, replay, report, series, sweep
 from sidecar.tools.series import Series
@@ -296,6 +297,33 @@ def test_bare_data_lines_are_events_and_bad_lines_are_counted(
     assert ("skipped 2 other events: None 1, ai.detector.policy_changed 1") in out
     assert ("skipped 3 malformed lines: line 3 (not JSON), 4 (not a JSON object), "
             "6 (an inference event without a data object)") in out
+
+
+def test_bare_alerts_and_policy_changes_are_not_inference_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What `jq -c .data events.jsonl` gives: every event's data, alerts too. Before, each
+    # alert replayed as one more inference (its client and time fed the rate detectors).
+    path = tmp_path / "bare.jsonl"
+    inference = {"event_type": "ai.inference.completed", "latency_ms": 12.0,
+                 "timestamp": "2025-01-01T00:00:00Z", "client_id": "c"}
+    old_inference = {k: v for k, v in inference.items() if k != "event_type"}
+    alert = {"alert_id": "i/x.1", "detector": "x", "timestamp": "2025-01-01T00:00:00Z",
+             "client_id": "c", "inference_id": "i"}
+    change = {"change_id": "p1", "digest": "sha256:0", "timestamp": "2025-01-01T00:00:00Z"}
+    path.write_bytes(b"\n".join(orjson.dumps(d) for d in (
+        inference, alert, old_inference, change, alert)) + b"\n")
+    status, out, _ = run(capsys, "--events", str(path), "--report", str(tmp_path / "r.html"),
+                         "--quiet")
+    assert status == 0
+    assert "replayed 2 inference events" in out
+    assert "skipped 3 other events: ai.detector.alert 2, ai.detector.policy_changed 1" in out
+
+
+def test_the_event_type_names_are_the_naming_specs() -> None:
+    assert (recorded.INFERENCE, recorded.ALERT, recorded.POLICY_CHANGED) == (
+        telemetry.EVENT_TYPE_INFERENCE, telemetry.EVENT_TYPE_ALERT,
+        telemetry.EVENT_TYPE_POLICY_CHANGED)
 
 
 def test_series_keeps_spikes_and_dips_in_at_most_2000_points() -> None:
