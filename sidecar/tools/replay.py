@@ -111,6 +111,11 @@ def _replay(args: argparse.Namespace, recorded: Recorded, config: DetectorsConfi
             for variant, counts in zip(variant_sets, variant_counts, strict=True):
                 counts.update(alert.detector for alert in variant.update(data))
     stats = recorded.stats
+    if not stats.events and not stats.other_types and stats.malformed_count:
+        # Nothing but malformed lines: not a recording (a YAML file, a .gz), not a quiet day.
+        line, why = stats.malformed[0]
+        return _fail(f"replay: events file {args.events}: no event in it ({stats.malformed_count}"
+                     f" malformed lines, the first at line {line}: {why})", EXIT_CONFIG)
     summary = _summary(args, stats, config, detectors)
     headers = ("detector", "type", "mode", "alerts", "clients", "first alert (event, time)",
                "skipped")

@@ -320,6 +320,22 @@ def test_bare_alerts_and_policy_changes_are_not_inference_events(
     assert "skipped 3 other events: ai.detector.alert 2, ai.detector.policy_changed 1" in out
 
 
+def test_a_file_of_nothing_but_malformed_lines_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_events = tmp_path / "detectors.yaml"  # passed by mistake: it exited 0, "replayed 0"
+    not_events.write_text("detectors:\n  - name: x\n    type: adwin\n")
+    status, out, err = run(capsys, "--events", str(not_events), "--quiet")
+    assert status == 2 and out == ""
+    assert err == (f"inference-sidecar: replay: events file {not_events}: no event in it "
+                   "(3 malformed lines, the first at line 1: not JSON)\n")
+    empty = tmp_path / "empty.jsonl"  # a quiet day: still a recording
+    empty.write_text("")
+    status, out, _ = run(capsys, "--events", str(empty), "--report",
+                         str(tmp_path / "r.html"), "--quiet")
+    assert status == 0 and "replayed 0 inference events" in out
+
+
 def test_the_event_type_names_are_the_naming_specs() -> None:
     assert (recorded.INFERENCE, recorded.ALERT, recorded.POLICY_CHANGED) == (
         telemetry.EVENT_TYPE_INFERENCE, telemetry.EVENT_TYPE_ALERT,
