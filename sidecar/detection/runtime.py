@@ -117,8 +117,11 @@ class Detection:
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            # Not asyncio.wait_for: on Python 3.11 it loses a cancel that lands as the wait
+            # ends (a SIGHUP's wake-up just before stop()), and stop() then waited for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_S)
+                async with asyncio.timeout(POLL_S):
+                    await self._wake.wait()
             forced = self._wake.is_set()
             self._wake.clear()
             seen = await loop.run_in_executor(None, self._stat)

@@ -160,8 +160,9 @@ class LogWriter:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.queue.notify_on(future)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(future, FINALS_LINGER_S)
+        with contextlib.suppress(TimeoutError):  # not wait_for: see detection/runtime.py
+            async with asyncio.timeout(FINALS_LINGER_S):
+                await future
         self.rounds.take(work)
 
     async def run(self) -> None:
