@@ -100,8 +100,17 @@ def map_hwm(directory: str) -> mmap.mmap:
     survive the process being killed (not a power cut, unless ``sync`` flushed them)."""
     fd = os.open(os.path.join(directory, "hwm"), os.O_RDWR | os.O_CREAT, 0o640)
     try:
-        if os.fstat(fd).st_size < HWM.size:
-            os.ftruncate(fd, HWM.size)
+        # The file's block is allocated now, while a full disk is an OSError (ENOSPC) the
+        # start-up reports; a sparse file (ftruncate) made the first store into the map a
+        # SIGBUS that killed the process without a word.
+        try:
+            os.posix_fallocate(fd, 0, HWM.size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            size = os.fstat(fd).st_size  # no fallocate here: writing allocates as well
+            if size < HWM.size:
+                pwrite_all(fd, bytes(HWM.size - size), size)
         return mmap.mmap(fd, HWM.size)
     finally:
         os.close(fd)

@@ -3,9 +3,12 @@ with exact per-segment figures, crash accounting (in process; SIGKILL: test_wal_
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,6 +266,57 @@ def test_unusable_directory_raises_oserror(tmp_path: Path) -> None:
         WriteAheadLog(str(not_a_dir), MAX, SEG, "block")
     with pytest.raises(OSError):
         WriteAheadLog(str(not_a_dir / "sub"), MAX, SEG, "block")
+
+
+@pytest.fixture
+def full_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a 64 KiB tmpfs that is full. Needs a mount (root, as CI runs)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()[:200]}")
+    try:
+        (mount / "wal").mkdir()  # as a volume's mount point: the directory exists
+        with contextlib.suppress(OSError), open(mount / "filler", "wb") as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        yield mount / "wal"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_filesystem_is_an_error_at_open_not_a_bus_error(full_filesystem: Path) -> None:
+    # The hwm file was made sparse (ftruncate) and mapped: the first store into the map
+    # needed a block the disk did not have, and the kernel killed the process (SIGBUS).
+    # In a child, so that the old failure cannot take the test run with it.
+    code = ("import sys; from sidecar.durability import WriteAheadLog\n"
+            "try:\n"
+            f"    WriteAheadLog({str(full_filesystem)!r}, 1 << 20, 1 << 16, 'block')\n"
+            "except OSError as exc:\n"
+            "    print(exc.errno, exc.strerror); sys.exit(3)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 3, (result.returncode, result.stderr[-500:])
+    assert result.stdout.strip() == f"{errno.ENOSPC} No space left on device"
+
+
+def test_without_fallocate_the_hwm_block_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(fd: int, offset: int, length: int) -> None:  # some filesystems (NFS)
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    mapped = disk.map_hwm(str(tmp_path))
+    try:
+        assert os.stat(tmp_path / "hwm").st_blocks > 0  # written, not sparse
+        disk.HWM.pack_into(mapped, 0, 7, 5)
+    finally:
+        mapped.close()
+    assert disk.HWM.unpack((tmp_path / "hwm").read_bytes()) == (7, 5)
 
 
 # --- corruption -------------------------------------------------------------------------
