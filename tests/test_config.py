@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -717,6 +719,38 @@ def test_control_characters_in_text_are_rejected(raw: str, via: str, tmp_path: P
     with pytest.raises(ConfigError) as info:
         load_one("stamp_body_key", raw, via, tmp_path)
     assert "without control characters" in str(info.value)
+
+
+@pytest.mark.parametrize("via", ["flag", "env", "file"])
+@pytest.mark.parametrize("key", ["model_version", "model_name", "stamp_body_key"])
+def test_text_that_is_not_utf8_is_rejected(key: str, via: str, tmp_path: Path) -> None:
+    # Bytes that are not UTF-8 in an environment variable or argument reach Python as
+    # surrogate escapes (YAML writes them "\udce9"); accepted, they failed every event's
+    # JSON and every response.
+    values = {**dict(zip(REQUIRED_KEYS, ("m", "1", "p", "e"), strict=True)),
+              key: "v1-\udce9"}
+    with pytest.raises(ConfigError) as info:
+        if via == "file":
+            load(config_path=write_yaml(tmp_path, yaml.safe_dump(values)), identity=False)
+        elif via == "env":
+            load(env={env_name(k): v for k, v in values.items()}, identity=False)
+        else:
+            load(flags=values, identity=False)
+    assert "expected UTF-8 text" in str(info.value)
+
+
+def test_text_that_is_not_utf8_in_the_process_environment_is_one_line_and_exit_2() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    env.update(SIDECAR_MODEL_NAME="m", SIDECAR_POLICY_VERSION="p",
+               SIDECAR_EVIDENCE_BUNDLE_ID="e")
+    environb = {k.encode(): v.encode() for k, v in env.items()}
+    environb[b"SIDECAR_MODEL_VERSION"] = b"v1-\xe9"  # Latin-1, not UTF-8
+    result = subprocess.run([sys.executable, "-m", "sidecar", "check-config"], env=environb,
+                            capture_output=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert result.stderr.count(b"\n") == 1 and b"Traceback" not in result.stderr
+    assert (b"environment variable SIDECAR_MODEL_VERSION: expected UTF-8 text"
+            in result.stderr), result.stderr
 
 
 @pytest.mark.parametrize("url", ["https://svc:S3cretPass@model:8000",

@@ -38,6 +38,9 @@ class SecretInValue(ValueError):
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What Python makes of bytes that are not UTF-8 in an environment variable or an argument
+# (surrogate escapes), or a YAML "\ud800": no header or JSON event can carry them.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def text(raw: Any) -> str:
@@ -52,6 +55,8 @@ def text(raw: Any) -> str:
         raise ValueError("a non-empty string")
     if _CONTROL.search(value):
         raise ValueError("a string without control characters (line breaks, tabs, NUL)")
+    if _SURROGATE.search(value):
+        raise ValueError("UTF-8 text (it holds bytes that are not UTF-8)")
     return value
 
 
