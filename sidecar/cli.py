@@ -117,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, _frame: early.append(signum))
+        # SIGHUP (a detectors reload) never ends the process, also while the event loop,
+        # which handles it, is not running yet or any more.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         settings = _settings_from(args)
     except ConfigError as exc:

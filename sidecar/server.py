@@ -233,4 +233,8 @@ async def serve(settings: Settings, early: list[int] | None = None) -> None:
         log.info("shutdown requested; draining")
     finally:
         await sidecar.stop()
+        # Closing the loop would give SIGHUP back its default action (end the process):
+        # the process is ending with nothing lost and must not be ended by a reload.
+        loop.remove_signal_handler(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from pathlib import Path
@@ -137,3 +138,51 @@ async def test_sigterm_while_the_settings_load_is_a_clean_stop(
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert b"sidecar started" not in log_path.read_bytes()  # stopped before serving
+
+
+async def test_sighup_never_ends_the_process_before_or_after_the_event_loop(
+    upstream: Any, tmp_path: Path
+) -> None:
+    # The loop handles SIGHUP (a detectors reload) only while it runs: before it (the
+    # settings load, seconds) and after it (the interpreter's exit), the default action
+    # ended the process (129).
+    import os
+    import sys
+    import time
+
+    from conftest import IDENTITY, free_port
+
+    admin = free_port()
+    env = {**os.environ, **IDENTITY, "SIDECAR_UPSTREAM_URL": upstream.url,
+           "SIDECAR_PRIVACY_PROFILE": "strict", "SIDECAR_WAL_DIR": str(tmp_path / "wal"),
+           "SIDECAR_EVENTS_FILE": str(tmp_path / "events.jsonl"),
+           "SIDECAR_LISTEN": f"127.0.0.1:{free_port()}",
+           "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin}"}
+    log_path = tmp_path / "sidecar.log"
+    with log_path.open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "sidecar", "serve", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
+    deadline = time.monotonic() + 30
+    while not _catches_sigterm(proc.pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    proc.send_signal(signal.SIGHUP)  # while the settings load
+    async with aiohttp.ClientSession() as session:
+        for _ in range(600):
+            assert proc.returncode is None, log_path.read_text()[-2000:]
+            try:
+                async with session.get(f"http://127.0.0.1:{admin}/healthz") as response:
+                    if response.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("sidecar did not start:\n" + log_path.read_text()[-2000:])
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while proc.returncode is None and time.monotonic() < deadline:  # through the drain
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.005)
+    assert await asyncio.wait_for(proc.wait(), 5) == 0, log_path.read_text()[-2000:]
