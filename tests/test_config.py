@@ -946,6 +946,20 @@ def test_segment_rule_does_not_apply_without_a_disk() -> None:
     assert s.durability == "memory"
 
 
+def test_an_in_memory_log_too_small_for_an_event_is_rejected() -> None:
+    # It passed check-config; then the first event never fitted, later requests got 503
+    # and SIGTERM waited the whole drain timeout.
+    with pytest.raises(ConfigError, match=r"^flag --wal-max-bytes: expected at least 65536"):
+        load(flags={"durability": "memory", "wal_max_bytes": "100"})
+    assert load(flags={"durability": "memory", "wal_max_bytes": "64KiB"}).wal_max_bytes == 65536
+
+
+def test_a_config_file_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "routes: " + "[" * 500 + "]" * 500 + "\n")  # RecursionError
+    with pytest.raises(ConfigError, match=r"nested too deeply to be settings$"):
+        load(config_path=path)
+
+
 def test_wal_segment_bytes_too_small_for_any_record_is_rejected() -> None:
     # The write-ahead log refuses a segment that cannot hold a single record (ValueError
     # at start-up); check-config must say so first, naming the key.

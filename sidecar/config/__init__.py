@@ -86,6 +86,8 @@ def _read_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path}: not UTF-8 text") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"config file {path}: nested too deeply to be settings") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -184,6 +186,12 @@ def _cross_check(s: Settings, sources: Mapping[str, str]) -> None:
             f"{where('wal_segment_bytes')}: expected at least {MIN_SEGMENT_BYTES} bytes (64KiB), "
             f"got {s.wal_segment_bytes}"
         )
+    if s.durability == "memory" and s.wal_max_bytes < MIN_SEGMENT_BYTES:
+        # The in-memory log is bounded by wal_max_bytes too; below this, events of a few
+        # KB stop fitting and every request waits for room that never comes.
+        raise ConfigError(
+            f"{where('wal_max_bytes')}: expected at least {MIN_SEGMENT_BYTES} bytes (64KiB), "
+            f"got {s.wal_max_bytes}")
     if s.durability != "memory" and s.wal_segment_bytes * 2 > s.wal_max_bytes:
         if "wal_max_bytes" in sources and "wal_segment_bytes" not in sources:
             raise ConfigError(  # the one the operator set is the one to name
