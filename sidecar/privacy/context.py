@@ -31,7 +31,7 @@ from typing import Any
 from sidecar.config import ConfigError, Settings
 from sidecar.events.model import InferenceEvent
 from sidecar.privacy.identity import ClientIdentity, IdentityError, read_key
-from sidecar.privacy.profile import PrivacyProfile, ProfileError, ProfileSelector
+from sidecar.privacy.profile import PrivacyProfile, ProfileError, ProfileSelector, load_profile
 from sidecar.privacy.sampling import Decision, decide
 from sidecar.privacy.service import MaskingService
 from sidecar.privacy.streams import StreamAssembler
@@ -150,12 +150,13 @@ def build_privacy(settings: Settings) -> PrivacyContext:
     """Load every profile the settings name and the identity key, or ``ConfigError``
     naming the setting, the file, the key in it and the reason."""
     try:
-        selector = ProfileSelector(settings.privacy_profile,
-                                   dict(settings.privacy_profile_routes))
+        default = load_profile(settings.privacy_profile)
     except ProfileError as exc:
-        key = ("privacy_profile" if not settings.privacy_profile_routes
-               else "privacy_profile or privacy_profile_routes")
-        raise ConfigError(f"{key}: {exc}") from None
+        raise ConfigError(f"privacy_profile: {exc}") from None
+    try:  # the per-route ones: an error names the setting, and so where it came from
+        selector = ProfileSelector(default, dict(settings.privacy_profile_routes))
+    except ProfileError as exc:
+        raise ConfigError(f"privacy_profile_routes: {exc}") from None
     identity = None
     if settings.client_id_source is not None:
         assert settings.client_id_key_file is not None  # the config cross-check saw to it

@@ -184,8 +184,9 @@ class ProfileSelector:
     """The profile for each route: one default, optionally overridden per route template
     (issue 4: "optionally per route"). All profiles are loaded, so validated, up front."""
 
-    def __init__(self, default: str | Path, per_route: Mapping[str, str | Path] | None = None):
-        self.default = load_profile(default)
+    def __init__(self, default: str | Path | PrivacyProfile,
+                 per_route: Mapping[str, str | Path] | None = None):
+        self.default = default if isinstance(default, PrivacyProfile) else load_profile(default)
         self._routes = {route: load_profile(ref) for route, ref in (per_route or {}).items()}
 
     def for_route(self, route: str) -> PrivacyProfile:
