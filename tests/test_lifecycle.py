@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from conftest import IDENTITY, free_port
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -111,48 +115,9 @@ def _catches_sigterm(pid: int) -> bool:
     return False
 
 
-async def test_sigterm_while_the_settings_load_is_a_clean_stop(
-    upstream: Any, tmp_path: Path
-) -> None:
-    # Validating the settings loads presidio (seconds, under the strict profile): a
-    # SIGTERM then must stop the process cleanly (0), not by its default action (143)
-    import os
-    import sys
-    import time
-
-    from conftest import IDENTITY, free_port
-
-    env = {**os.environ, **IDENTITY, "SIDECAR_UPSTREAM_URL": upstream.url,
-           "SIDECAR_PRIVACY_PROFILE": "strict", "SIDECAR_WAL_DIR": str(tmp_path / "wal"),
-           "SIDECAR_EVENTS_FILE": str(tmp_path / "events.jsonl"),
-           "SIDECAR_LISTEN": f"127.0.0.1:{free_port()}",
-           "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{free_port()}"}
-    log_path = tmp_path / "sidecar.log"
-    with log_path.open("wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "sidecar", "serve", env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=log_file)
-    deadline = time.monotonic() + 30
-    while not _catches_sigterm(proc.pid) and time.monotonic() < deadline:
-        await asyncio.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(proc.wait(), 30) == 0
-    assert b"sidecar started" not in log_path.read_bytes()  # stopped before serving
-
-
-async def test_sighup_never_ends_the_process_before_or_after_the_event_loop(
-    upstream: Any, tmp_path: Path
-) -> None:
-    # The loop handles SIGHUP (a detectors reload) only while it runs: before it (the
-    # settings load, seconds) and after it (the interpreter's exit), the default action
-    # ended the process (129).
-    import os
-    import sys
-    import time
-
-    from conftest import IDENTITY, free_port
-
-    admin = free_port()
+async def start_loading(upstream: Any, tmp_path: Path, admin: int) -> tuple[Any, Path]:
+    """A sidecar process (strict profile: its settings take seconds to load), returned
+    once it has set up its early signal handlers, while it is still loading."""
     env = {**os.environ, **IDENTITY, "SIDECAR_UPSTREAM_URL": upstream.url,
            "SIDECAR_PRIVACY_PROFILE": "strict", "SIDECAR_WAL_DIR": str(tmp_path / "wal"),
            "SIDECAR_EVENTS_FILE": str(tmp_path / "events.jsonl"),
@@ -166,6 +131,28 @@ async def test_sighup_never_ends_the_process_before_or_after_the_event_loop(
     deadline = time.monotonic() + 30
     while not _catches_sigterm(proc.pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
+    return proc, log_path
+
+
+async def test_sigterm_while_the_settings_load_is_a_clean_stop(
+    upstream: Any, tmp_path: Path
+) -> None:
+    # Validating the settings loads presidio (seconds, under the strict profile): a
+    # SIGTERM then must stop the process cleanly (0), not by its default action (143)
+    proc, log_path = await start_loading(upstream, tmp_path, free_port())
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert b"sidecar started" not in log_path.read_bytes()  # stopped before serving
+
+
+async def test_sighup_never_ends_the_process_before_or_after_the_event_loop(
+    upstream: Any, tmp_path: Path
+) -> None:
+    # The loop handles SIGHUP (a detectors reload) only while it runs: before it (the
+    # settings load, seconds) and after it (the interpreter's exit), the default action
+    # ended the process (129).
+    admin = free_port()
+    proc, log_path = await start_loading(upstream, tmp_path, admin)
     proc.send_signal(signal.SIGHUP)  # while the settings load
     async with aiohttp.ClientSession() as session:
         for _ in range(600):
