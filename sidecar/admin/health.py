@@ -32,12 +32,7 @@ from sidecar.config import Settings
 from sidecar.logs import get_logger
 from sidecar.sinks.base import Sink, SinkError
 from sidecar.sinks.kafka import probe_failures
-from sidecar.sinks.kafka_config import (
-    KafkaSettings,
-    bootstrap_addresses,
-    kafka_settings_from,
-    tls_context,
-)
+from sidecar.sinks.kafka_config import KafkaSettings, kafka_settings_from, tls_context
 
 log = get_logger("health")
 
@@ -99,11 +94,7 @@ class Readiness:
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        self._brokers = (bootstrap_addresses(settings.kafka_bootstrap)
-                         if settings.kafka_bootstrap else [])
-        kafka = kafka_settings_from(settings) if settings.kafka_bootstrap else None
-        self._kafka_tls = kafka if kafka is not None and "SSL" in kafka.security_protocol \
-            else None
+        self._kafka = kafka_settings_from(settings) if settings.kafka_bootstrap else None
         self._tls: tuple[tuple[float | None, ...], ssl.SSLContext] | None = None
         self.broker_problem: str | None = None  # the last bootstrap probe's failure
         self._broker_failing_since = 0.0  # time.monotonic() of the first failed probe
@@ -165,12 +156,11 @@ class Readiness:
         self.upstream_ok, self.upstream_reason = True, "ok"
 
     async def probe_brokers(self) -> None:
-        """A TCP connect to each bootstrap address until one accepts; with TLS, a
-        handshake, in a thread (OpenSSL lets go of the GIL there; the loop would not)."""
-        if self._kafka_tls is not None:
-            failure = await asyncio.to_thread(self._probe_tls, self._kafka_tls)
-        else:
-            failure = await self._probe_tcp()
+        """A connect to each bootstrap address until one accepts (with TLS, a handshake),
+        as the sink's start-up probe does it: in a thread (OpenSSL lets go of the GIL
+        during a handshake; the loop would not)."""
+        assert self._kafka is not None
+        failure = await asyncio.to_thread(self._probe_kafka, self._kafka)
         if failure is None:
             self.broker_problem = None
             return
@@ -179,19 +169,10 @@ class Readiness:
             self._broker_failing_since = time.monotonic()
         self.broker_problem = f"bootstrap unreachable ({failure})"
 
-    async def _probe_tcp(self) -> str | None:
-        failure = "no address"
-        for host, port in self._brokers:
-            try:
-                async with asyncio.timeout(PROBE_TIMEOUT_S):
-                    await _connect(host, port)
-            except (OSError, TimeoutError) as exc:
-                failure = type(exc).__name__
-                continue
-            return None
-        return failure
-
-    def _probe_tls(self, kafka: KafkaSettings) -> str | None:
+    def _probe_kafka(self, kafka: KafkaSettings) -> str | None:
+        if "SSL" not in kafka.security_protocol:
+            failures = probe_failures(kafka, None, PROBE_TIMEOUT_S)
+            return "; ".join(failures) if failures else None
         # The context is built again when a file it was read from changes (a rotated CA
         # or client certificate), and only then: loading CA certificates takes milliseconds.
         stamp = tuple(_mtime(path) for path in
@@ -224,7 +205,7 @@ class Readiness:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._loop(), name="readiness")]
-        if self._brokers:
+        if self._kafka is not None:
             self._tasks.append(loop.create_task(self._broker_loop(), name="readiness-kafka"))
 
     async def stop(self) -> None:
