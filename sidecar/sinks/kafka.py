@@ -28,6 +28,7 @@ Nothing here depends on a particular broker; tests run it against Tansu.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import ssl
 import threading
@@ -161,17 +162,49 @@ def create_producer(settings: KafkaSettings, config: dict[str, Any]) -> Producer
         clients.append(KafkaNetClient(**kwargs))
         return clients[-1]
 
+    failures = BootstrapFailures()
     try:
-        producer: Producer = KafkaProducer(kafka_client=client_factory,
-                                           partitioner=KeyedPartitioner(), **config)
+        with failures:
+            producer: Producer = KafkaProducer(kafka_client=client_factory,
+                                               partitioner=KeyedPartitioner(), **config)
     except Exception as exc:
         # The constructor bootstraps (ApiVersions, SASL, metadata) and does not close its
         # client when that fails.
         for client in clients:
             with contextlib.suppress(Exception):
                 client.close()
-        raise SinkError(f"kafka: cannot connect to {settings.bootstrap}: {reason(exc)}") from None
+        why = failures.last if isinstance(exc, kafka_errors.KafkaTimeoutError) else None
+        raise SinkError(f"kafka: cannot connect to {settings.bootstrap}: "
+                        f"{reason(why or exc)}") from None
     return producer
+
+
+class BootstrapFailures(logging.Handler):
+    """Why the bootstrap failed. kafka-python 3 retries a failed bootstrap connection
+    until ``max_block_ms`` and then raises "Unable to bootstrap", dropping the cause (a
+    refused SASL login, a broker that closes the connection); it only logs each one, from
+    the thread that bootstraps, as "Bootstrap connection to <node> failed: <error>"."""
+
+    LOGGER: Final = "kafka.net.manager"
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.last: BaseException | None = None
+
+    def __enter__(self) -> BootstrapFailures:
+        logging.getLogger(self.LOGGER).addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger(self.LOGGER).removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if (record.thread == self.thread and isinstance(record.msg, str)
+                and record.msg.startswith("Bootstrap connection to")
+                and isinstance(record.args, tuple) and len(record.args) >= 2
+                and isinstance(record.args[1], BaseException)):
+            self.last = record.args[1]
 
 
 def discard(producer: Producer) -> None:

