@@ -98,7 +98,8 @@ class Sidecar:
             privacy=self.privacy, detection=self.detection,
         )
         self.readiness = Readiness(settings, self.sink, self.refusal_reason,
-                                   lambda: self.pipeline.disk_ok, self._privacy_problem)
+                                   lambda: self.pipeline.disk_ok, self._privacy_problem,
+                                   lambda: self.pipeline.delivery.failure)
         self.loop_lag = LoopLagMonitor(metrics.loop_lag, metrics.loop_lag_max)
         self._proxy_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None

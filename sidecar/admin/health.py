@@ -38,6 +38,7 @@ log = get_logger("health")
 
 PROBE_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 1.0
+FAILURE_MAX_CHARS = 300
 
 
 async def _connect(host: str, port: int) -> None:
@@ -75,6 +76,7 @@ class Readiness:
         refusal: Callable[[], str | None],
         disk_ok: Callable[[], bool],
         privacy_problem: Callable[[], str | None] = lambda: None,
+        delivery_failure: Callable[[], str | None] = lambda: None,
     ) -> None:
         parts = urlsplit(settings.upstream_url)
         self._host = parts.hostname or "127.0.0.1"
@@ -87,6 +89,7 @@ class Readiness:
         self._refusal = refusal
         self._disk_ok = disk_ok
         self._privacy_problem = privacy_problem
+        self._delivery_failure = delivery_failure
         self._privacy_started = False
         self._block = settings.when_full == "block"
         self.upstream_ok = False
@@ -123,7 +126,12 @@ class Readiness:
         """Problems that do not stop service: events wait in the log meanwhile."""
         problems = []
         if not self._sink.healthy:
-            problems.append(f"sink {self._sink.name}: delivery failing, events kept in the log")
+            # The sink's own words (payload-free by contract: SinkError), so a refused
+            # login or an unknown topic is seen where the operator looks first.
+            failure = self._delivery_failure()
+            why = f" ({failure[:FAILURE_MAX_CHARS]})" if failure else ""
+            problems.append(f"sink {self._sink.name}: delivery failing{why}, "
+                            "events kept in the log")
         elif self.broker_problem is not None and (
                 self._sink.last_success is None
                 or self._sink.last_success < self._broker_failing_since):

@@ -44,6 +44,7 @@ class Delivery:
         self.sink = sink
         self.ledger = ledger if ledger is not None else Ledger(event_log.last_seq)
         self.delivered = 0
+        self.failure: str | None = None  # why the last attempt failed, until one succeeds
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-sink")
         self._wakeup = asyncio.Event()
@@ -156,6 +157,7 @@ class Delivery:
                     failures.inc(batch)
                     message, reason = "delivery step failed unexpectedly; retrying", \
                         type(exc).__name__
+                self.failure = reason
                 log.warning(message, extra={"fields": {
                     "sink": self.sink.name, "reason": reason, "batch": batch,
                     "attempt": attempt, "retry_in_s": delay}})
@@ -166,6 +168,7 @@ class Delivery:
                 retried.inc(batch)  # a batch kept after a failed ack goes to the sink again
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
+            self.failure = None
             if attempt:
                 log.info("delivery recovered", extra={"fields": {"sink": self.sink.name,
                                                                  "attempts": attempt + 1}})
