@@ -16,7 +16,8 @@ see their member's partitions: with N members, about 1/N of the traffic each.
 - Detector state lives in this process's memory only: a partition that moves to another
   member at a rebalance, or a restarted member, starts its clients from no state
   (baselines re-learn; a burst straddling the move can go unseen).
-- Stops on SIGTERM/SIGINT after the batch in hand, or per ``--max-events``/``--idle-exit``.
+- Stops on SIGTERM/SIGINT after the batch in hand, or per ``--max-events``/``--idle-exit``
+  (idle with no bootstrap address answering is a failure, exit 1).
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add("--max-events", type=_positive(int), metavar="N", help="Stop after reading N records.")
     add("--idle-exit", type=_positive(float), metavar="SECONDS", help="Stop after this long "
         "with nothing new, counted from the start and from each rebalance (allow for a group "
-        "join, a few seconds); default: run until signalled.")
+        "join, a few seconds); with no broker reachable by then, exit 1. Default: run "
+        "until signalled.")
     # Above 0.3 s: heartbeats go every third of it, and at least 100 ms apart.
     add("--session-timeout", type=_positive(float, 0.3), default=10.0, metavar="SECONDS",
         help="How long the group waits for a silent member before moving its partitions.")
@@ -201,6 +203,8 @@ def _consume(consumer: Any, sink: KafkaSink, detectors: DetectorSet, args: argpa
     from kafka.errors import KafkaError  # type: ignore[import-untyped]
     from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 
+    from sidecar.sinks.kafka import probe
+
     last_new, seen = time.monotonic(), (-1, frozenset[int]())
     while not stop.is_set():
         limit = POLL_RECORDS if args.max_events is None else args.max_events - stats.records
@@ -216,6 +220,9 @@ def _consume(consumer: Any, sink: KafkaSink, detectors: DetectorSet, args: argpa
                      "partitions": sorted(now[1])}})
         if not polled:
             if args.idle_exit is not None and time.monotonic() - last_new >= args.idle_exit:
+                # Nothing new, or nobody to ask? kafka-python's poll() says neither; a
+                # broker that went away is a failure (exit 1), not the end of the stream.
+                probe(sink.settings)
                 break
             continue
         alerts: list[tuple[str, Record]] = []

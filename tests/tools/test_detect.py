@@ -368,6 +368,31 @@ def test_a_broker_that_answers_nothing_exits_1_after_a_bounded_wait(
     assert f"inference-sidecar: kafka: cannot connect to {broker.bootstrap}" in result.stderr
 
 
+def test_a_broker_lost_while_idle_is_a_failure_not_the_end_of_the_stream(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """--idle-exit means "nothing new to read"; a broker that went away is not that, and
+    a batch job reading exit 0 would take a partial run for a complete one."""
+    create_topic(broker, EVENTS, 1)
+    log = tmp_path / "detect.log"
+    with log.open("w") as stderr:
+        member = subprocess.Popen(
+            command(broker, "g", "--session-timeout", "2", "--idle-exit", "3"),
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL)
+    try:
+        wait_for_split([log], [member], 1)
+        broker.stop()
+        status = member.wait(RUN_TIMEOUT_S)
+    finally:
+        if member.poll() is None:
+            member.kill()
+            member.wait()
+    text = log.read_text()
+    assert status == 1, text
+    assert "Traceback" not in text, text
+    assert f"inference-sidecar: kafka: no broker reachable: {broker.bootstrap}" in text, text
+
+
 def test_it_is_a_subcommand_of_the_sidecar_cli(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
