@@ -207,10 +207,20 @@ async def serve(settings: Settings, early: list[int] | None = None) -> None:
     one caught before the loop ran)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            # No forced exit on a second signal (a habit from servers that hold nothing):
+            # cutting the drain short would cut streams and lose the events not yet
+            # flushed. Say so, so an operator pressing Ctrl-C again knows what it waits for.
+            log.warning("signal received while draining; the drain goes on", extra={
+                "fields": {"signal": sig.name, "drain_timeout_s": settings.drain_timeout}})
+        stop.set()
+
     # Before the components are built (seconds, with presidio): a SIGTERM meanwhile is a
     # clean stop, not the default action's exit 143.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     # SIGHUP reloads the detectors; without them it must still not end the process (its
     # default action), which would cut requests in flight and lose their events.
     loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP: nothing to reload"))

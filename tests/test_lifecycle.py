@@ -89,6 +89,30 @@ async def test_drain_timeout_aborts_stragglers_with_an_event(
     assert event["outcome"] == "aborted" and event["status"] == 499
 
 
+async def test_a_second_signal_while_draining_cuts_nothing_short(
+    spawn_sidecar: Any, tmp_path: Path
+) -> None:
+    events_file = tmp_path / "events.jsonl"
+    sidecar = await spawn_sidecar(drain_timeout="10s")
+    proc = sidecar.proc
+    headers = {"x-demo-chunks": "8", "x-demo-chunk-delay-ms": "100"}
+    body = {"messages": [{"content": "x"}], "stream": True}
+    async with aiohttp.ClientSession() as session, session.post(
+            sidecar.url + "/v1/chat/completions", json=body, headers=headers) as response:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # an operator's Ctrl-C, or a second SIGTERM
+        proc.send_signal(signal.SIGTERM)
+        payload = await response.read()
+    assert payload.endswith(b"data: [DONE]\n\n"), "stream cut by the second signal"
+    assert await asyncio.wait_for(proc.wait(), 15) == 0
+    (event,) = read_events(events_file)
+    assert event["outcome"] == "ok" and event["stream"] and event["chunks"] >= 8, event
+    warned = [json.loads(line) for line in sidecar.log().splitlines()
+              if "signal received while draining" in line]
+    assert sorted(w["signal"] for w in warned) == ["SIGINT", "SIGTERM"], sidecar.log()
+
+
 async def test_sighup_without_detectors_does_not_end_the_process(
     spawn_sidecar: Any, tmp_path: Path
 ) -> None:
