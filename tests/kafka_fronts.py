@@ -59,11 +59,15 @@ class KafkaFront:
             self._context.load_cert_chain(TLS / "server.pem", TLS / "server.key")
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
+        self._error: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="kafka-front", daemon=True)
 
     def __enter__(self) -> KafkaFront:
         self._thread.start()
         assert self._ready.wait(JOIN_S), "the front did not start"
+        if self._error is not None:  # the port was taken meanwhile, say: say so at once
+            self._thread.join(JOIN_S)
+            raise self._error
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -73,8 +77,14 @@ class KafkaFront:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(
-            self._relay, "127.0.0.1", self.port, ssl=self._context))
+        try:
+            server = self._loop.run_until_complete(asyncio.start_server(
+                self._relay, "127.0.0.1", self.port, ssl=self._context))
+        except OSError as exc:
+            self._error = exc
+            self._loop.close()
+            self._ready.set()
+            return
         self._ready.set()
         try:
             self._loop.run_forever()
@@ -90,25 +100,21 @@ class KafkaFront:
                      client_w: asyncio.StreamWriter) -> None:
         if self._context is not None:
             self.handshakes += 1  # only a completed handshake gets here
-        broker_r, broker_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        broker_w: asyncio.StreamWriter | None = None
         try:
-            relay = self.users is None or await self._authenticate(
-                client_r, client_w, broker_r, broker_w)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            relay = False
-        if not relay:
+            broker_r, broker_w = await asyncio.open_connection("127.0.0.1", self.broker_port)
+            if self.users is None or await self._authenticate(
+                    client_r, client_w, broker_r, broker_w):
+                await asyncio.gather(pipe(client_r, broker_w), pipe(broker_r, client_w))
+        except (asyncio.IncompleteReadError, ConnectionError, struct.error, ValueError,
+                IndexError):
+            pass  # a client gone, or a frame no broker would take: closed, as a broker would
+        except asyncio.CancelledError:
+            pass  # the front is closing (asyncio 3.11 would log a cancelled handler)
+        finally:
             client_w.close()
-            broker_w.close()
-            return
-
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            writer.close()
-
-        await asyncio.gather(pipe(client_r, broker_w), pipe(broker_r, client_w))
+            if broker_w is not None:
+                broker_w.close()
 
     async def _authenticate(self, client_r: asyncio.StreamReader,
                             client_w: asyncio.StreamWriter, broker_r: asyncio.StreamReader,
@@ -176,6 +182,8 @@ class Exchange:
             if len(parts) != 3:
                 return b"", "Invalid PLAIN token"
             self.user = parts[1].decode(errors="replace")
+            if parts[0] and parts[0] != parts[1]:  # acting for another user: not allowed
+                return b"", failed
             if self.users.get(self.user) != parts[2].decode(errors="replace"):
                 return b"", failed
             self.done = True
@@ -196,6 +204,14 @@ class Exchange:
             return b"", failed
         self.done = True
         return self._server.get_server_final().encode(), None
+
+
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, asyncio.CancelledError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
 
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes:

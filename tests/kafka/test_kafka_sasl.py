@@ -29,6 +29,7 @@ from sidecar.sinks.rdkafka import RdKafkaSink
 TOPIC = "sasl.events"
 USER, PASSWORD = "sidecar", "correct horse battery staple"
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
+WRONG = "wrong-horse-7d1c"
 REFUSED = ("Authentication failed during authentication due to invalid credentials with "
            "SASL mechanism {}")
 
@@ -131,12 +132,12 @@ def test_a_wrong_password_is_named_and_a_rotated_one_is_read_again(
 
 async def test_a_sidecar_with_a_wrong_password_keeps_its_events_until_the_secret_is_rotated(
     sasl_broker: tuple[EmbeddedBroker, KafkaFront], make_sidecar: Any, tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
 ) -> None:
     """The settings path: SIDECAR_KAFKA_SASL_* and the files, the sink in its child
     process, readiness, and the events written ahead while the broker refused the login."""
     _, front = sasl_broker
-    username_file, password_file = secrets(tmp_path, "not it")
+    username_file, password_file = secrets(tmp_path, WRONG)
     extra = {"kafka_ssl_cafile": str(TLS / "server.pem")} if front.tls else {}
     sc = await make_sidecar(
         real_sink=True, kafka_bootstrap=f"127.0.0.1:{front.port}", kafka_events_topic=TOPIC,
@@ -160,7 +161,11 @@ async def test_a_sidecar_with_a_wrong_password_keeps_its_events_until_the_secret
     reasons = [r.fields["reason"] for r in caplog.records  # type: ignore[attr-defined]
                if r.getMessage() == "sink write failed; batch kept for retry"]
     assert reasons and all(REFUSED.format("SCRAM-SHA-512") in reason for reason in reasons)
-    assert "not it" not in caplog.text
+    # Never the password: not in this process's records, not on the sink child's stderr.
+    assert WRONG not in caplog.text
+    child_stderr = capfd.readouterr().err
+    assert "SaslAuthenticationFailedError" in child_stderr  # the child's lines are seen
+    assert WRONG not in child_stderr
 
     password_file.write_text(PASSWORD + "\n")
     assert await readyz_degraded(sc.admin_url, want=False) == []
