@@ -135,6 +135,10 @@ class Connection(asyncio.Protocol):
         self._deadline = self._head_deadline = 0.0
         self._last_byte = 0.0
         self._interim = False
+        # A response ended in this read and the connection may serve another: handed on
+        # only once the whole read is parsed, so bytes after the response (which the
+        # parser then refuses, closing it) can never reach the next request in line.
+        self._reusable = False
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -151,7 +155,21 @@ class Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
+            self._reusable = False
             self._fail(UpstreamUnavailable(f"upstream sent a malformed response: {cause}"))
+            return
+        except httptools.HttpParserUpgrade:  # not an HttpParserError: a 101
+            # Upgrade is hop-by-hop and never forwarded, so nothing asked for a switch.
+            self._reusable = False
+            self._fail(UpstreamUnavailable(
+                "upstream sent a malformed response: it switched protocols (101), which "
+                "no request asked for"))
+            return
+        if self._reusable:
+            self._reusable = False
+            if self.paused:  # the read that crossed HIGH_WATER also held the body's end
+                self.resume()
+            self.pool.put_back(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -166,6 +184,10 @@ class Connection(asyncio.Protocol):
             self._fail(UpstreamUnavailable("upstream closed the connection"))
 
     # -- httptools callbacks -----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.response is None:  # a second response in the read that ended the first
+            raise ValueError("bytes after the response")  # data_received closes it
 
     def on_status(self, status: bytes) -> None:
         assert self.response is not None
@@ -268,9 +290,7 @@ class Connection(asyncio.Protocol):
             error = UpstreamUnavailable("upstream closed the connection")
         response._end(error)
         if reuse and error is None and not self.closed:
-            if self.paused:  # the read that crossed HIGH_WATER also held the body's end
-                self.resume()
-            self.pool.put_back(self)
+            self._reusable = True  # data_received hands it on once the read is parsed
         elif not self.closed and self.transport is not None:
             self.transport.close()
 

@@ -16,10 +16,11 @@ from sidecar.errors import RequestRejected
 
 
 async def read_request_body(request: web.BaseRequest, limit: int, idle_s: float) -> bytes:
-    """The whole request body, or ``RequestRejected``: 501 for a transfer coding other
-    than chunked, 413 past ``limit`` bytes, 408 when
-    no byte of it arrives for ``idle_s`` (a stalled client, or a chunk aiohttp's parser
-    refused mid-body, after which the body never ends), 400 when it ends short.
+    """The whole request body, or ``RequestRejected``: 400 for Transfer-Encoding in an
+    HTTP/1.0 request, 501 for a transfer coding other than chunked, 413 past ``limit``
+    bytes, 408 when no byte of it arrives for ``idle_s`` (a stalled client, or a chunk
+    aiohttp's parser refused mid-body, after which the body never ends), 400 when it ends
+    short.
 
     A declared Content-Length over the limit is refused before a byte of body is read;
     below it, a client waiting for ``100 Continue`` gets one (RFC 9110, 10.1.1): curl, for
@@ -28,6 +29,11 @@ async def read_request_body(request: web.BaseRequest, limit: int, idle_s: float)
     if not request.body_exists:
         return b""
     codings = ",".join(request.headers.getall("transfer-encoding", ())).lower()
+    if codings and request.version < (1, 1):
+        # RFC 9112 §6.1: HTTP/1.0 has no Transfer-Encoding; a front proxy may have framed
+        # this body differently (a desync): refused, and the connection closed.
+        raise RequestRejected("Transfer-Encoding in an HTTP/1.0 request",
+                              code="bad_framing")
     if codings and any(c.strip() not in ("chunked", "") for c in codings.split(",")):
         # RFC 9112 §6.1: aiohttp removes the chunked framing only; forwarding the rest
         # undecoded, without the header that names it, would hand the model garbage.

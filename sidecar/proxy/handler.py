@@ -51,6 +51,8 @@ log = get_logger("proxy")
 
 # nginx's convention: the client (or a shutdown) ended the exchange before any response.
 STATUS_NO_RESPONSE = 499
+# Rejections after which the connection cannot be trusted to be in step with the client.
+CLOSING_CODES = frozenset({"bad_framing", "incomplete_body"})
 
 
 _second_cache: tuple[int, str] = (0, "")
@@ -221,8 +223,9 @@ class ProxyHandler:
             content_type="application/json",
         )
         self._stamp.headers(response.headers, inference_id)
-        if status in (408, 413, 414, 431):
-            response.force_close()  # the rest of the request was not read
+        if status in (408, 413, 414, 431) or code in CLOSING_CODES:
+            response.force_close()  # the rest of the request was not read, or its framing
+            # is in doubt
         return response
 
     def on_parse_error(

@@ -137,6 +137,8 @@ class Upstream:
         assert self._pool is not None, "Upstream.start() was not awaited"
         if not path_qs.startswith("/"):
             path_qs = origin_form(path_qs)
+        elif "#" in path_qs:  # no part of an origin-form target (RFC 9112 §3.2)
+            path_qs = path_qs.partition("#")[0]
         return await self._pool.request(method, self.head(method, path_qs, headers, body), body)
 
     def head(self, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes) -> bytes:

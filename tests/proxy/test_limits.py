@@ -295,6 +295,28 @@ async def test_a_transfer_coding_other_than_chunked_gets_501_unforwarded(
     assert upstream.hits == 0
 
 
+async def test_transfer_encoding_in_http_1_0_is_refused_and_the_connection_closed(
+    make_sidecar: Any, upstream: Any
+) -> None:
+    # RFC 9112 §6.1: HTTP/1.0 has no Transfer-Encoding; a front proxy may have framed the
+    # body otherwise, so what follows on the connection (here a pipelined request) must
+    # not be read as a request (a desync).
+    sc = await make_sidecar()
+    reader, writer = await _raw(sc.url)
+    try:
+        writer.write(b"POST /text HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                     b"GET /text HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = await asyncio.wait_for(reader.read(), 5)  # until the sidecar closes
+    finally:
+        writer.close()
+    assert reply.startswith(b"HTTP/1.0 400") and b'"error":"bad_framing"' in reply, reply
+    assert reply.lower().count(b"x-inference-id:") == 1  # the pipelined one: unanswered
+    (event,) = await sc.events(1)
+    assert (event.status, event.outcome) == (400, "rejected")
+    assert upstream.hits == 0
+
+
 async def test_an_absolute_form_target_s_authority_is_the_forwarded_host(
     make_sidecar: Any, upstream: Any
 ) -> None:

@@ -1005,16 +1005,19 @@ async def test_upstream_sends_through_the_pool(serve: Any) -> None:
         with pytest.raises(RequestRejected) as info:  # absolute form is accepted (a path)
             await upstream.send("OPTIONS", "*", CIMultiDict(), b"")
         assert info.value.status == 400
-        response = await asyncio.wait_for(
-            upstream.send("POST", "/v1/x?q=1", CIMultiDict([("X-T", "t")]), b"body"), WAIT)
-        assert await asyncio.wait_for(response.read(), WAIT) == b"hello"
-        finish(response, failed=False)
+        # A fragment is no part of an origin-form target (RFC 9112 §3.2): never sent on.
+        for target in ("/v1/x?q=1", "/v1/x?q=1#frag", "http://h/v1/x?q=1#frag"):
+            response = await asyncio.wait_for(
+                upstream.send("POST", target, CIMultiDict([("X-T", "t")]), b"body"), WAIT)
+            assert await asyncio.wait_for(response.read(), WAIT) == b"hello"
+            finish(response, failed=False)
     finally:
         await upstream.close()
-    ((head, body),) = seen
-    assert head == (f"POST /base/v1/x?q=1 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-                    f"X-T: t\r\nContent-Length: 4\r\n\r\n").encode()
-    assert body == b"body"
+    assert len(seen) == 3
+    for head, body in seen:
+        assert head == (f"POST /base/v1/x?q=1 HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                        f"X-T: t\r\nContent-Length: 4\r\n\r\n").encode()
+        assert body == b"body"
 
 
 # -- no reference cycles ------------------------------------------------------------------
@@ -1169,3 +1172,49 @@ async def test_a_transfer_coding_other_than_chunked_is_refused(
     server = await serve(handler)
     with pytest.raises(UpstreamUnavailable, match="transfer coding 'gzip, chunked'"):
         await send(make_pool(server.port))
+
+
+async def test_bytes_after_a_response_never_reach_the_next_request_in_line(
+    serve: Any, make_pool: PoolFactory
+) -> None:
+    """The connection is handed on only once its whole read was parsed: extra bytes in
+    the read that ended the response close it first, so the request waiting for it gets a
+    fresh connection, not one about to be aborted (a POST, not retried, would get a 502
+    without ever having been sent)."""
+    release = asyncio.Event()
+
+    async def handler(conn: Conn) -> None:
+        if conn.index > 0:
+            await answer_forever(conn, OK_HELLO)
+        await conn.request()
+        await release.wait()
+        await conn.send(OK_HELLO + b"HTTP/1.1 200 OK\r\n")  # one response too many
+        await conn.until_closed()
+
+    server = await serve(handler)
+    pool = make_pool(server.port, limit=1)
+    first = asyncio.create_task(fetch(pool))
+    await until(lambda: server.connections == 1)
+    second = asyncio.create_task(fetch(pool, "POST", b"x"))
+    await until(lambda: len(pool._slots) == 1)  # waiting for the only connection
+    release.set()
+    assert await first == (200, b"hello")
+    assert await second == (200, b"hello")
+    assert server.connections == 2
+
+
+async def test_a_101_from_the_upstream_is_a_malformed_response(
+    serve: Any, make_pool: PoolFactory
+) -> None:
+    # The sidecar relays no protocol switch (Upgrade is hop-by-hop and not forwarded), so
+    # a 101 answers a request that did not ask for one.
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                        b"Connection: upgrade\r\n\r\n")
+        await conn.until_closed()
+
+    server = await serve(handler)
+    pool = make_pool(server.port)
+    with pytest.raises(UpstreamUnavailable, match="malformed response: it switched protocols"):
+        await send(pool)
