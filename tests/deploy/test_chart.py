@@ -21,6 +21,7 @@ from deploy_support import (
     SCENARIOS,
     SECRET_MARKERS,
     Rendered,
+    chart,
     deep_merge,
     example_values,
     render,
@@ -389,3 +390,38 @@ def test_every_model_probe_on_the_admin_port_gets_its_number() -> None:
     other = {"exec": {"command": ["true"]}}
     assert render({"model": {"livenessProbe": other}}).container("model")["livenessProbe"] \
         == other
+
+
+def test_a_readiness_probe_of_another_kind_replaces_the_default_httpget() -> None:
+    # Values merge over the default {httpGet: /readyz}: both handlers would be rendered,
+    # and the API server refuses a probe with two.
+    model = render({"model": {"readinessProbe": {"exec": {"command": ["/bin/ready"]}}}}) \
+        .container("model")
+    assert model["readinessProbe"] == {"exec": {"command": ["/bin/ready"]},
+                                       "periodSeconds": 10, "failureThreshold": 3}
+
+
+@pytest.mark.parametrize("ports", [
+    {"sidecar": {"port": 8000}}, {"sidecar": {"adminPort": 8000}},
+    {"sidecar": {"adminPort": 8080}}])
+def test_ports_that_collide_in_the_pod_are_refused(ports: dict[str, Any]) -> None:
+    # One network namespace: the second listener would fail to bind, a crash loop.
+    with pytest.raises(helm_python.HelmError, match=r"model\.port \(8000\), sidecar\.port "
+                       r"\(\d+\) and sidecar\.adminPort \(\d+\) must differ"):
+        render(ports)
+
+
+@pytest.mark.parametrize("release", ["1234", "r" * 53])
+def test_any_valid_release_name_renders_valid_names_and_labels(release: str) -> None:
+    values = deep_merge(BASE_VALUES, {"serviceMonitor": {"enabled": True}})
+    files = chart().render(values, name=release, namespace="models")
+    objects = [doc for path, text in files.items() if path.endswith(".yaml")
+               for doc in yaml.safe_load_all(text) if doc]
+    for obj in objects:
+        if obj["kind"] == "Service":  # a DNS label (ConfigMaps may have 253 characters)
+            assert len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
+        for value in obj["metadata"].get("labels", {}).values():
+            assert isinstance(value, str), obj["metadata"]  # "1234" must not be a number
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] \
+        == release

@@ -26,6 +26,12 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "unknown durability": ({"sidecar": {"durability": "eventually"}}, "/sidecar/durability"),
     "unknown when_full": ({"sidecar": {"whenFull": "panic"}}, "/sidecar/whenFull"),
     "bad duration": ({"sidecar": {"drainTimeout": "soon"}}, "/sidecar/drainTimeout"),
+    # what the sidecar would refuse at start-up: a crash loop, not an install error
+    "zero drain timeout": ({"sidecar": {"drainTimeout": "0s"}}, "/sidecar/drainTimeout"),
+    "zero log size": ({"sidecar": {"walMaxBytes": "0GiB"}}, "/sidecar/walMaxBytes"),
+    # every replica and the rollout's surge pod on one claim: the second cannot lock it
+    "a shared claim for the log": (
+        {"wal": {"volume": {"persistentVolumeClaim": {"claimName": "wal"}}}}, "/wal/volume"),
     "bad client id source": ({"sidecar": {"clientIdSource": "cookie"}},
                              "/sidecar/clientIdSource"),
     "header source without a name": ({"sidecar": {"clientIdSource": "header:"}},

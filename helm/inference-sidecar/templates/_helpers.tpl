@@ -11,6 +11,11 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The metrics Service: the suffix fits within a DNS label (63). */}}
+{{- define "inference-sidecar.metricsName" -}}
+{{- printf "%s-metrics" (include "inference-sidecar.fullname" . | trunc 55 | trimSuffix "-") -}}
+{{- end -}}
+
 {{- define "inference-sidecar.serviceAccountName" -}}
 {{- default (include "inference-sidecar.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
@@ -18,7 +23,7 @@
 {{/* Selector labels: stable across upgrades (a Deployment's selector is immutable). */}}
 {{- define "inference-sidecar.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "inference-sidecar.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- end -}}
 
 {{/* The identity labels auditors select by; on the pod and every object of the release. */}}
@@ -80,6 +85,10 @@ data: /var/lib/inference-sidecar
 {{- define "inference-sidecar.config" -}}
 {{- $v := .Values -}}
 {{- $s := $v.sidecar -}}
+{{- /* One network namespace: two listeners on one port would fail to bind at start-up. */ -}}
+{{- if or (eq (int $v.model.port) (int $s.port)) (eq (int $v.model.port) (int $s.adminPort)) (eq (int $s.port) (int $s.adminPort)) -}}
+{{- fail (printf "model.port (%d), sidecar.port (%d) and sidecar.adminPort (%d) must differ: the pod's containers share one network namespace" (int $v.model.port) (int $s.port) (int $s.adminPort)) -}}
+{{- end -}}
 {{- $paths := include "inference-sidecar.paths" . | fromYaml -}}
 {{- $config := dict
   "model_name" $v.identity.modelName
@@ -154,6 +163,11 @@ which the kubelet would look for among the model container's own ports) gets the
 number. Arguments: (list probe adminPort). */}}
 {{- define "inference-sidecar.adminProbe" -}}
 {{- $probe := deepCopy (index . 0) -}}
+{{- /* Values merge over the default httpGet: a probe given another handler (exec, say)
+       would carry both, which the API server refuses. The other one is the user's. */ -}}
+{{- if or (hasKey $probe "exec") (hasKey $probe "tcpSocket") (hasKey $probe "grpc") -}}
+{{- $_ := unset $probe "httpGet" -}}
+{{- end -}}
 {{- range $kind := list "httpGet" "tcpSocket" "grpc" -}}
 {{- if and (hasKey $probe $kind) (eq (toString (index (index $probe $kind) "port")) "admin") -}}
 {{- $_ := set (index $probe $kind) "port" (index $ 1) -}}
