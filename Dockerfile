@@ -28,19 +28,26 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
+
+# The dependencies first, exactly as locked and in a layer of their own: two builds of one
+# commit ship the same libraries, and a change to the source does not reinstall them.
+COPY requirements-image.txt ./
+RUN /usr/bin/python3.11 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps -r requirements-image.txt
+
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 COPY detectors ./detectors
 COPY privacy_profiles ./privacy_profiles
 
-# The wheel, then the wheel and its dependencies into the venv, with the librdkafka extra
-# (kafka_client: librdkafka works without rebuilding the image); pip and setuptools leave
-# the venv afterwards (no package manager at run time); byte-code compiled ahead with
-# unchecked hashes, since the runtime never writes .pyc files (read-only root).
-RUN /usr/bin/python3.11 -m venv /opt/venv \
-    && /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
-    && wheel="$(echo /wheels/inference_sidecar-*.whl)" \
-    && /opt/venv/bin/pip install --no-cache-dir "${wheel}[librdkafka]" \
+# Then the wheel, alone (its extra librdkafka is in the lock, so kafka_client: librdkafka
+# works without rebuilding the image); pip check fails the build if the lock no longer
+# satisfies it. pip and setuptools leave the venv afterwards (no package manager at run
+# time); byte-code compiled ahead with unchecked hashes, since the runtime never writes
+# .pyc files (read-only root).
+RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps /wheels/inference_sidecar-*.whl \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall -y pip setuptools \
     && /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash /opt/venv/lib \
     && install -d -o 65532 -g 65532 -m 0750 /staging/var/lib/inference-sidecar

@@ -96,3 +96,37 @@ def test_dockerignore_is_an_allow_list_of_what_the_build_copies() -> None:
     assert sources == allowed
     for source in sources:
         assert (ROOT / source).exists(), source
+
+
+def test_the_image_installs_exactly_the_locked_dependencies_before_the_source() -> None:
+    """requirements-image.txt pins every runtime requirement of pyproject.toml (the
+    librdkafka extra too) within its range; the builder installs the lock with --no-deps
+    before it copies the source, then the wheel alone."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pinned: dict[str, str] = {}
+    for line in (ROOT / "requirements-image.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version and re.fullmatch(r"[\w.!+-]+", version), line
+            pinned[canonicalize_name(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = [*project["dependencies"], *project["optional-dependencies"]["librdkafka"]]
+    for text in needed:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"{requirement.name} is not in requirements-image.txt"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (
+            f"{requirement.name}=={pinned[name]} is outside {requirement.specifier}")
+    builder = [(i, a) for i, a in dockerfile_instructions() if i in ("COPY", "RUN")]
+    lock_copy = builder.index(("COPY", "requirements-image.txt ./"))
+    source_copy = next(n for n, (i, a) in enumerate(builder) if a.startswith("sidecar "))
+    installs = [(n, a) for n, (i, a) in enumerate(builder) if i == "RUN" and "pip install" in a]
+    assert [n for n, _ in installs] == sorted(n for n, _ in installs) and len(installs) == 2
+    (first, lock_install), (second, wheel_install) = installs
+    assert lock_copy < first < source_copy < second
+    assert "--no-deps -r requirements-image.txt" in lock_install
+    assert "--no-deps /wheels/" in wheel_install and "pip check" in wheel_install
