@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from sidecar.errors import RequestRejected
 
 
 async def read_request_body(request: web.BaseRequest, limit: int, idle_s: float) -> bytes:
     """The whole request body, or ``RequestRejected``: 400 for Transfer-Encoding in an
-    HTTP/1.0 request, 501 for a transfer coding other than chunked, 413 past ``limit``
-    bytes, 408 when no byte of it arrives for ``idle_s`` (a stalled client, or a chunk
-    aiohttp's parser refused mid-body, after which the body never ends), 400 when it ends
-    short.
+    HTTP/1.0 request or a chunk the parser refused part-way (``bad_framing``), 501 for a
+    transfer coding other than chunked, 413 past ``limit`` bytes, 408 when no byte of it
+    arrives for ``idle_s`` (a stalled client), 400 when it ends short.
 
     A declared Content-Length over the limit is refused before a byte of body is read;
     below it, a client waiting for ``100 Continue`` gets one (RFC 9110, 10.1.1): curl, for
@@ -86,4 +86,7 @@ async def _read_slowly(request: web.BaseRequest, limit: int, idle_s: float,
     except TimeoutError:
         raise RequestRejected(f"no request body data for {idle_s:g} s", status=408,
                               code="client_body_timeout") from None
+    except HttpProcessingError as exc:  # the parser refused the body part-way
+        raise RequestRejected(f"malformed request body: {exc.message}"[:200],
+                              code="bad_framing") from None
     return size

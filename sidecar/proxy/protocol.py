@@ -17,7 +17,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from sidecar.logs import get_logger
 
@@ -83,6 +83,18 @@ class ProxyRequest(web.BaseRequest):
 
 
 class _StampedRequestHandler(RequestHandler):
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # A body the parser refused part-way (a bad chunk size in a later read): aiohttp
+        # queues a 400 for after the request and leaves the request's body open, neither
+        # ended nor failed, so its reader would wait out idle_timeout (a 408, minutes
+        # later). Fail the body now; the handler answers (and records) it.
+        request = self._current_request
+        if (request is not None and self._messages
+                and isinstance(self._messages[-1][0], _ErrInfo)
+                and not request.content.is_eof() and request.content.exception() is None):
+            request.content.set_exception(BadHttpMessage(self._messages[-1][0].message))
+
     def handle_error(
         self,
         request: web.BaseRequest,
