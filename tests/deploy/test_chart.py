@@ -182,6 +182,9 @@ def test_the_rendered_config_is_a_valid_sidecar_config(
     pre_stop = rendered.container("sidecar")["lifecycle"]["preStop"]["sleep"]["seconds"]
     # requests get drain_timeout, then the event flush up to drain_timeout more
     assert grace > 2 * settings.drain_timeout + pre_stop + 5, "SIGKILL would cut the drain"
+    # the model serves until the last request the sidecar may relay has had its time
+    model_stop = rendered.container("model")["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert model_stop >= pre_stop + settings.drain_timeout, "the model would stop first"
 
 
 def test_network_policy_admits_only_the_sidecar_ports(rendered: Rendered) -> None:
