@@ -325,6 +325,14 @@ def test_kafka_without_broker_cidrs_is_refused_under_the_network_policy() -> Non
     render(deep_merge(kafka, {"networkPolicy": {"enabled": False}}))
 
 
+def test_a_broker_port_the_network_policy_would_block_is_refused() -> None:
+    kafka = deep_merge(KAFKA_TLS_SASL, {"kafka": {"bootstrap": "kafka-0.kafka:9093,k:9094"}})
+    with pytest.raises(helm_python.HelmError, match=r"kafka\.egress\.ports must include "
+                       r"9094 \(kafka\.bootstrap k:9094\)"):
+        render(kafka)
+    render(deep_merge(kafka, {"kafka": {"egress": {"ports": [9093, 9094]}}}))
+
+
 def test_model_args_may_refer_to_values() -> None:
     rendered = render({"model": {"port": 8123,
                                  "args": ["--port", "{{ .Values.model.port }}"]}})

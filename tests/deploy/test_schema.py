@@ -50,6 +50,10 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "client id around the chart": (
         {"sidecar": {"extraConfig": {"client_id_source": "api_key"}}},
         "invalid propertyName 'client_id_source'"),
+    # no NetworkPolicy egress, no TLS/SASL mounts: events would pile up in the log
+    "brokers around the chart": (
+        {"sidecar": {"extraConfig": {"kafka_bootstrap": "k:9092"}}},
+        "invalid propertyName 'kafka_bootstrap'"),
     "hash key path around the chart": (
         {"sidecar": {"extraConfig": {"privacy_hash_key_file": "/tmp/k"}}},
         "invalid propertyName 'privacy_hash_key_file'"),
