@@ -93,14 +93,20 @@ class _Rate:
         self.alerting = False
 
     def add(self, t: float, short_s: float, long_s: float) -> None:
-        if self.t is not None and t > self.t:
-            dt = t - self.t
-            self.short *= math.exp(-dt / short_s)
-            self.long *= math.exp(-dt / long_s)
-        if self.t is None or t > self.t:
+        if self.t is None or t >= self.t:
+            if self.t is not None:
+                dt = t - self.t
+                self.short *= math.exp(-dt / short_s)
+                self.long *= math.exp(-dt / long_s)
             self.t = t
-        self.short += 1.0
-        self.long += 1.0
+            self.short += 1.0
+            self.long += 1.0
+            return
+        # Late (a replica's backlog, interleaved recordings): what it would weigh now had
+        # it been counted in time; counted as new, a slow client's backlog looked a burst.
+        age = self.t - t
+        self.short += math.exp(-age / short_s)
+        self.long += math.exp(-age / long_s)
 
     def burst(self, short_s: float, long_s: float, factor: float, floor: float) -> float | None:
         """The threshold when the short count crossed it (once per episode), else None."""
@@ -171,6 +177,19 @@ class RateBurst(_Abuse):
                 feature="request_rate"))
         return alerts
 
+    def adopt(self, previous: Any) -> bool:
+        """Take over ``previous``'s counts when they mean the same here (same time
+        constants and client bound): a reload that changes only a threshold or the
+        severity must not release a client mid-burst. Returns whether it did."""
+        if not isinstance(previous, RateBurst):
+            return False
+        p, q = self.params, previous.params
+        if (p.short_s, p.long_s, p.global_short_s, p.max_clients) != (
+                q.short_s, q.long_s, q.global_short_s, q.max_clients):
+            return False
+        self.clients, self.all = previous.clients, previous.all
+        return True
+
     def observe(self, event: Mapping[str, Any]) -> Observation | None:
         """The event's client's count and line (global alerts have their own, not shown)."""
         if event_time(event) is None:
@@ -193,6 +212,12 @@ class ErrorProbingParams:
     def __post_init__(self) -> None:
         check(self.half_life >= 2, "half_life", "must be >= 2")
         check(self.min_errors > 0, "min_errors", "must be > 0")
+        # The decayed error count tops out at 1 / (1 - 0.5^(1/half_life)) (every event
+        # an error, for ever): a min_errors at or over it loads but never fires.
+        reachable = 1.0 / (1.0 - 0.5 ** (1.0 / max(self.half_life, 2)))
+        check(self.min_errors < reachable, "min_errors",
+              f"must be below {reachable:.4g}, the most a half_life of {self.half_life} "
+              "events can count")
         check(self.factor >= 1, "factor", "must be >= 1")
         check(0 < self.min_rate < 1, "min_rate", "must be in (0, 1)")
         check(self.global_span >= 10, "global_span", "must be >= 10")

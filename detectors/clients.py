@@ -15,8 +15,10 @@ global detectors (global rate, campaign-wide duplicates) are for.
 Events without a ``client_id`` share one bucket, ``SHARED``.
 
 Time is the event's own ``timestamp`` (RFC 3339), never the clock: replay and the
-consumer group see the same time as the pipeline. Time going backwards (events from
-several replicas, out of order by a few ms) counts as no time passing.
+consumer group see the same time as the pipeline. An event older than one already seen
+(replicas' events interleaved, a backlog delivered late) counts as of its own time, not
+as a new one (``_Rate`` weighs it by its age); the enforce-mode gate gives its events a
+clock that never steps back.
 
 >>> table = ClientTable(dict, capacity=2)
 >>> table.get("a")["n"] = 1; _ = table.get("b"); _ = table.get("c")
@@ -28,6 +30,7 @@ several replicas, out of order by a few ms) counts as no time passing.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -77,7 +80,8 @@ _last: list[Any] = [None, None]  # the last timestamp string parsed, and its val
 
 
 def event_time(event: Mapping[str, Any]) -> float | None:
-    """Seconds since the epoch from ``timestamp``, else ``None`` (the event is skipped).
+    """Seconds since the epoch from ``timestamp`` (RFC 3339, or a number of seconds),
+    else ``None`` (the event is skipped).
 
     Several detectors read the same event one after another: the last parse is reused
     when it is the very same string object (an identity check, so never stale).
@@ -86,6 +90,8 @@ def event_time(event: Mapping[str, Any]) -> float | None:
     if stamp is _last[0]:
         value: float | None = _last[1]
         return value
+    if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+        return float(stamp) if math.isfinite(stamp) else None  # seconds (the gate's clock)
     if not isinstance(stamp, str):
         return None
     try:

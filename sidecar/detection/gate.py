@@ -24,6 +24,8 @@ A rejected request still produces its event (outcome ``rejected``), with the ale
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from detectors.config import DetectorsConfig
@@ -42,15 +44,38 @@ _VERDICTS: Final = {
 }
 
 
+_WALL0, _STEADY0 = time.time(), time.monotonic()
+
+
+def steady_time() -> float:
+    """Seconds since the epoch that never step: the wall clock when the process started,
+    advanced by the monotonic clock. Rates need elapsed time; a wall clock stepped back
+    (NTP, a VM resumed) made every client's requests count without decaying, and held
+    benign clients at 429 until it caught up."""
+    return _WALL0 + (time.monotonic() - _STEADY0)
+
+
 class Gate:
-    def __init__(self, config: DetectorsConfig, previous: Gate | None = None) -> None:
+    def __init__(self, config: DetectorsConfig, previous: Gate | None = None,
+                 clock: Callable[[], float] = steady_time) -> None:
         specs = [s for s in config.specs if s.mode == "enforce"]
         self.set = DetectorSet(specs, config.digest)
+        self.clock: Callable[[], float] = clock if previous is None else previous.clock
         if previous is not None:  # a reload must not release a client mid-burst
-            kept = {(s.name, s.digest): d
+            kept = {s.name: (s, d)
                     for s, d in zip(previous.set.specs, previous.set.detectors, strict=True)}
             for i, spec in enumerate(self.set.specs):
-                self.set.detectors[i] = kept.get((spec.name, spec.digest), self.set.detectors[i])
+                old = kept.get(spec.name)
+                if old is None or old[0].type != spec.type:
+                    continue
+                if old[0].digest == spec.digest:
+                    self.set.detectors[i] = old[1]
+                    continue
+                # Changed parameters: the new detector takes the counts over where they
+                # mean the same (a rate_burst whose threshold or severity changed).
+                adopt = getattr(self.set.detectors[i], "adopt", None)
+                if callable(adopt):
+                    adopt(old[1])
         self.plan = Plan.of(config)
         types = {s.type for s in specs}
         self._scan = "signatures" in types
@@ -65,7 +90,7 @@ class Gate:
     def check(self, event: InferenceEvent, observed: Observed) -> None:
         """Run the enforce-mode detectors; raise ``RequestRejected`` to refuse the request."""
         view: dict[str, Any] = {
-            "inference_id": event.inference_id, "timestamp": event.timestamp,
+            "inference_id": event.inference_id, "timestamp": self.clock(),
             "client_id": event.client_id, "route": event.route, "method": event.method,
             "headers": {"request": observed.headers},
         }

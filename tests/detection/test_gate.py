@@ -43,13 +43,15 @@ class Requests:
     """Events with increasing ids and timestamps, and their ``Observed``, for one gate."""
 
     def __init__(self, cfg: DetectorsConfig) -> None:
-        self.gate = Gate(cfg)
+        self.now = 0.0  # the gate's clock: T0 + now
+        self.gate = Gate(cfg, clock=lambda: T0.timestamp() + self.now)
         self.plan = Plan.of(cfg)
         self.n = 0
 
     def make(self, body: bytes = b"", headers: Mapping[str, str] | None = None, *,
              at: float | None = None, **fields: Any) -> tuple[InferenceEvent, Observed]:
         self.n += 1
+        self.now = self.n if at is None else at
         fields.setdefault("route", "/v1/chat/completions")
         fields.setdefault("path", "/v1/chat/completions")
         event = make_event(self.n, timestamp=stamp(self.n if at is None else at), **fields)
@@ -423,6 +425,54 @@ detectors:
     [alert] = observed.enforced
     assert alert.details["scope"] == "global"
     assert alert.client_id is None  # global alerts blame no one
+
+
+def test_the_gate_s_clock_never_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.detection import gate as gate_module
+
+    before = gate_module.steady_time()
+    monkeypatch.setattr(gate_module.time, "time", lambda: 0.0)  # the wall clock, stepped
+    assert gate_module.steady_time() >= before
+    assert Gate(config(RATE)).clock is gate_module.steady_time
+
+
+def test_the_gate_times_requests_by_its_clock_not_their_wall_timestamps() -> None:
+    requests = Requests(config(RATE))
+    # one request every 5 s by the gate's clock (its count stays near 2.5, under 3), while
+    # the wall clock that stamps the events steps back an hour after the fourth
+    for i in range(30):
+        event, observed = requests.make(chat(BENIGN), client_id="c0", at=5.0 * i)
+        event.timestamp = stamp(5.0 * i - (3600.0 if i >= 4 else 0.0))
+        requests.gate.check(event, observed)  # never refused
+    # and an attacker at 2 req/s is held across the step (weighed by the wall clock, its
+    # requests after it would have counted for nothing: an hour's free pass)
+    refused = []
+    for i in range(20):
+        event, observed = requests.make(chat(BENIGN), client_id="c9", at=200.0 + 0.5 * i)
+        event.timestamp = stamp(200.0 + 0.5 * i - (3600.0 if i >= 2 else 0.0))
+        try:
+            requests.gate.check(event, observed)
+        except RequestRejected:
+            refused.append(i)
+    assert refused == list(range(3, 20))
+
+
+def test_a_reload_that_changes_only_the_threshold_or_severity_keeps_a_client_held() -> None:
+    requests = Requests(config(RATE))
+    assert [r is None for _, _, r in _burst(requests, "c1", 0.0, 6)] == [True] * 3 + [False] * 3
+    for change in ("severity: critical", "params: {min_count: 4, short_s: 10, long_s: 1000, "
+                   "global_short_s: 10, global_min_count: 100000}"):
+        text = RATE.replace("    params:", f"    {change}\n    params:") \
+            if change.startswith("severity") else RATE.replace(
+                RATE[RATE.index("    params:"):], f"    {change}\n")
+        requests.gate = Gate(config(text), requests.gate)
+        _, _, rejected = requests.check(chat(BENIGN), client_id="c1", at=6.0)
+        assert rejected is not None and rejected.code == "rate_limited", change
+    # a new time constant changes what the counts mean: they start again
+    requests.gate = Gate(config(RATE.replace("short_s: 10, long_s", "short_s: 20, long_s")),
+                         requests.gate)
+    _, _, rejected = requests.check(chat(BENIGN), client_id="c1", at=6.5)
+    assert rejected is None
 
 
 def test_the_gate_reads_the_event_timestamp_not_the_clock() -> None:

@@ -148,3 +148,41 @@ def test_extraction_counts_a_late_event_once_not_more() -> None:
     assert alerts == []
     count, line = det.observe(event(80, 100))  # type: ignore[misc]
     assert count is not None and count <= 81 and line == 100
+
+
+def _rate_events(times: list[float], client: str = "k1:slow") -> list[dict[str, Any]]:
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    return [{"client_id": client, "timestamp": (t0 + timedelta(seconds=t)).isoformat()}
+            for t in times]
+
+
+def test_a_slow_client_s_late_backlog_is_no_burst() -> None:
+    """Two replicas' recordings concatenated (replay), or a backlog delivered after the
+    other replica's newer events (detect): one client at 0.5 req/s must not look like a
+    burst. A late event counted as new added 1 without decay each time."""
+    from detectors.abuse import RateBurst
+
+    det = RateBurst(min_count=12, short_s=10, long_s=1000, global_short_s=10,
+                    global_min_count=1_000_000)
+    replica_a = [4.0 * i for i in range(150)]  # every other request of the client
+    replica_b = [4.0 * i + 2.0 for i in range(150)]
+    alerts = [a for e in _rate_events(replica_a + replica_b) for a in det.update(e)]
+    assert alerts == []
+    # the same events in time order give the same counts, to rounding
+    ordered = RateBurst(min_count=12, short_s=10, long_s=1000, global_short_s=10,
+                        global_min_count=1_000_000)
+    for e in _rate_events(sorted(replica_a + replica_b)):
+        ordered.update(e)
+    assert det.observe(_rate_events([600.0])[0]) == pytest.approx(
+        ordered.observe(_rate_events([600.0])[0]), rel=1e-9)
+
+
+def test_a_clock_stepped_back_does_not_pile_up_counts() -> None:
+    from detectors.abuse import RateBurst
+
+    det = RateBurst(min_count=12, short_s=10, long_s=1000, global_short_s=10,
+                    global_min_count=1_000_000)
+    times = [float(t) for t in range(600)] + [300.0 + t for t in range(300)]  # back 300 s
+    assert [a for e in _rate_events(times) for a in det.update(e)] == []

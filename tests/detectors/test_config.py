@@ -36,6 +36,9 @@ def test_default_file_loads_and_digest_ignores_formatting() -> None:
         ("detectors:\n  - {name: a, type: 'null'}\n  - {name: a, type: 'null'}",
          "detectors[1].name"),
         ("detectors: [\n", "(file)"),
+        # loads, but the decayed error count tops out at 29.4 with half_life 20: never fires
+        ("detectors:\n  - {name: a, type: error_probing, params: {min_errors: 30}}",
+         "detectors[0].params.min_errors"),
     ],
 )
 def test_invalid_files_name_file_key_and_reason(text: str, key: str, tmp_path: Path) -> None:
