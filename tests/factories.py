@@ -221,13 +221,13 @@ class RecordingLog(MemoryLog):
         """The threads that appended or synced."""
         return self.append_threads | self.sync_threads
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], completes: bool = False) -> None:
         self.append_threads.add(threading.get_ident())
         if self.fail_appends > 0:
             self.fail_appends -= 1
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         try:
-            super().append(records)
+            super().append(records, completes)
         except LogFull:
             self.refused_full += 1
             raise

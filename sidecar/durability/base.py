@@ -25,7 +25,8 @@ FULL_HEADROOM = 64 * 1024
 
 
 class LogFull(Exception):
-    """``when_full="block"``: the batch does not fit; nothing of it was appended.
+    """``when_full="block"``: the batch does not fit; nothing of it was appended (unless
+    it was appended with ``completes``: see ``EventLog.append``).
 
     The caller keeps the batch and retries after delivery has acked (and so trimmed) some
     of the log, or refuses new work upstream.
@@ -100,8 +101,15 @@ class EventLog(Protocol):
         """As in ``stats()``, without its lock (delivery reads it after each read)."""
         ...
 
-    def append(self, records: Sequence[Record]) -> None:
-        """Store ``records`` (no fsync) applying ``when_full``; writer thread only."""
+    def append(self, records: Sequence[Record], completes: bool = False) -> None:
+        """Store ``records`` (no fsync) applying ``when_full``; writer thread only.
+
+        ``completes``: the records complete events already in the log (final records and
+        their notices, ``pipeline/ahead.py``). Under ``block`` they go in even past
+        ``max_bytes``: the log cannot be trimmed past an event until its final record is
+        in, so refusing it would wait for a trim that needs it (the log jammed for good).
+        The excess is bounded by what the stages hold.
+        """
         ...
 
     def sync(self) -> None:

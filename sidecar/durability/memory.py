@@ -73,7 +73,7 @@ class MemoryLog:
         """Same rule as the write-ahead log: ``bytes_used`` + headroom > ``max_bytes``."""
         return self._bytes_used + self._headroom > self.max_bytes
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], completes: bool = False) -> None:
         self._check_open()
         if not records:
             return
@@ -81,7 +81,7 @@ class MemoryLog:
         ts = time.time()
         sizes = [frame_size(r) for r in records]
         with self._lock:
-            keep_from, keep_to = self._plan(sizes)
+            keep_from, keep_to = self._plan(sizes, completes)
             if self.when_full == "drop_oldest":
                 need = sum(sizes[keep_from:keep_to])
                 while self._entries and self._bytes_used + need > self.max_bytes:
@@ -106,10 +106,10 @@ class MemoryLog:
             refused = [*records[:keep_from], *records[keep_to:]]
             self._notices_dropped += sum(is_notice(r.seq) for r in refused)
 
-    def _plan(self, sizes: list[int]) -> tuple[int, int]:
+    def _plan(self, sizes: list[int], completes: bool) -> tuple[int, int]:
         """The range of the batch to keep, per ``when_full``; under lock."""
         total, room = sum(sizes), self.max_bytes - self._bytes_used
-        if total <= room:
+        if total <= room or (completes and self.when_full == "block"):
             return 0, len(sizes)
         if self.when_full == "block":
             raise LogFull(

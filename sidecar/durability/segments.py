@@ -151,8 +151,10 @@ def plan_batch(
     max_bytes: int,
     segment_bytes: int,
     when_full: str,
+    completes: bool = False,
 ) -> tuple[int, int, bool]:
-    """Apply ``when_full``: (keep_from, keep_to, start_new_segment) for this batch.
+    """Apply ``when_full``: (keep_from, keep_to, start_new_segment) for this batch
+    (``completes``: never refused by block, see ``EventLog.append``).
 
     block raises ``LogFull``; drop_newest keeps the longest prefix that fits; drop_oldest
     keeps the batch (or its newest records that fit in an empty log) and says whether the
@@ -164,7 +166,7 @@ def plan_batch(
     room = max_bytes - bytes_used
     if active is not None and active.last <= cursor and active.size + sizes[0] > segment_bytes:
         room += active.size  # fully acked and about to be rolled away from: trimmed
-    if cum[-1] <= room:
+    if cum[-1] <= room or (completes and when_full == "block"):
         return 0, n, False
     if when_full == "block":
         raise LogFull(

@@ -161,7 +161,7 @@ class WriteAheadLog:
 
     # --- writer thread -----------------------------------------------------------------
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], completes: bool = False) -> None:
         self._check_open()
         if not records:
             return
@@ -173,7 +173,7 @@ class WriteAheadLog:
         with self._lock:
             keep_from, keep_to, roll = segments.plan_batch(
                 ix.segs, sizes, ix.bytes_used, ix.cursor,
-                self.max_bytes, self.segment_bytes, self.when_full,
+                self.max_bytes, self.segment_bytes, self.when_full, completes,
             )
             active = None if roll or not ix.segs else ix.segs[-1]
         kept = range(keep_from, keep_to)

@@ -66,6 +66,7 @@ class Round:
     events: Batch
     completes: list[bool]  # per event: written ahead, to be completed
     records: list[Record] | None = None  # encoded once, in the writer thread
+    finals_in: bool = False  # the log refused the round and took its finals alone
 
 
 class Rounds:
@@ -140,6 +141,30 @@ class Rounds:
     def _take_finals(self, max_items: int) -> Batch:
         return [] if self.completion is None else self.completion.back.take(max_items)
 
+    def take_finals(self) -> Round:
+        """A round of the finals (and notices) the stages returned, alone, as many as the
+        last event's seq block has room for."""
+        left = next_event_seq(self.last_seq) - self.last_seq - 1
+        return Round(self._take_finals(max(0, min(self.cap(), left // 2))), [], [], [])
+
+    def settle(self, finals: Batch, publish: bool = False) -> None:
+        """``finals`` are in the log: their ahead records leave the ledger (and with
+        ``publish``, delivery learns that the log now runs through ``last_seq``)."""
+        completion = self.completion
+        if completion is None:
+            return
+        ledger = completion.ledger
+        for ahead_seq, _ in finals:
+            if not ahead_seq:
+                continue  # a notice
+            if ledger.open and ledger.open[0] == ahead_seq:
+                ledger.open.popleft()
+            else:  # not expected: the stages keep order; stay correct anyway
+                with contextlib.suppress(ValueError):
+                    ledger.open.remove(ahead_seq)
+        if publish:
+            ledger.publish(self.last_seq)
+
     def encode(self, work: Round) -> list[Record]:
         """The round's records (writer thread), encoded on the first call only."""
         if work.records is None:
@@ -166,14 +191,8 @@ class Rounds:
         if completion is None:
             return
         ledger = completion.ledger
-        for ahead_seq, _ in work.finals:
-            if not ahead_seq:
-                continue  # a notice
-            if ledger.open and ledger.open[0] == ahead_seq:
-                ledger.open.popleft()
-            else:  # not expected: the stages keep order; stay correct anyway
-                with contextlib.suppress(ValueError):
-                    ledger.open.remove(ahead_seq)
+        if not work.finals_in:  # else settled when they went in alone
+            self.settle(work.finals)
         kept = len(work.events) - max(0, dropped_newest) if appended else 0
         handed: Batch = []
         for i, ((seq, event), completes) in enumerate(

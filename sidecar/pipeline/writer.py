@@ -80,6 +80,8 @@ class LogWriter:
         self._last_sync = time.monotonic()
         self._dirty = False
         self._appended = False  # whether the round in hand is in the log already
+        self._finals_unseen = False  # its finals went in alone: delivery not told yet
+        self._held_finals: Round | None = None  # finals a failing disk refused, while blocked
         self._dropped_newest = 0  # of the round in hand, by when_full
         self._on_drop = on_drop
         self._on_notices_dropped = on_notices_dropped  # alerts and policy changes lost
@@ -92,7 +94,21 @@ class LogWriter:
 
     def _append(self, work: Round) -> None:
         before = self.log.stats()
-        self.log.append(self.rounds.encode(work))
+        records = self.rounds.encode(work)
+        if work.finals_in:  # a retry: the finals went in when the log first refused
+            records = records[len(work.finals):]
+        try:
+            self.log.append(records)
+        except LogFull:
+            if not work.finals or work.finals_in:
+                raise
+            # The finals complete events the log holds and cannot trim past until they
+            # are in: they go in now (past max_bytes if need be, by what the stages hold;
+            # see EventLog.append), and the new events wait for room, as before. Waiting
+            # with the finals too jammed the log for good.
+            self.log.append(records[:len(work.finals)], completes=True)
+            work.finals_in = self._dirty = self._finals_unseen = True
+            raise
         self._dirty = True
         after = self.log.stats()
         self._dropped_newest = after.dropped_newest - before.dropped_newest
@@ -194,13 +210,15 @@ class LogWriter:
             work.final_seqs[-1] if work.final_seqs else rounds.last_seq)
         self._appended, self._dropped_newest = False, 0
         gave_up = await self._retry(loop, functools.partial(self._persist, work),
-                                    len(work.events))
+                                    len(work.events), work)
         rounds.last_seq = max(rounds.last_seq, last)
         if self._appended:
             self._on_appended()
         if gave_up and not self._appended:  # counted before _complete drops what they carry
             self._on_drop(gave_up, len(work.events))
-            self._notices_dropped(gave_up, sum(1 for seq, _ in work.finals if not seq)
+            finals_lost = not work.finals_in  # else they went in alone, notices too
+            self._notices_dropped(gave_up, finals_lost * sum(1 for seq, _ in work.finals
+                                                             if not seq)
                                   + sum(carried_alerts(event) for _, event in work.events))
             # Not kept: their responses must not go out as if they were, which the next
             # round's advance (past these seqs) would do.
@@ -211,11 +229,43 @@ class LogWriter:
         if self.mode in ("sync", "memory"):
             self.durability.advance(rounds.last_seq)
 
+    async def _complete_while_blocked(self, loop: asyncio.AbstractEventLoop,
+                                      work: Round) -> None:
+        """The log refuses ``work``'s events, and can be trimmed only past events whose
+        finals are in: those finals go in meanwhile, ``work``'s own (the writer thread
+        appended them alone) and any the stages return, ahead of the waiting events."""
+        rounds = self.rounds
+        if self._finals_unseen:
+            self._finals_unseen = False
+            rounds.last_seq = max(rounds.last_seq, work.final_seqs[-1])
+            rounds.settle(work.finals, publish=True)
+            self._on_appended()
+        finals = self._held_finals or rounds.take_finals()
+        if not finals.finals:
+            return
+        if not finals.final_seqs:
+            finals.final_seqs = trailing_seqs(rounds.last_seq,
+                                              [not ahead_seq for ahead_seq, _ in finals.finals])
+        records = rounds.encode(finals)
+        try:
+            await loop.run_in_executor(
+                self._executor, functools.partial(self.log.append, records, completes=True))
+        except OSError:
+            self._held_finals = finals  # a failing disk: the next attempt tries them again
+            return
+        self._held_finals = None
+        self._dirty = True
+        rounds.last_seq = max(rounds.last_seq, finals.final_seqs[-1])
+        rounds.settle(finals.finals, publish=True)
+        self._on_appended()
+
     async def _retry(
-        self, loop: asyncio.AbstractEventLoop, step: Callable[[], None], events: int
+        self, loop: asyncio.AbstractEventLoop, step: Callable[[], None], events: int,
+        work: Round | None = None,
     ) -> str | None:
         """Run ``step`` in the writer thread until it succeeds (None), or until shutdown
-        gives up: then the drop reason."""
+        gives up: then the drop reason. While a full log refuses ``work``, the finals of
+        events already in the log still go in (``_complete_while_blocked``)."""
         delay = RETRY_S
         failing = False
         while True:
@@ -225,6 +275,8 @@ class LogWriter:
             except LogFull:
                 self.blocked = True  # admission control refuses new requests meanwhile
                 drop, pause = "log_full_at_shutdown", RETRY_S  # block: wait for a trim
+                if work is not None:
+                    await self._complete_while_blocked(loop, work)
             except OSError as exc:
                 drop, pause, delay = "disk_error_at_shutdown", delay, min(delay * 2,
                                                                          DISK_RETRY_MAX_S)

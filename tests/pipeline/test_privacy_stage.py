@@ -197,8 +197,9 @@ async def test_events_the_memo_answers_are_written_once_whole_and_skip_the_stage
             super().__init__(1 << 30)
             self.parts: dict[str, tuple[bool, int | None]] = {}
 
-        def append(self, records: list[Record]) -> None:  # type: ignore[override]
-            super().append(records)
+        def append(  # type: ignore[override]
+                self, records: list[Record], completes: bool = False) -> None:
+            super().append(records, completes)
             for record in records:
                 self.parts.setdefault(orjson.loads(record.value)["id"], ahead.part(record))
 
