@@ -144,9 +144,11 @@ class DetectorSet:
     ([(None, None)], [None])
     """
 
-    def __init__(self, specs: Sequence[DetectorSpec], digest: str = "") -> None:
+    def __init__(self, specs: Sequence[DetectorSpec], digest: str = "",
+                 on_error: Callable[[str], None] | None = None) -> None:
         self.specs = tuple(specs)
         self.digest = digest
+        self.on_error = on_error  # told the detector's name each time one throws
         self.detectors = [build(spec) for spec in self.specs]
         self.errors: dict[str, int] = {spec.name: 0 for spec in self.specs}
         self.observe_errors: dict[str, int] = {spec.name: 0 for spec in self.specs}
@@ -158,6 +160,8 @@ class DetectorSet:
                 raised = detector.update(event)
             except Exception:
                 self.errors[spec.name] += 1
+                if self.on_error is not None:
+                    self.on_error(spec.name)
                 continue
             for alert in raised:
                 alerts.append(self._stamp(alert, spec, event))

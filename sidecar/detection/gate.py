@@ -57,9 +57,12 @@ def steady_time() -> float:
 
 class Gate:
     def __init__(self, config: DetectorsConfig, previous: Gate | None = None,
-                 clock: Callable[[], float] = steady_time) -> None:
+                 clock: Callable[[], float] = steady_time,
+                 on_error: Callable[[str], None] | None = None) -> None:
         specs = [s for s in config.specs if s.mode == "enforce"]
-        self.set = DetectorSet(specs, config.digest)
+        # A detector that throws lets the request through (fail open for that one
+        # check); on_error makes that visible (..._detector_errors_total).
+        self.set = DetectorSet(specs, config.digest, on_error)
         self.clock: Callable[[], float] = clock if previous is None else previous.clock
         if previous is not None:  # a reload must not release a client mid-burst
             kept = {s.name: (s, d)

@@ -68,7 +68,8 @@ class Detection:
     def _use(self, config: DetectorsConfig) -> None:
         self.config = config
         self.plan = Plan.of(config)
-        self.gate = Gate(config, getattr(self, "gate", None))
+        self.gate = Gate(config, getattr(self, "gate", None),
+                         on_error=lambda name: self._metrics.detector_errors.labels(name).inc())
         self._metrics.detectors_info.clear()
         self._metrics.detectors_info.labels(config.digest, config.source).set(1)
         self._metrics.drift.configure(

@@ -494,3 +494,19 @@ def test_the_gate_reads_the_event_timestamp_not_the_clock() -> None:
 def test_an_injection_written_with_look_alike_letters_is_blocked(disguised: str) -> None:
     _, _, rejected = Requests(config(SIGNATURES)).check(chat(disguised), client_id="c1")
     assert rejected is not None and rejected.code == "prompt_blocked"
+
+
+def test_a_detector_that_throws_lets_the_request_through_and_is_counted() -> None:
+    failed: list[str] = []
+    gate = Gate(config(RATE), clock=lambda: 0.0, on_error=failed.append)
+
+    def broken(event: Any) -> list[Alert]:
+        raise RuntimeError("bug")
+
+    gate.set.detectors[0].update = broken  # type: ignore[method-assign]
+    requests = Requests(config(RATE))
+    requests.gate = gate
+    for i in range(5):
+        _, _, rejected = requests.check(chat(BENIGN), client_id="c1", at=0.1 * i)
+        assert rejected is None
+    assert failed == ["rate"] * 5 and gate.set.errors == {"rate": 5}

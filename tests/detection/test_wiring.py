@@ -396,3 +396,26 @@ async def test_stop_returns_when_a_reload_request_lands_just_before_it() -> None
             watcher.cancel()  # again, so the test leaves nothing running
             await asyncio.wait({stopping}, timeout=5.0)
         assert done, f"stop() hung after a reload request and {turns} loop turns"
+
+
+def test_an_enforce_detector_that_throws_is_counted_in_detector_errors(
+    tmp_path: Path,
+) -> None:
+    from factories import make_event
+
+    detectors = tmp_path / "detectors.yaml"
+    detectors.write_text("detectors:\n  - {name: rate, type: rate_burst, mode: enforce}\n")
+    environ = {"SIDECAR_MODEL_NAME": "m", "SIDECAR_MODEL_VERSION": "1",
+               "SIDECAR_POLICY_VERSION": "p", "SIDECAR_EVIDENCE_BUNDLE_ID": "e",
+               "SIDECAR_DETECTORS": str(detectors)}
+    settings = load_settings(environ=environ)
+    metrics = Metrics(settings.identity)
+    detection = Detection(settings, detectors_config(settings), metrics)
+
+    def broken(event: Any) -> list[Any]:
+        raise RuntimeError("bug")
+
+    detection.gate.set.detectors[0].update = broken  # type: ignore[method-assign]
+    detection.observe(make_event(1, client_id="c1"), b"{}", {"content-type": "application/json"})
+    assert metrics.registry.get_sample_value(
+        "inference_sidecar_detector_errors_total", {"detector": "rate"}) == 1.0
