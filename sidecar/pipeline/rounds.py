@@ -143,9 +143,10 @@ class Rounds:
 
     def take_finals(self) -> Round:
         """A round of the finals (and notices) the stages returned, alone, as many as the
-        last event's seq block has room for."""
+        last event's seq block has room for. Not cut to the room in the log (``cap``): it
+        goes in past ``max_bytes`` (``EventLog.append``'s ``completes``)."""
         left = next_event_seq(self.last_seq) - self.last_seq - 1
-        return Round(self._take_finals(max(0, min(self.cap(), left // 2))), [], [], [])
+        return Round(self._take_finals(max(0, min(BATCH_MAX, left // 2))), [], [], [])
 
     def settle(self, finals: Batch, publish: bool = False) -> None:
         """``finals`` are in the log: their ahead records leave the ledger (and with

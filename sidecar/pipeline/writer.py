@@ -81,7 +81,6 @@ class LogWriter:
         self._dirty = False
         self._appended = False  # whether the round in hand is in the log already
         self._finals_unseen = False  # its finals went in alone: delivery not told yet
-        self._held_finals: Round | None = None  # finals a failing disk refused, while blocked
         self._dropped_newest = 0  # of the round in hand, by when_full
         self._on_drop = on_drop
         self._on_notices_dropped = on_notices_dropped  # alerts and policy changes lost
@@ -240,20 +239,19 @@ class LogWriter:
             rounds.last_seq = max(rounds.last_seq, work.final_seqs[-1])
             rounds.settle(work.finals, publish=True)
             self._on_appended()
-        finals = self._held_finals or rounds.take_finals()
+        finals = rounds.take_finals()
         if not finals.finals:
             return
-        if not finals.final_seqs:
-            finals.final_seqs = trailing_seqs(rounds.last_seq,
-                                              [not ahead_seq for ahead_seq, _ in finals.finals])
-        records = rounds.encode(finals)
-        try:
-            await loop.run_in_executor(
-                self._executor, functools.partial(self.log.append, records, completes=True))
-        except OSError:
-            self._held_finals = finals  # a failing disk: the next attempt tries them again
-            return
-        self._held_finals = None
+        finals.final_seqs = trailing_seqs(rounds.last_seq,
+                                          [not ahead_seq for ahead_seq, _ in finals.finals])
+        # Until they are in (a failing disk: retried here, ahead of the waiting events,
+        # which could not go first without taking seqs below theirs) or shutdown gives up.
+        step = functools.partial(self.log.append, rounds.encode(finals), completes=True)
+        gave_up = await self._retry(loop, step, 0)
+        self.blocked = True  # the round in hand still waits (_retry cleared it)
+        if gave_up:
+            self._notices_dropped(gave_up, sum(1 for seq, _ in finals.finals if not seq))
+            return  # their events go out from their ahead records, marked (pipeline/ahead.py)
         self._dirty = True
         rounds.last_seq = max(rounds.last_seq, finals.final_seqs[-1])
         rounds.settle(finals.finals, publish=True)

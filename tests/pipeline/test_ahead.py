@@ -528,3 +528,76 @@ async def test_a_full_log_under_block_takes_the_finals_it_waits_for_and_recovers
     assert all(r["data"]["features"] == {"completed": True} for r in h.sent())
     assert h.drops == [] and h.notices_dropped == []
     await h.stop()
+
+
+async def test_while_blocked_the_finals_go_in_by_batches_not_one_per_retry(
+    make_harness: Callable[..., Harness],
+) -> None:
+    log = KeepingLog(1024 * 1024, "block")
+    h = make_harness(log=log)
+    h.stage.release.clear()
+    h.start()
+    put = 0
+    while not h.writer.blocked and put < 5000:
+        h.put([completing(put + 1, path="/" + "p" * 200)])
+        put += 1
+        await asyncio.sleep(0)
+    await wait_until(lambda: h.writer.blocked)
+    open_before, appends_before = len(h.ledger.open), len(log.rounds)
+    assert open_before > 500
+    h.stage.release.set()
+    await wait_until(lambda: not h.writer.blocked, timeout=10, poll_s=0)
+    # one final per retry (5 ms) kept the log refusing requests for seconds; now rounds
+    # of up to BATCH_MAX finals, as the stages return them
+    appends_while_blocked = len(log.rounds) - appends_before
+    assert appends_while_blocked < open_before / 10, (appends_while_blocked, open_before)
+    await wait_until(lambda: len({r["id"] for r in h.sent()}) == put, timeout=10)
+    await h.stop()
+
+
+async def test_a_disk_error_on_finals_while_blocked_is_retried_before_anything_else(
+    make_harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finals a failing disk refuses while the log is full are retried there and then,
+    ahead of the round in hand: the writer stays blocked until they are in, then goes
+    on. (Held back for a later retry, they could be overtaken by the round, and their
+    seqs, then below the log's end, killed the writer; found by review.)"""
+    class Flaky(KeepingLog):
+        failing = False
+        failed = taken = 0
+
+        def append(self, records: Sequence[Record], completes: bool = False) -> None:
+            if completes and self.failing and self.taken:  # after the first batch of them
+                self.failed += 1
+                raise OSError(5, "injected EIO")
+            super().append(records, completes)
+            self.taken += completes
+
+    monkeypatch.setattr(rounds_module, "BATCH_MAX", 100)  # finals in several rounds
+    log = Flaky(1024 * 1024, "block")
+    h = make_harness(log=log)
+    h.stage.release.clear()
+    h.start()
+    put = 0
+    while not h.writer.blocked and put < 5000:
+        h.put([completing(put + 1, path="/" + "p" * 200)])
+        put += 1
+        await asyncio.sleep(0)
+    await wait_until(lambda: h.writer.blocked)
+    log.failing = True
+    h.stage.release.set()
+    await wait_until(lambda: log.failed >= 3)
+    await asyncio.sleep(1.0)  # delivery trimmed past the first batch: room for the round
+    assert h.writer.blocked  # still refusing: nothing went around the failing finals
+    log.failing = False  # the disk recovers
+    await wait_until(lambda: not h.writer.blocked and len(h.queue) == 0, timeout=10)
+    for _ in range(3):  # the log fills and empties again: the writer goes on
+        while not h.writer.blocked and put < 20_000:
+            h.put([completing(put + 1, path="/" + "p" * 200)])
+            put += 1
+            await asyncio.sleep(0)
+        await wait_until(lambda: not h.writer.blocked and len(h.queue) == 0, timeout=10)
+    await wait_until(lambda: len({r["id"] for r in h.sent()}) == put, timeout=10)
+    assert h.drops == [] and h.notices_dropped == []
+    assert not h.tasks[1].done()
+    await h.stop()
