@@ -502,6 +502,20 @@ async def test_a_round_given_up_at_shutdown_counts_its_notices_and_carried_gate_
     assert [r.seq for r in log.read(10, 1 << 20) if is_notice(r.seq)] != []
 
 
+async def fill_until_blocked(h: Harness, put: int = 0, limit: int = 20_000,
+                             must_block: bool = True) -> int:
+    """Events that the stages complete, one a loop turn, until the log refuses a round
+    (``h.writer.blocked``; with ``must_block``, waited for) or ``limit`` events in all;
+    the count put so far."""
+    while not h.writer.blocked and put < limit:
+        h.put([completing(put + 1, path="/" + "p" * 200)])
+        put += 1
+        await asyncio.sleep(0)
+    if must_block:
+        await wait_until(lambda: h.writer.blocked)
+    return put
+
+
 @pytest.mark.parametrize("kind", ["memory", "wal"])
 async def test_a_full_log_under_block_takes_the_finals_it_waits_for_and_recovers(
     make_harness: Callable[..., Harness], kind: str, tmp_path: Path,
@@ -515,16 +529,12 @@ async def test_a_full_log_under_block_takes_the_finals_it_waits_for_and_recovers
     h = make_harness(log=log)
     h.stage.release.clear()  # a slow stage: it holds what it gets
     h.start()
-    put = 0
-    while not h.writer.blocked and put < 3000:
-        h.put([completing(put + 1, path="/" + "p" * 200)])
-        put += 1
-        await asyncio.sleep(0)
-    await wait_until(lambda: h.writer.blocked)
+    put = await fill_until_blocked(h)
     assert h.sink.records == []  # nothing deliverable: every event waits for its final
     h.stage.release.set()
-    await wait_until(lambda: not h.writer.blocked and len(h.queue) == 0, timeout=10)
-    await wait_until(lambda: len({r["id"] for r in h.sent()}) == put, timeout=10)
+    await wait_until(lambda: not h.writer.blocked and len(h.queue) == 0, timeout=30)
+    await wait_until(lambda: len(h.sink.records) >= put, timeout=30)  # cheap to poll
+    assert len({r["id"] for r in h.sent()}) == put
     assert all(r["data"]["features"] == {"completed": True} for r in h.sent())
     assert h.drops == [] and h.notices_dropped == []
     await h.stop()
@@ -537,21 +547,17 @@ async def test_while_blocked_the_finals_go_in_by_batches_not_one_per_retry(
     h = make_harness(log=log)
     h.stage.release.clear()
     h.start()
-    put = 0
-    while not h.writer.blocked and put < 5000:
-        h.put([completing(put + 1, path="/" + "p" * 200)])
-        put += 1
-        await asyncio.sleep(0)
-    await wait_until(lambda: h.writer.blocked)
+    put = await fill_until_blocked(h)
     open_before, appends_before = len(h.ledger.open), len(log.rounds)
     assert open_before > 500
     h.stage.release.set()
-    await wait_until(lambda: not h.writer.blocked, timeout=10, poll_s=0)
+    await wait_until(lambda: not h.writer.blocked, timeout=30, poll_s=0)
     # one final per retry (5 ms) kept the log refusing requests for seconds; now rounds
     # of up to BATCH_MAX finals, as the stages return them
     appends_while_blocked = len(log.rounds) - appends_before
     assert appends_while_blocked < open_before / 10, (appends_while_blocked, open_before)
-    await wait_until(lambda: len({r["id"] for r in h.sent()}) == put, timeout=10)
+    await wait_until(lambda: len(h.sink.records) >= put, timeout=30)  # cheap to poll
+    assert len({r["id"] for r in h.sent()}) == put
     await h.stop()
 
 
@@ -578,26 +584,19 @@ async def test_a_disk_error_on_finals_while_blocked_is_retried_before_anything_e
     h = make_harness(log=log)
     h.stage.release.clear()
     h.start()
-    put = 0
-    while not h.writer.blocked and put < 5000:
-        h.put([completing(put + 1, path="/" + "p" * 200)])
-        put += 1
-        await asyncio.sleep(0)
-    await wait_until(lambda: h.writer.blocked)
+    put = await fill_until_blocked(h)
     log.failing = True
     h.stage.release.set()
     await wait_until(lambda: log.failed >= 3)
     await asyncio.sleep(1.0)  # delivery trimmed past the first batch: room for the round
     assert h.writer.blocked  # still refusing: nothing went around the failing finals
     log.failing = False  # the disk recovers
-    await wait_until(lambda: not h.writer.blocked and len(h.queue) == 0, timeout=10)
+    await wait_until(lambda: not h.writer.blocked and len(h.queue) == 0, timeout=30)
     for _ in range(3):  # the log fills and empties again: the writer goes on
-        while not h.writer.blocked and put < 20_000:
-            h.put([completing(put + 1, path="/" + "p" * 200)])
-            put += 1
-            await asyncio.sleep(0)
-        await wait_until(lambda: not h.writer.blocked and len(h.queue) == 0, timeout=10)
-    await wait_until(lambda: len({r["id"] for r in h.sent()}) == put, timeout=10)
+        put = await fill_until_blocked(h, put, put + 5000, must_block=False)
+        await wait_until(lambda: not h.writer.blocked and len(h.queue) == 0, timeout=30)
+    await wait_until(lambda: len(h.sink.records) >= put, timeout=30)  # cheap to poll
+    assert len({r["id"] for r in h.sent()}) == put
     assert h.drops == [] and h.notices_dropped == []
     assert not h.tasks[1].done()
     await h.stop()
