@@ -183,7 +183,9 @@ class BootstrapFailures(logging.Handler):
     """Why the bootstrap failed. kafka-python 3 retries a failed bootstrap connection
     until ``max_block_ms`` and then raises "Unable to bootstrap", dropping the cause (a
     refused SASL login, a broker that closes the connection); it only logs each one, from
-    the thread that bootstraps, as "Bootstrap connection to <node> failed: <error>"."""
+    the thread that bootstraps, as "Bootstrap connection to <node> failed: <error>".
+    ``last``: the latest such error, unless it is the attempt the deadline cut short
+    ("timed out") and an earlier one says more."""
 
     LOGGER: Final = "kafka.net.manager"
 
@@ -204,7 +206,9 @@ class BootstrapFailures(logging.Handler):
                 and record.msg.startswith("Bootstrap connection to")
                 and isinstance(record.args, tuple) and len(record.args) >= 2
                 and isinstance(record.args[1], BaseException)):
-            self.last = record.args[1]
+            error = record.args[1]
+            if self.last is None or "timed out" not in str(error):
+                self.last = error
 
 
 def discard(producer: Producer) -> None:
