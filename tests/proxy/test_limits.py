@@ -134,6 +134,22 @@ async def _raw(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection(parts.hostname, parts.port)
 
 
+async def _exchange(url: str, data: bytes, later: bytes = b"", *, whole: bool = False,
+                    timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a new connection (``later`` 0.1 s after, once the handler is
+    reading the body); the reply's head, or with ``whole`` all until the sidecar closes."""
+    reader, writer = await _raw(url)
+    try:
+        writer.write(data)
+        if later:
+            await asyncio.sleep(0.1)
+            writer.write(later)
+        reply = reader.read() if whole else reader.readuntil(b"\r\n\r\n")
+        return await asyncio.wait_for(reply, timeout)
+    finally:
+        writer.close()
+
+
 async def test_expect_100_continue_is_answered_before_the_body(
     make_sidecar: Any, upstream: Any
 ) -> None:
@@ -157,14 +173,9 @@ async def test_a_body_over_the_limit_gets_413_instead_of_100_continue(
     make_sidecar: Any, upstream: Any
 ) -> None:
     sc = await make_sidecar(max_body_bytes="1KiB")
-    reader, writer = await _raw(sc.url)
-    try:
-        writer.write(b"POST /text HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
-                     b"Expect: 100-continue\r\n\r\n")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        assert head.startswith(b"HTTP/1.1 413")
-    finally:
-        writer.close()
+    head = await _exchange(sc.url, b"POST /text HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")
     assert upstream.hits == 0
 
 
@@ -172,14 +183,9 @@ async def test_a_body_that_stops_coming_gets_408_within_idle_timeout(
     make_sidecar: Any, upstream: Any
 ) -> None:
     sc = await make_sidecar(idle_timeout="300ms")
-    reader, writer = await _raw(sc.url)
     started = time.monotonic()
-    try:  # a client that stalls mid-body
-        writer.write(b"POST /text HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
-                     + b"x" * 10)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    finally:
-        writer.close()
+    head = await _exchange(sc.url, b"POST /text HTTP/1.1\r\nHost: x\r\n"  # stalls mid-body
+                           b"Content-Length: 100\r\n\r\n" + b"x" * 10, timeout=10)
     assert time.monotonic() - started < 5
     assert head.startswith(b"HTTP/1.1 408") and b"x-inference-id" in head.lower()
     (event,) = await sc.events(1)
@@ -193,16 +199,10 @@ async def test_a_chunk_refused_part_way_through_the_body_gets_400_at_once(
     # aiohttp's parser refuses the chunk, queues its 400 for after the request and
     # leaves the body open: the reader used to wait out idle_timeout for a 408.
     sc = await make_sidecar(idle_timeout="60s")
-    reader, writer = await _raw(sc.url)
     started = time.monotonic()
-    try:
-        writer.write(b"POST /text HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"5\r\nhello\r\n")
-        await asyncio.sleep(0.1)  # the handler is reading the body by now
-        writer.write(b"zz\r\n")
-        reply = await asyncio.wait_for(reader.read(), 10)  # answered, then closed
-    finally:
-        writer.close()
+    reply = await _exchange(  # answered, then closed
+        sc.url, b"POST /text HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n", b"zz\r\n", whole=True, timeout=10)
     assert time.monotonic() - started < 5
     assert reply.startswith(b"HTTP/1.1 400") and b'"error":"bad_framing"' in reply, reply
     assert reply.lower().count(b"x-inference-id:") == 1  # the queued 400 is not sent too
@@ -278,14 +278,9 @@ async def test_absolute_form_targets_are_accepted_and_asterisk_is_a_400(
     of one model server, and is the client's error (rejected), not the upstream's."""
     sc = await make_sidecar()
     for target, status in ((b"http://public.example/v1/models?x=1", b"200"), (b"*", b"400")):
-        reader, writer = await _raw(sc.url)
-        try:
-            writer.write(b"OPTIONS " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                         if target == b"*" else
-                         b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        finally:
-            writer.close()
+        method = b"OPTIONS " if target == b"*" else b"GET "
+        head = await _exchange(sc.url, method + target
+                               + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert head.split(b" ")[1] == status and b"x-inference-id" in head.lower()
     events = await sc.events(2)
     assert [(e.status, e.outcome) for e in events] == [(200, "ok"), (400, "rejected")]
@@ -298,13 +293,9 @@ async def test_a_transfer_coding_other_than_chunked_gets_501_unforwarded(
     # RFC 9112 §6.1: the parser removes the chunked framing only; the gzip bytes must not
     # reach the model as if they were the body
     sc = await make_sidecar()
-    reader, writer = await _raw(sc.url)
-    try:
-        writer.write(b"POST /text HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n"
-                     b"\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    finally:
-        writer.close()
+    head = await _exchange(sc.url, b"POST /text HTTP/1.1\r\nHost: x\r\n"
+                           b"Transfer-Encoding: gzip, chunked\r\n"
+                           b"\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 501") and b"x-inference-id" in head.lower()
     (event,) = await sc.events(1)
     assert (event.status, event.outcome) == (501, "rejected")
@@ -318,14 +309,10 @@ async def test_transfer_encoding_in_http_1_0_is_refused_and_the_connection_close
     # body otherwise, so what follows on the connection (here a pipelined request) must
     # not be read as a request (a desync).
     sc = await make_sidecar()
-    reader, writer = await _raw(sc.url)
-    try:
-        writer.write(b"POST /text HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-                     b"GET /text HTTP/1.1\r\nHost: x\r\n\r\n")
-        reply = await asyncio.wait_for(reader.read(), 5)  # until the sidecar closes
-    finally:
-        writer.close()
+    reply = await _exchange(sc.url, b"POST /text HTTP/1.0\r\nHost: x\r\n"
+                            b"Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"5\r\nhello\r\n0\r\n\r\nGET /text HTTP/1.1\r\nHost: x\r\n\r\n",
+                            whole=True)  # until the sidecar closes
     assert reply.startswith(b"HTTP/1.0 400") and b'"error":"bad_framing"' in reply, reply
     assert reply.lower().count(b"x-inference-id:") == 1  # the pipelined one: unanswered
     (event,) = await sc.events(1)
@@ -338,13 +325,9 @@ async def test_an_absolute_form_target_s_authority_is_the_forwarded_host(
 ) -> None:
     # RFC 9112 §3.2.2: the Host header is ignored for the target's authority
     sc = await make_sidecar()
-    reader, writer = await _raw(sc.url)
-    try:
-        writer.write(b"GET http://target.example/echo-headers HTTP/1.1\r\n"
-                     b"Host: header.example\r\nConnection: close\r\n\r\n")
-        response = await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
+    response = await _exchange(sc.url, b"GET http://target.example/echo-headers HTTP/1.1\r\n"
+                               b"Host: header.example\r\nConnection: close\r\n\r\n",
+                               whole=True)
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert json.loads(body)["x-forwarded-host"] == "target.example"
