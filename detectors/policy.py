@@ -68,6 +68,12 @@ class PolicyParams:
     def __post_init__(self) -> None:
         for key in ("routes", "methods", "content_types", "purposes"):
             _strings(key, getattr(self, key))
+        for ctype in self.content_types:
+            # A request's type is compared without its parameters (charset, boundary), so
+            # an entry with parameters, or no type/subtype at all, could never match.
+            if not _MEDIA_TYPE.fullmatch(ctype.strip().lower()):
+                raise ParamError("content_types", f"{ctype[:64]!r} is not a media type "
+                                 "without parameters (e.g. application/json)")
         if self.purposes and not self.purpose_header:
             raise ParamError("purposes", "needs purpose_header")
         if not isinstance(self.params, dict):
@@ -115,7 +121,7 @@ class Policy(_Abuse):
         p = self.params
         self.routes = frozenset(p.routes)
         self.methods = frozenset(m.upper() for m in p.methods)
-        self.content_types = frozenset(c.lower() for c in p.content_types)
+        self.content_types = frozenset(c.strip().lower() for c in p.content_types)
         self.purpose_header = p.purpose_header.lower()
         self.purposes = frozenset(p.purposes)
 
