@@ -9,7 +9,8 @@ cost more and answer less (no per-client windows, collisions blame the innocent)
 clients that matter are the active ones, and an attacker sending a request every few
 seconds stays at the hot end; a client evicted after ``capacity`` other clients came and
 went starts again from nothing, which only delays a very slow attacker (``evictions``
-counts them). Rotating client ids to stay under the per-client thresholds is what the
+counts them, and a sidecar exports them: a steady count says ``max_clients`` is too small for
+the traffic). Rotating client ids to stay under the per-client thresholds is what the
 global detectors (global rate, campaign-wide duplicates) are for.
 
 Events without a ``client_id`` share one bucket, ``SHARED``.
@@ -50,6 +51,7 @@ class ClientTable(Generic[S]):
         self.capacity = capacity
         self.states: OrderedDict[str, S] = OrderedDict()
         self.evictions = 0
+        self.reported = 0  # evictions already handed on by ``DetectorSet.take_evictions``
 
     def get(self, client: str) -> S:
         state = self.states.get(client)

@@ -23,6 +23,7 @@ from typing import Any
 from detectors.abuse import ErrorProbing, ErrorProbingParams, RateBurst, RateBurstParams
 from detectors.base import Alert, Detector, NullDetector, Observation
 from detectors.categorical import ChiSquareDrift, ChiSquareParams
+from detectors.clients import ClientTable
 from detectors.drift import (
     ADWINDrift,
     ADWINParams,
@@ -166,6 +167,17 @@ class DetectorSet:
             for alert in raised:
                 alerts.append(self._stamp(alert, spec, event))
         return alerts
+
+    def take_evictions(self) -> dict[str, int]:
+        """Client states each per-client detector evicted (``max_clients``) since the last
+        call, by detector name; detectors without any are left out."""
+        out: dict[str, int] = {}
+        for spec, detector in zip(self.specs, self.detectors, strict=True):
+            table = getattr(detector, "clients", None)
+            if isinstance(table, ClientTable) and table.evictions != table.reported:
+                out[spec.name] = table.evictions - table.reported
+                table.reported = table.evictions
+        return out
 
     def observe(self, event: Mapping[str, Any]) -> list[Observation | None]:
         """After ``update(event)``: each detector's ``observe(event)``, in ``specs`` order

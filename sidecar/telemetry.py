@@ -219,6 +219,12 @@ class Metrics:
             f"{n}_detector_errors_total", "Events a detector raised on (skipped for it).",
             ["detector"], registry=registry,
         )
+        self.detector_evictions = Counter(
+            f"{n}_detector_evictions_total",
+            "Client states a per-client detector dropped to stay within its max_clients (the "
+            "client starts again from nothing).",
+            ["detector"], registry=registry,
+        )
         self.detector_reloads = Counter(
             f"{n}_detector_reloads_total",
             "Detectors file reloads: applied, unchanged, or rejected (the old one stays).",

@@ -58,11 +58,13 @@ def steady_time() -> float:
 class Gate:
     def __init__(self, config: DetectorsConfig, previous: Gate | None = None,
                  clock: Callable[[], float] = steady_time,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None,
+                 on_evict: Callable[[str, int], None] | None = None) -> None:
         specs = [s for s in config.specs if s.mode == "enforce"]
         # A detector that throws lets the request through (fail open for that one
         # check); on_error makes that visible (..._detector_errors_total).
         self.set = DetectorSet(specs, config.digest, on_error)
+        self.on_evict = on_evict  # (detector, client states evicted since the last call)
         self.clock: Callable[[], float] = clock if previous is None else previous.clock
         if previous is not None:  # a reload must not release a client mid-burst
             kept = {s.name: (s, d)
@@ -110,6 +112,9 @@ class Gate:
                 features["params"] = request_params(doc, self._params)
             view["features"] = features
         alerts = self.set.update(view)
+        if self.on_evict is not None and self._rates:  # the enforce types that keep clients
+            for name, count in self.set.take_evictions().items():
+                self.on_evict(name, count)
         # A rate is one client's doing: global bursts, and requests without a client id
         # (they share one bucket), alert but refuse no one.
         identified = event.client_id is not None

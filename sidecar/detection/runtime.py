@@ -68,8 +68,10 @@ class Detection:
     def _use(self, config: DetectorsConfig) -> None:
         self.config = config
         self.plan = Plan.of(config)
+        metrics = self._metrics
         self.gate = Gate(config, getattr(self, "gate", None),
-                         on_error=lambda name: self._metrics.detector_errors.labels(name).inc())
+                         on_error=lambda name: metrics.detector_errors.labels(name).inc(),
+                         on_evict=lambda name, n: metrics.detector_evictions.labels(name).inc(n))
         self._metrics.detectors_info.clear()
         self._metrics.detectors_info.labels(config.digest, config.source).set(1)
         self._metrics.drift.configure(

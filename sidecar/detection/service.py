@@ -27,6 +27,9 @@ from sidecar.detection.observed import Plan
 # event JSON, request body, its content type, buffered response body, request headers
 Item = tuple[bytes, bytes | None, str | None, bytes | None, dict[str, str]]
 Result = tuple[dict[str, Any], list[dict[str, Any]]]  # features, alerts (Alert.to_dict)
+# per event (None: not detected), then detector errors and client evictions since the
+# last call, by detector name
+Reply = tuple[list[Result], dict[str, int], dict[str, int]]
 
 
 def monitor_set(config: DetectorsConfig, old: DetectorSet | None = None) -> DetectorSet:
@@ -60,12 +63,13 @@ class DetectionService:
             return self.config.digest
         return self.batch(message[1])
 
-    def batch(self, items: list[Item]) -> tuple[list[Result], dict[str, int]]:
-        """Features and alerts per event, and detector errors since the last call."""
+    def batch(self, items: list[Item]) -> Reply:
+        """Features and alerts per event; detector errors and client evictions since the
+        last call."""
         results = [self.one(*item) for item in items]
         errors = {name: n - self._errors.get(name, 0) for name, n in self.set.errors.items()}
         self._errors = dict(self.set.errors)
-        return results, {name: n for name, n in errors.items() if n}
+        return results, {name: n for name, n in errors.items() if n}, self.set.take_evictions()
 
     def one(self, data: bytes, body: bytes | None, ctype: str | None,
             response: bytes | None, headers: dict[str, str]) -> Result:

@@ -29,7 +29,7 @@ import orjson
 from detectors.config import DetectorsConfig
 from sidecar.detection.extract import MAX_PARSE
 from sidecar.detection.observed import Observed
-from sidecar.detection.service import DetectionService, Item, Result
+from sidecar.detection.service import DetectionService, Item, Reply, Result
 from sidecar.events.model import InferenceEvent
 from sidecar.events.notices import NoticeEvent, alert_events
 from sidecar.logs import get_logger
@@ -39,6 +39,8 @@ from sidecar.telemetry import Metrics
 from sidecar.workers.child import Child, WorkerError, WorkerRefused
 
 log = get_logger("detection")
+
+Counts = dict[str, int]  # by detector name
 
 # Per call, plus PER_EVENT_S per event in it (a batch of 256 normally takes ~30 ms). Short:
 # responses no longer wait for this stage (their events are written ahead), but events
@@ -140,7 +142,7 @@ class DetectionStage(WorkerStage):
             work.append((event, observed))
         return work
 
-    def _detect(self, work: Work) -> tuple[list[Result | None], dict[str, int]] | None:
+    def _detect(self, work: Work) -> tuple[list[Result | None], Counts, Counts] | None:
         """Stage thread: the batch in one call to the worker, or a few when its bodies
         are large; ``None`` for the events of a call that failed (and of the calls after
         it: the worker's state is gone)."""
@@ -149,10 +151,11 @@ class DetectionStage(WorkerStage):
              _cut(o.response_body), o.headers)
             for event, o in work]
         results: list[Result | None] = []
-        errors: dict[str, int] = {}
+        errors: Counts = {}
+        evictions: Counts = {}
         for part, size in _calls(items):
             try:
-                reply: tuple[list[Result], dict[str, int]] = self._child.call(
+                reply: Reply = self._child.call(
                     ("batch", part),
                     CALL_TIMEOUT_S + PER_EVENT_S * len(part) + PER_MIB_S * size / 1024**2)
             except WorkerRefused as exc:  # this call only: the worker and its state are fine
@@ -170,17 +173,20 @@ class DetectionStage(WorkerStage):
                 results += [None] * missed
                 break
             results += reply[0]
-            for name, count in reply[1].items():
-                errors[name] = errors.get(name, 0) + count
+            for counts, more in ((errors, reply[1]), (evictions, reply[2])):
+                for name, count in more.items():
+                    counts[name] = counts.get(name, 0) + count
         else:
             self.problem = None
-        return results, errors
+        return results, errors, evictions
 
-    def _apply(self, work: Work, reply: tuple[list[Result | None], dict[str, int]],
+    def _apply(self, work: Work, reply: tuple[list[Result | None], Counts, Counts],
                notices: list[NoticeEvent]) -> None:
-        results, errors = reply
+        results, errors, evictions = reply
         for name, count in errors.items():
             self._metrics.detector_errors.labels(name).inc(count)
+        for name, count in evictions.items():
+            self._metrics.detector_evictions.labels(name).inc(count)
         for (event, observed), result in zip(work, results, strict=True):
             if result is None:
                 continue

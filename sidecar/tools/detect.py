@@ -299,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signum, handler)
     log.info("detect stopped", extra={"fields": {
         **vars(stats), "alerts": dict(stats.alerts), "status": status,
-        "detector_errors": {k: v for k, v in detectors.errors.items() if v}}})
+        "detector_errors": {k: v for k, v in detectors.errors.items() if v},
+        "detector_evictions": detectors.take_evictions()}})
     print(stats.line(), file=sys.stderr)
     return status
 

@@ -50,8 +50,9 @@ def item(n: int, body: bytes | None, *, response: bytes | None = None, ctype: st
 
 def batch(service: DetectionService, items: list[Item]
           ) -> tuple[list[tuple[dict[str, Any], list[dict[str, Any]]]], dict[str, int]]:
-    results, errors = service.handle(("batch", items))
-    orjson.dumps([results, errors])  # what goes back over the worker's pipe is plain data
+    results, errors, evictions = service.handle(("batch", items))
+    # what goes back over the worker's pipe is plain data
+    orjson.dumps([results, errors, evictions])
     return results, errors
 
 

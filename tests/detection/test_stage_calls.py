@@ -60,7 +60,7 @@ def test_a_batch_of_bodies_over_the_frame_limit_is_detected_in_several_calls(
     assert 8 * len(big) > FRAME_MAX  # in one call, the child would refuse it and exit
     reply = stage._detect(work(bodies))
     assert reply is not None
-    results, _ = reply
+    results, _, _ = reply
     assert len(results) == 9 and all(r is not None for r in results)
     assert len(calls) >= 2 and sum(calls) == 9
     pid = stage._child.pid
@@ -82,7 +82,7 @@ def test_the_child_refuses_an_oversized_message_without_dying() -> None:
         with pytest.raises(WorkerError, match="frame limit"):
             child.call(("batch", [b"x" * (FRAME_MAX + 1)]), 5.0)
         assert child.pid == pid
-        assert child.call(("batch", []), 5.0) == ([], {})
+        assert child.call(("batch", []), 5.0) == ([], {}, {})
     finally:
         child.close()
 

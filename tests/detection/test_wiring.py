@@ -419,3 +419,34 @@ def test_an_enforce_detector_that_throws_is_counted_in_detector_errors(
     detection.observe(make_event(1, client_id="c1"), b"{}", {"content-type": "application/json"})
     assert metrics.registry.get_sample_value(
         "inference_sidecar_detector_errors_total", {"detector": "rate"}) == 1.0
+
+
+EVICTING = """
+detectors:
+  - {name: watch-rate, type: rate_burst, params: {max_clients: 2}}
+  - {name: hold-rate, type: rate_burst, mode: enforce, params: {max_clients: 2}}
+"""
+
+
+async def test_client_states_dropped_past_max_clients_are_exported(
+    make_sidecar: SidecarFactory, client: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    # A security team sizes max_clients from this: a steady count means clients are being
+    # forgotten (a slow attacker's rate starts again from nothing).
+    path = tmp_path / "detectors.yaml"
+    write(path, EVICTING)
+    key = tmp_path / "client-id.key"
+    key.write_bytes(os.urandom(32))
+    sc = await make_sidecar(events_file=str(tmp_path / "events.jsonl"), detectors=str(path),
+                            client_id_source="header:x-client-id", client_id_key_file=str(key))
+    for name in ("a", "b", "c", "d", "e", "a"):  # 6 clients' requests over a table of 2
+        assert (await post(client, sc.url, BENIGN, **{"x-client-id": name}))[0] == 200
+    text = ""
+    for _ in range(100):  # the monitor-mode count comes back with its worker's batch
+        text = await metrics(client, sc)
+        if metric(text, "inference_sidecar_detector_evictions_total", detector="watch-rate"):
+            break
+        await asyncio.sleep(0.1)
+    for detector in ("watch-rate", "hold-rate"):
+        assert metric(text, "inference_sidecar_detector_evictions_total",
+                      detector=detector) == 4.0, text

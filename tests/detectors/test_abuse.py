@@ -125,6 +125,11 @@ def test_memory_is_bounded_with_a_million_client_ids() -> None:
         assert len(table) == 1_000 and table.evictions >= 998_000
     assert sizes[1] <= sizes[0] * 1.2
     assert all(n == 0 for n in detectors.errors.values())
+    # what the sidecar exports: each table's evictions, handed on once
+    taken = detectors.take_evictions()
+    assert taken == {spec.name: detector.clients.evictions  # type: ignore[attr-defined]
+                     for spec, detector in zip(specs, detectors.detectors, strict=True)}
+    assert detectors.take_evictions() == {}
 
 
 def test_extraction_counts_a_late_event_once_not_more() -> None:
