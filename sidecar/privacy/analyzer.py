@@ -55,7 +55,7 @@ from sidecar.privacy import recognizers as ours
 from sidecar.privacy import windowing
 from sidecar.privacy.cache import DigestCache
 from sidecar.privacy.entities import CUSTOM_ENTITIES, NER_ENTITIES, PRESIDIO_PATTERN_ENTITIES
-from sidecar.privacy.fold import fold
+from sidecar.privacy.fold import to_text, view
 from sidecar.privacy.prefilter import Cut, Radius, Scanner, Token, Whole, max_width, no_space
 from sidecar.privacy.profile import PrivacyProfile
 
@@ -157,9 +157,12 @@ class Analyzer:
             results = self.engine.analyze(text=text, language=LANGUAGE, entities=entities,
                                           score_threshold=threshold)
         else:
-            # Same length as ``text``: the offsets hold for it (see fold.py).
-            scanned = self.scanner.scan(fold(text), entities)
+            seen, where = view(text)  # offsets mapped back when it took characters out
+            scanned = self.scanner.scan(seen, entities)
             results = [r for r in scanned if r.score >= threshold]
+            if where is not None:
+                for r in results:
+                    r.start, r.end = to_text(where, r.start, r.end)
             ner = [e for e in entities if e in self._ner]
             if ner:
                 results += self.engine.analyze(text=text, language=LANGUAGE, entities=ner,

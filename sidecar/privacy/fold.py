@@ -22,6 +22,22 @@ are found as well.
 True
 >>> fold("plain ASCII is returned as it is")
 'plain ASCII is returned as it is'
+
+``view`` is what the tuned recognizers actually read: the folded text, then two changes a
+pattern's boundaries need, whose offsets it maps back:
+
+- invisible format characters (zero-width space, joiners, word joiner, byte order mark)
+  are taken out: inside an address or a key they split it for every pattern
+  ("jane\\u200b@example.org"), and folded to a space they did the same;
+- a letter of a script written without spaces between words (Han, kana, Hangul, Thai ...)
+  next to an ASCII letter or digit reads as a space: "メールはjane@example.comです" is one
+  run of ``\\w`` to every pattern, and the address, the phone or card number inside it
+  went through. Only at that junction: an address whose domain is written in such a
+  script ("jane@例え.jp") stays as it is.
+
+>>> text, where = view("mail jane\u200b@example.orgです")
+>>> text, where[text.index("@")] == text.index("@") + 1
+('mail jane@example.org す', True)
 """
 
 from __future__ import annotations
@@ -31,12 +47,26 @@ import re
 import unicodedata
 from typing import Final
 
+# Format characters with no width, which a writer (or an attacker) can put inside a value.
+_INVISIBLE: Final = re.compile("[\u180e\u200b\u200c\u200d\u2060-\u2064\ufeff]")
+# Letters of scripts written without spaces between words (and Korean, whose particles
+# attach to the word before them): Thai, Lao, Myanmar, Hangul jamo, Khmer, kana,
+# bopomofo, Hangul compatibility jamo, Han (extension A, unified, compatibility), Hangul
+# syllables, half-width kana and Hangul, and Han past the basic plane.
+# Not the prolonged sound mark (nor its half-width form): next to ASCII it stands for a
+# dash ("03ー1234ー5678", "johnーokafor@example.io"), which the patterns read as it is.
+_NO_SPACE: Final = ("\u0e01-\u0e4f\u0e5a\u0e5b\u0e81-\u0ecf\u0edc-\u0edf\u1000-\u103f"
+                    "\u1050-\u108f\u1100-\u11ff\u1780-\u17df\u3041-\u30fb\u30fd-\u30ff"
+                    "\u3105-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3"
+                    "\uf900-\ufaff\uff66-\uff6f\uff71-\uffdc\U00020000-\U0003134f")
+_GLUED: Final = re.compile(f"(?<=[A-Za-z0-9])[{_NO_SPACE}]|[{_NO_SPACE}](?=[A-Za-z0-9])")
+
 # Past U+1FBF9 (segmented digits, Unicode 13) no character is a decimal digit.
 _DIGITS_END: Final = 0x1FC00
-# White space written inside numbers: no-break, figure, narrow no-break, ideographic, the
-# typographic spaces, and the zero-width ones phonenumbers skips inside a number.
+# White space written inside numbers: no-break, figure, narrow no-break, ideographic and
+# the typographic spaces. (The zero-width ones are taken out: ``view``.)
 _SPACES: Final = "\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009" \
-                 "\u200a\u200b\u202f\u205f\u2060\u3000"
+                 "\u200a\u202f\u205f\u3000"
 # Dashes phonenumbers takes as separators: soft hyphen, the hyphens and dashes, minus. Not
 # the prolonged sound mark "\u30fc" Japanese numbers are written with: it is a letter to
 # ``\\w``; the phone anchor accepts it as it is (windowing.py).
@@ -92,3 +122,22 @@ def fold(text: str) -> str:
         # each kind that does on its own.
         found = basic.search(text, found.end()) or astral.search(text, found.end())
     return text if found is None else text.translate(_table())
+
+
+def view(text: str) -> tuple[str, list[int] | None]:
+    """The text the tuned recognizers read (see above), and for each of its characters
+    the offset of the one it stands for in ``text`` (``None``: the same offsets)."""
+    folded = fold(text)
+    if folded.isascii():
+        return folded, None
+    where: list[int] | None = None
+    if _INVISIBLE.search(folded):
+        where = [i for i, char in enumerate(folded) if not _INVISIBLE.match(char)]
+        folded = "".join(folded[i] for i in where)
+    return _GLUED.sub(" ", folded), where
+
+
+def to_text(where: list[int], start: int, end: int) -> tuple[int, int]:
+    """A span of the view as a span of the text it was made from, what was taken out
+    within it included."""
+    return where[start], where[end - 1] + 1 if end > start else where[start]

@@ -251,3 +251,25 @@ def test_the_e_mail_pattern_is_presidio_s_with_its_domain_labels_narrowed() -> N
 
     (pattern,) = OfflineEmailRecognizer().patterns
     assert OfflineEmailRecognizer._LABELS in pattern.regex
+
+
+GLUED_OR_HIDDEN = [
+    # written against text in scripts without spaces (one run of \w to every pattern)
+    ("メールは{}です", "jane.doe@example.com"), ("電話は{}です", "090-1234-5678"),
+    ("カード番号{}です", "4111111111111111"), ("{}으로 보내 주세요", "jane@example.com"),
+    ("อีเมล{}ครับ", "jane@example.com"),
+    # split by invisible format characters
+    ("mail {} now", "jane\ufeff@example.org"), ("mail {} now", "bob@exam\u2060ple.net"),
+    ("key {} now", "sk-proj\u200bABCDEFGHIJKLMNOPQRSTUVWX1234"),
+    ("key {} now", "AKIA\u200bIOSFODNN7EXAMPLE"), ("call {} now", "+1 212\u200d555\u200d0199"),
+]
+
+
+@pytest.mark.parametrize(("around", "value"), GLUED_OR_HIDDEN)
+def test_values_glued_to_unspaced_scripts_or_split_by_invisibles_are_found(
+        analyzer: Analyzer, strict: PrivacyProfile, around: str, value: str) -> None:
+    text = around.format(value)
+    [found] = analyzer.analyze([text], strict.entities, strict.score_threshold)
+    start = text.index(value)
+    assert any(f.start <= start and start + len(value) <= f.end for f in found), (
+        [(f.entity_type, text[f.start:f.end]) for f in found])

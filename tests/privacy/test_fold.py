@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.privacy import fold as fold_module
-from sidecar.privacy.fold import fold
+from sidecar.privacy.fold import fold, to_text, view
 
 WORD, DIGIT, SPACE = re.compile(r"\w"), re.compile(r"\d"), re.compile(r"\s")
 
@@ -68,3 +68,45 @@ def test_separators_in_numbers_become_ascii() -> None:
 def test_text_with_nothing_to_fold_is_returned_itself() -> None:
     text = "Grüße aus Köln, naïve café"
     assert fold(text) is text
+
+
+# ``view``: what the tuned recognizers read.
+INVISIBLES = "\u200b\u200c\u200d\u2060\ufeff"
+VIEWED = st.text(st.sampled_from(["a", "1", " ", "@", ".", "\u00e9", "\uff15", "\u30fc", "\u4f8b",
+                                  "\uac00", "\u0e01", "\U00020001", *INVISIBLES]))
+
+
+@given(VIEWED)
+def test_the_view_maps_every_character_back_to_the_one_it_stands_for(text: str) -> None:
+    seen, where = view(text)
+    if where is None:
+        assert len(seen) == len(text)
+        where = list(range(len(text)))
+    assert len(where) == len(seen) and where == sorted(set(where))
+    folded = fold(text)
+    for i, at in enumerate(where):
+        assert seen[i] == folded[at] or seen[i] == " "  # a glued letter reads as a space
+    taken = set(range(len(text))) - set(where)
+    assert all(text[i] in INVISIBLES for i in taken)
+    if seen:
+        assert to_text(where, 0, len(seen)) == (where[0], where[-1] + 1)
+
+
+def test_invisible_characters_are_taken_out_of_values() -> None:
+    text = "mail jane\u200b@exam\u2060ple.org, key sk-\ufeffabc"
+    seen, where = view(text)
+    assert seen == "mail jane@example.org, key sk-abc"
+    assert where is not None
+    start = seen.index("jane")
+    assert text[slice(*to_text(where, start, start + len("jane@example.org")))] == \
+        "jane\u200b@exam\u2060ple.org"
+
+
+def test_letters_of_unspaced_scripts_next_to_ascii_read_as_spaces() -> None:
+    assert view("メールはjane@example.comです")[0] == "メール jane@example.com す"
+    assert view("電話は090-1234-5678です")[0] == "電話 090-1234-5678 す"
+    assert view("jane@example.com으로")[0] == "jane@example.com 로"
+    assert view("อีเมลjane@example.comครับ")[0] == "อีเม jane@example.com รับ"
+    # not inside a domain written in such a script, nor between two of its letters
+    assert view("to jane@例え.jp now")[0] == "to jane@例え.jp now"
+    assert view("03ー1234ー5678")[0] == "03ー1234ー5678"  # the sound mark, for a dash
