@@ -35,6 +35,7 @@ import yaml
 from detectors.base import MODES, SEVERITIES, ParamError
 from detectors.features import TRANSFORMS, FeatureError
 from detectors.registry import TYPES, DetectorSpec, DetectorType, build
+from detectors.yamlfile import UniqueKeyLoader, yaml_problem
 
 DEFAULT_SOURCE: Final = "detectors/default.yaml (built in)"
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
@@ -86,9 +87,10 @@ def parse_config(text: str, source: str) -> DetectorsConfig:
     detectors.config.DetectorConfigError: d.yaml: detectors[0].params.delta: must be between...
     """
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DetectorConfigError(source, "(file)", f"not valid YAML: {exc}") from exc
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise DetectorConfigError(source, "(file)", f"not valid YAML: {yaml_problem(exc)}") \
+            from None
     return config_from_dict(data, source)
 
 

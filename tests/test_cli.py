@@ -205,7 +205,7 @@ def test_bad_value_in_yaml_file_exits_2_naming_file_and_key(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        (b"listen: a: b\n", "not valid YAML at line 1"),
+        (b"listen: a: b\n", "not valid YAML: mapping values are not allowed here at line 1"),
         (b"- a\n- b\n", "expected a mapping"),
         (b"lissen: 127.0.0.1:1\n", "unknown key 'lissen'"),
         (b"model_name: caf\xe9\n", ""),  # Latin-1, not UTF-8

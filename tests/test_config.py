@@ -956,7 +956,7 @@ def test_an_in_memory_log_too_small_for_an_event_is_rejected() -> None:
 
 def test_a_config_file_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, "routes: " + "[" * 500 + "]" * 500 + "\n")  # RecursionError
-    with pytest.raises(ConfigError, match=r"nested too deeply to be settings$"):
+    with pytest.raises(ConfigError, match=r"not valid YAML: nested too deeply$"):
         load(config_path=path)
 
 
@@ -1177,7 +1177,21 @@ def test_invalid_yaml_names_file_and_line(tmp_path: Path, text: str, line: int) 
     path = write_yaml(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load(config_path=path)
-    assert str(info.value) == f"config file {path}: not valid YAML at line {line}"
+    assert str(info.value).startswith(f"config file {path}: not valid YAML: ")
+    assert str(info.value).endswith(f" at line {line}")
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("log_level: info\n---\nlog_level: debug\n",
+     "expected a single document in the stream, but found another document at line 2"),
+    ("model_name: !!python/object:os.system x\n",
+     "could not determine a constructor for the tag 'tag:yaml.org,2002:python/object:os.system'"),
+])
+def test_invalid_yaml_says_what_is_wrong(tmp_path: Path, text: str, said: str) -> None:
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(config_path=path)
+    assert str(info.value).startswith(f"config file {path}: not valid YAML: {said}")
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
@@ -1358,3 +1372,42 @@ def test_a_wal_max_bytes_too_small_for_the_default_segments_names_the_setting_se
         load(flags={"wal_max_bytes": "1MiB"})
     assert str(info.value) == ("flag --wal-max-bytes: expected at least twice "
                                "wal_segment_bytes (8388608), got 1048576")
+
+
+@pytest.mark.parametrize("written", ["off", "OFF", "'off'", "Off"])
+def test_detectors_off_as_yaml_reads_it_is_off(tmp_path: Path, written: str) -> None:
+    # The documented value, unquoted, is YAML's false.
+    path = write_yaml(tmp_path, f"detectors: {written}\n")
+    assert load(config_path=path).detectors == "off"
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    # passed check-config, then serve failed to bind the second listener
+    ({"listen": "127.0.0.1:47180", "admin_listen": "127.0.0.1:47180"},
+     "flag --admin-listen: expected an address other than listen's (127.0.0.1:47180)"),
+    ({"listen": "127.0.0.1:9090"},
+     "admin_listen (default): expected an address other than listen's (127.0.0.1:9090)"),
+    ({"listen": "0.0.0.0:9191", "admin_listen": "127.0.0.1:9191"}, "expected an address other"),
+    # every request came back to the sidecar: one POST wrote 358 events
+    ({"listen": "127.0.0.1:47580", "upstream_url": "http://127.0.0.1:47580"},
+     "flag --upstream-url: expected the model server's address, got the sidecar's own listen "
+     "(127.0.0.1:47580)"),
+    ({"listen": "0.0.0.0:8080", "upstream_url": "http://localhost:8080/v1"},
+     "got the sidecar's own listen"),
+    ({"upstream_url": "http://127.0.0.1:9090"}, "got the sidecar's own admin_listen"),
+    ({"wal_dir": "/tmp/same", "events_file": "/tmp/same"},
+     "flag --events-file: expected a file outside wal_dir (/tmp/same), got /tmp/same"),
+    ({"wal_dir": "/tmp/wal", "events_file": "/tmp/wal/events.jsonl"}, "outside wal_dir"),
+])
+def test_settings_that_collide_are_refused_before_serving(
+        flags: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(flags=flags)
+    assert message in str(info.value)
+
+
+def test_addresses_that_do_not_collide_are_accepted() -> None:
+    settings = load(flags={"listen": "127.0.0.1:8080", "admin_listen": "127.0.0.1:9090",
+                           "upstream_url": "http://10.0.0.7:8080", "wal_dir": "/tmp/wal",
+                           "events_file": "/tmp/wal-events.jsonl"})
+    assert settings.listen == ("127.0.0.1", 8080)

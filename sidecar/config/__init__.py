@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 import yaml
 
+from detectors.yamlfile import UniqueKeyLoader, yaml_problem
 from sidecar.config.parsers import SecretInValue, YamlFloat, YamlInt
 from sidecar.config.settings import REQUIRED, Settings
 
@@ -41,24 +43,10 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-class _Loader(yaml.SafeLoader):
-    """``safe_load``, with numbers that remember how they were written (see
-    ``parsers.text``), and duplicate keys refused (YAML keeps the last one silently: a
-    second ``model_version`` would stamp every response with it)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # "<<: *anchor": merged keys may be overridden, as YAML means
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, str | int | float | bool):
-                continue  # unhashable or odd keys: the loader's own error follows
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+class _Loader(UniqueKeyLoader):
+    """``safe_load`` with duplicate keys refused (a second ``model_version`` would stamp
+    every response with it), and numbers that remember how they were written (see
+    ``parsers.text``)."""
 
 
 def _number(kind: type[YamlInt] | type[YamlFloat], construct: Any) -> Any:
@@ -86,15 +74,8 @@ def _read_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path}: not UTF-8 text") from None
-    except RecursionError:  # PyYAML composes nested collections recursively
-        raise ConfigError(f"config file {path}: nested too deeply to be settings") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}" if where is not None else ""
-        problem = getattr(exc, "problem", None) or ""
-        if problem.startswith("duplicate key"):
-            raise ConfigError(f"config file {path}: {problem}{at}") from None
-        raise ConfigError(f"config file {path}: not valid YAML{at}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"config file {path}: not valid YAML: {yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -214,6 +195,11 @@ def _cross_check(s: Settings, sources: Mapping[str, str]) -> None:
         raise ConfigError(f"{where('client_id_key_file')}: expected a key file, since "
                           "client_id_source "
                           f"is {s.client_id_source!r}")
+    _check_addresses(s, where)
+    wal, events = os.path.abspath(s.wal_dir), os.path.abspath(s.events_file)
+    if events == wal or events.startswith(wal + os.sep):
+        raise ConfigError(f"{where('events_file')}: expected a file outside wal_dir "
+                          f"({s.wal_dir}), got {s.events_file}")
     for key in _SECRET_FILES:
         path = getattr(s, key)
         if path is None:
@@ -225,3 +211,29 @@ def _cross_check(s: Settings, sources: Mapping[str, str]) -> None:
         if not readable:
             shown = path if path.isprintable() else repr(path)
             raise ConfigError(f"{where(key)}: expected a readable file, cannot read {shown}")
+
+
+_ANY_HOST: Final = frozenset({"", "0.0.0.0", "::", "*"})
+_LOOPBACK: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Two listen addresses that cannot both be bound (or one that reaches the other)."""
+    (host_a, port_a), (host_b, port_b) = a, b
+    return port_a == port_b != 0 and (host_a == host_b or host_a in _ANY_HOST or host_b in _ANY_HOST
+                                 or (host_a in _LOOPBACK and host_b in _LOOPBACK))
+
+
+def _check_addresses(s: Settings, where: Callable[[str], str]) -> None:
+    if _same_socket(s.listen, s.admin_listen):
+        raise ConfigError(f"{where('admin_listen')}: expected an address other than listen's "
+                          f"({s.listen[0]}:{s.listen[1]})")
+    parts = urlsplit(s.upstream_url)
+    upstream = ((parts.hostname or "").strip("[]").lower(),
+                parts.port or (443 if parts.scheme == "https" else 80))
+    for key in ("listen", "admin_listen"):
+        host, port = getattr(s, key)
+        # the sidecar's own port on this host: every request would come back to it
+        if upstream[1] == port != 0 and upstream[0] in _LOOPBACK | {host}:
+            raise ConfigError(f"{where('upstream_url')}: expected the model server's address, "
+                              f"got the sidecar's own {key} ({host}:{port})")

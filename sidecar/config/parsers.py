@@ -64,6 +64,19 @@ def optional_text(raw: Any) -> str | None:
     return None if raw is None or raw == "" else text(raw)
 
 
+def detectors_file(raw: Any) -> str | None:
+    """A detectors file, or ``off`` in any case: YAML reads an unquoted ``off`` (the
+    documented value) as false.
+
+    >>> detectors_file(False), detectors_file("OFF"), detectors_file("d.yaml")
+    ('off', 'off', 'd.yaml')
+    """
+    if raw is False:
+        return "off"
+    value = optional_text(raw)
+    return "off" if value is not None and value.strip().lower() == "off" else value
+
+
 def boolean(raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw

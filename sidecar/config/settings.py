@@ -148,7 +148,7 @@ class Settings:
 
     # Detectors (detectors/, sidecar/detection/): reloaded on SIGHUP and when the file changes.
     detectors: str | None = _setting(
-        None, p.optional_text,
+        None, p.detectors_file,
         "Detectors file (YAML); unset: the shipped default set; off: no detection.",
     )
 

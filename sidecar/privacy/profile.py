@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from detectors.yamlfile import UniqueKeyLoader, yaml_problem
 from sidecar.privacy import rules
 from sidecar.privacy.rules import BodyRule, EntityRule, Invalid
 
@@ -103,12 +104,9 @@ def load_profile(name_or_path: str | Path) -> PrivacyProfile:
     """
     text, source, stem = _read(name_or_path)
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(document)"
-        reason = f"not valid YAML: {getattr(exc, 'problem', None) or exc}"
-        raise ProfileError(source, where, reason) from None
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ProfileError(source, "(file)", f"not valid YAML: {yaml_problem(exc)}") from None
     try:
         return _build(raw, source, stem)
     except Invalid as exc:

@@ -36,6 +36,11 @@ def test_default_file_loads_and_digest_ignores_formatting() -> None:
         ("detectors:\n  - {name: a, type: 'null'}\n  - {name: a, type: 'null'}",
          "detectors[1].name"),
         ("detectors: [\n", "(file)"),
+        # YAML keeps the last of two equal keys, silently
+        ("detectors:\n  - {name: a, type: 'null'}\ndetectors: []", "(file)"),
+        ("detectors:\n  - {name: a, type: rate_burst, params: {factor: 3, factor: 9}}",
+         "(file)"),
+        ("detectors: " + "[" * 3000 + "]" * 3000, "(file)"),  # nested too deeply
         # loads, but the decayed error count tops out at 29.4 with half_life 20: never fires
         ("detectors:\n  - {name: a, type: error_probing, params: {min_errors: 30}}",
          "detectors[0].params.min_errors"),

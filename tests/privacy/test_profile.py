@@ -107,7 +107,12 @@ def test_digest_ignores_comments_and_order_but_not_rules(tmp_path: Path) -> None
     (MINIMAL + "query: {capture: 1}\n", "query.capture", "true or false"),
     (MINIMAL + "ner_model: ''\n", "ner_model", "spaCy model"),
     ("- just\n- a list\n", "(document)", "mapping"),
-    ("retention_class: [unclosed\n", "line 2", "not valid YAML"),
+    ("retention_class: [unclosed\n", "(file)", "not valid YAML"),
+    # YAML keeps the last of two equal keys: a second rate or operator would silently win
+    (MINIMAL + "sample_rate: 1\n", "(file)", "duplicate key 'sample_rate'"),
+    (MINIMAL + "entities: {EMAIL_ADDRESS: redact, EMAIL_ADDRESS: keep}\n", "(file)",
+     "duplicate key 'EMAIL_ADDRESS'"),
+    ("description: " + "[" * 3000 + "]" * 3000 + "\n", "(file)", "nested too deeply"),
 ])
 def test_an_invalid_profile_names_file_key_and_reason(tmp_path: Path, text: str, key: str,
                                                      reason: str) -> None:
