@@ -109,6 +109,16 @@ async def upstream() -> AsyncIterator[TestUpstream]:
         await response.write_eof()
         return response
 
+    async def broken_stream(request: web.Request) -> web.StreamResponse:
+        # An answer cut off in the middle of an address: the connection is reset.
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: Sure, I will write to you at\n\ndata:  jane.doe@exampl\n\n")
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
     async def echo_headers(request: web.Request) -> web.Response:
         # Every value of every header, in order (a dict would keep one of a repeated one).
         seen: dict[str, str] = {}
@@ -125,6 +135,7 @@ async def upstream() -> AsyncIterator[TestUpstream]:
     app = build_app()
     app.middlewares.append(record)
     app.router.add_get("/gated", gated)
+    app.router.add_get("/broken-stream", broken_stream)
     async def echo_json(request: web.Request) -> web.Response:  # the body, as JSON
         return web.Response(body=await request.read(), content_type="application/json")
 

@@ -71,6 +71,7 @@ def _captured(event: InferenceEvent, capture: Capture, chosen: Decision) -> Item
         response_body=capture.response_body if keep else None,
         response_content_type=capture.response_type,
         response_omitted=capture.response_omitted if keep else None,
+        response_cut=capture.response_cut and keep,
         query=capture.query if keep else None,
         request_headers=capture.request_headers,
         response_headers=capture.response_headers,

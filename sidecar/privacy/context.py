@@ -69,8 +69,8 @@ class Capture:
     """
 
     __slots__ = ("held", "over_budget", "profile", "query", "request_body", "request_headers",
-                 "request_type", "response_body", "response_headers", "response_omitted",
-                 "response_type", "stream")
+                 "request_type", "response_body", "response_cut", "response_headers",
+                 "response_omitted", "response_type", "stream")
 
     def __init__(self, profile: PrivacyProfile, request_headers: Pairs) -> None:
         self.profile = profile
@@ -82,6 +82,7 @@ class Capture:
         self.response_body: bytes | None = None
         self.response_type: str | None = None
         self.response_omitted: str | None = None  # why a stream's payload cannot be kept
+        self.response_cut = False  # a stream's copy ends before the stream did
         self.stream: StreamAssembler | None = None
         self.held: Any = None  # the event's share of the raw-body budget
         self.over_budget = False  # a body was not kept (sidecar/proxy/held.py)
@@ -111,6 +112,7 @@ class Capture:
         if self.stream is not None:
             self.response_body, self.response_type, self.response_omitted = \
                 self.stream.assembled()
+            self.response_cut = self.stream.cut
             self.stream = None
 
 

@@ -57,6 +57,7 @@ class Captured:
     response_body: bytes | None = None
     response_content_type: str | None = None
     response_omitted: str | None = None  # a stream that could not be assembled: why
+    response_cut: bool = False  # a stream's copy ends before the stream (bound, break)
     query: str | None = None
     request_headers: Headers | None = None
     response_headers: Headers | None = None
@@ -211,7 +212,8 @@ class Masker:
         plan = byte_plan({name: _raw_size(captured, name) for name in sections}, budget)
         collectors = {name: Collector(texts, cap) for name, cap in plan.items()}
         templates = {name: collectors[name].collect(value) for name, value in sections.items()}
-        truncated = any(c.truncated for c in collectors.values()) or any(
+        truncated = captured.response_cut or any(
+            c.truncated for c in collectors.values()) or any(
             len(texts.items[slot.index]) > _HEADER_MAX
             for slots in header_slots.values() for slot in slots.values())
         return _Work(decision, texts, header_slots, omitted, templates, plan, budget,

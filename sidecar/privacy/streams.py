@@ -46,7 +46,8 @@ class StreamAssembler:
     def __init__(self, max_bytes: int, content_type: str | None = None) -> None:
         self.max_bytes = max_bytes
         self.content_type = content_type
-        self.truncated = False
+        self.truncated = False  # cut at max_bytes
+        self.complete = False  # the upstream's whole stream went through (set by the relay)
         self._buffer = bytearray()
 
     def feed(self, chunk: bytes) -> None:
@@ -57,22 +58,30 @@ class StreamAssembler:
             chunk = chunk[:max(room, 0)]
         self._buffer += chunk
 
+    @property
+    def cut(self) -> bool:
+        """The copy ends before the stream did: at the bound, or where the stream broke
+        off (upstream reset, timeout, client gone). Its last value may be half written,
+        and half a value is what the recognizers miss: the tail is not trusted."""
+        return self.truncated or not self.complete
+
     def assembled(self) -> tuple[bytes | None, str | None, str | None]:
         """The body to mask, its content type, and why there is none (or None)."""
         media = (self.content_type or "").split(";", 1)[0].strip().lower()
         raw = bytes(self._buffer)
+        cut = self.cut
         if media != "text/event-stream":
-            lines = _json_lines(raw[:raw.rfind(b"\n") + 1] if self.truncated else raw)
+            lines = _json_lines(raw[:raw.rfind(b"\n") + 1] if cut else raw)
             # A JSON body (one document, perhaps large) is not a stream of lines
             if lines is not None and (media in _NDJSON or (
                     len(lines) > 1 and not media.endswith(("/json", "+json")))):
                 return self._merged(lines)
-            if self.truncated and not media.endswith(("/json", "+json")):
+            if cut and not media.endswith(("/json", "+json")):
                 # Text (NDJSON, plain): its tail is untrusted. Cut JSON fails to parse.
                 text = _trusted(raw.decode("utf-8", "replace"))
                 return text.encode(), self.content_type, None
             return raw, self.content_type, None
-        if self.truncated:
+        if cut:
             raw = raw[:raw.rfind(b"\n") + 1]  # complete lines only
         events = _events(raw)
         if not events:
@@ -83,7 +92,7 @@ class StreamAssembler:
         if any(chunk is not None for chunk in parsed):
             return None, None, UNASSEMBLED  # JSON of a shape we cannot join
         text = "".join(_text(data) for data in events)
-        if self.truncated:
+        if cut:
             text = _trusted(text)
         return text.encode(), "text/plain; charset=utf-8", None
 
@@ -92,7 +101,7 @@ class StreamAssembler:
         for merge in (_openai, _tgi, _anthropic, _ollama):
             merged = merge(chunks)
             if merged is not None:
-                if self.truncated:
+                if self.cut:
                     _trust_texts(merged)
                 return orjson.dumps(merged), "application/json", None
         return None, None, UNASSEMBLED

@@ -154,6 +154,8 @@ class Relay:
                 if length is not None and sent >= length:
                     chunk, held = chunk[:-1], chunk[-1:]
                 await response.write(chunk)
+            if copy is not None:
+                copy.complete = True
             event.chunks, event.response_bytes = chunks, sent
             await exchange.commit()
             if held:

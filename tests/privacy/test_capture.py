@@ -116,6 +116,23 @@ async def test_a_sampled_stream_is_relayed_untouched_and_recorded_assembled(
     assert merged["choices"][0]["message"]["content"].startswith("token0 token1")
 
 
+async def test_a_stream_that_broke_off_records_no_half_written_value(
+    make_sidecar: Any, tmp_path: Path, upstream: Any
+) -> None:
+    # Half an address is what the recognizers cannot see as one: the tail of a stream
+    # that ended early (upstream reset, timeout, client gone) is not recorded.
+    sc = await make_sidecar(events_file=str(tmp_path / "events.jsonl"),
+                            privacy_profile=profile_file(tmp_path, sample_rate="1.0"))
+    async with aiohttp.ClientSession() as s, s.get(sc.url + "/broken-stream") as r:
+        assert r.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    (event,) = await sc.validated_events(1)
+    assert event["stream"] is True and event["outcome"] == "upstream_error"
+    assert event["privacy"]["truncated"] is True, (event["privacy"], event.get("payload"))
+    assert "jane.doe" not in str(event)
+
+
 async def test_metadata_only_runs_no_masking_worker(make_sidecar: Any) -> None:
     sc = await make_sidecar(privacy_profile="metadata-only")
     assert sc.sidecar.pipeline.privacy is None

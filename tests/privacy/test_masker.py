@@ -30,7 +30,8 @@ Make = Callable[..., Masker]
 def make(tmp_path: Path, analyzer: Analyzer) -> Make:
     def build(body: str, *, on_failure: Callable[[str], None] | None = None) -> Masker:
         path = tmp_path / "p.yaml"
-        path.write_text("retention_class: test\nsample_rate: 1\nscore_threshold: 0.3\n" + body)
+        rate = "" if "sample_rate:" in body else "sample_rate: 1\n"
+        path.write_text(f"retention_class: test\n{rate}score_threshold: 0.3\n" + body)
         return Masker(load_profile(path), analyzer, HASH_KEY, on_failure=on_failure)
     return build
 

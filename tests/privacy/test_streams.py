@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 from pii_values import HASH_KEY
 
 from sidecar.privacy.analyzer import Analyzer
@@ -10,6 +11,13 @@ from sidecar.privacy.masker import Captured, Masker
 from sidecar.privacy.profile import PrivacyProfile
 from sidecar.privacy.sampling import Decision
 from sidecar.privacy.streams import TAIL_MARGIN, UNASSEMBLED, StreamAssembler
+
+
+def whole(max_bytes: int, content_type: str | None = None) -> StreamAssembler:
+    """An assembler for a stream the relay saw to its end."""
+    assembler = StreamAssembler(max_bytes, content_type)
+    assembler.complete = True
+    return assembler
 
 
 def sse(*chunks: object) -> list[bytes]:
@@ -24,7 +32,7 @@ def chat_delta(content: str | None = None, finish: str | None = None) -> dict[st
 
 def test_openai_chat_stream_is_assembled_and_masked(strict: PrivacyProfile,
                                                     analyzer: Analyzer) -> None:
-    assembler = StreamAssembler(1 << 20, "text/event-stream; charset=utf-8")
+    assembler = whole(1 << 20, "text/event-stream; charset=utf-8")
     first = {"model": "m", "choices": [{"index": 0, "delta": {"role": "assistant"}}]}
     for raw in sse(first, chat_delta("Write to ja"), chat_delta("ne@exam"),
                    chat_delta("ple.com today"), chat_delta(finish="stop")):
@@ -42,26 +50,26 @@ def test_openai_chat_stream_is_assembled_and_masked(strict: PrivacyProfile,
 
 
 def test_completions_stream_and_other_streams() -> None:
-    completions = StreamAssembler(4096, "text/event-stream")
+    completions = whole(4096, "text/event-stream")
     for raw in sse({"choices": [{"index": 0, "text": "a"}]}, {"choices": [{"index": 0,
                                                                           "text": "b"}]}):
         completions.feed(raw)
     body, _, _ = completions.assembled()
     assert body is not None and orjson.loads(body)["choices"][0]["text"] == "ab"
     # Plain-text tokens are joined as the model wrote them: "jane" "@exam" "ple.com".
-    tokens = StreamAssembler(4096, "text/event-stream")
+    tokens = whole(4096, "text/event-stream")
     tokens.feed(b"event: token\ndata: mail jane\n\ndata: @exam\n\ndata: ple.com\n\n")
     assert tokens.assembled() == (b"mail jane@example.com", "text/plain; charset=utf-8", None)
     # JSON-string tokens by their value, not with their quotes between the pieces
-    quoted = StreamAssembler(4096, "text/event-stream")
+    quoted = whole(4096, "text/event-stream")
     quoted.feed(b'data: "mail jane"\n\ndata: "@exam"\n\ndata: "ple.com"\n\n')
     assert quoted.assembled() == (b"mail jane@example.com", "text/plain; charset=utf-8", None)
     # newline-delimited JSON of an unknown shape: omitted, as SSE JSON events are
-    chunked = StreamAssembler(4096, "application/x-ndjson")
+    chunked = whole(4096, "application/x-ndjson")
     chunked.feed(b'{"a": "jane"}\n{"a": "@example.com"}\n')
     assert chunked.assembled() == (None, None, UNASSEMBLED)
     # one JSON document, large enough to be streamed: as it came
-    document = StreamAssembler(4096, "application/json")
+    document = whole(4096, "application/json")
     document.feed(b'{"choices": [{"message": {"content": "hi"}}]}\n')
     assert document.assembled() == (b'{"choices": [{"message": {"content": "hi"}}]}\n',
                                     "application/json", None)
@@ -69,7 +77,7 @@ def test_completions_stream_and_other_streams() -> None:
 
 def test_ollama_ndjson_streams_are_joined_line_by_line(strict: PrivacyProfile,
                                                        analyzer: Analyzer) -> None:
-    generate = StreamAssembler(4096, "application/x-ndjson")
+    generate = whole(4096, "application/x-ndjson")
     for piece in ("mail jane", ".doe@exam", "ple.com card 4012 ", "8888 8888 1881 ok"):
         generate.feed(orjson.dumps({"model": "llama3", "response": piece, "done": False})
                       + b"\n")
@@ -83,7 +91,7 @@ def test_ollama_ndjson_streams_are_joined_line_by_line(strict: PrivacyProfile,
         Decision(True, "sampled"))
     recorded = orjson.dumps(result.record())
     assert b"jane" not in recorded and b"1881" not in recorded
-    chat = StreamAssembler(4096, "application/x-ndjson")
+    chat = whole(4096, "application/x-ndjson")
     for piece in ("write to ja", "ne@example.com"):
         chat.feed(orjson.dumps({"model": "m", "message": {"role": "assistant",
                                                           "content": piece}}) + b"\n")
@@ -93,14 +101,14 @@ def test_ollama_ndjson_streams_are_joined_line_by_line(strict: PrivacyProfile,
 
 
 def test_tgi_and_anthropic_streams_are_joined_token_by_token() -> None:
-    tgi = StreamAssembler(4096, "text/event-stream")
+    tgi = whole(4096, "text/event-stream")
     for piece in ("Call +1 212", " 555", " 0143", "</s>"):
         tgi.feed(b"data: " + orjson.dumps({"token": {"id": 1, "text": piece,
                                                      "special": piece == "</s>"}}) + b"\n\n")
     body, ctype, _ = tgi.assembled()
     assert body is not None and ctype == "application/json"
     assert orjson.loads(body)["generated_text"] == "Call +1 212 555 0143"
-    anthropic = StreamAssembler(4096, "text/event-stream")
+    anthropic = whole(4096, "text/event-stream")
     for event in ({"type": "message_start", "message": {"model": "claude"}},
                   {"type": "content_block_delta", "index": 0,
                    "delta": {"type": "text_delta", "text": "jane@exa"}},
@@ -115,7 +123,7 @@ def test_tgi_and_anthropic_streams_are_joined_token_by_token() -> None:
 
 def test_json_events_of_an_unknown_shape_are_omitted_not_recorded_in_pieces(
         strict: PrivacyProfile, analyzer: Analyzer) -> None:
-    assembler = StreamAssembler(4096, "text/event-stream")
+    assembler = whole(4096, "text/event-stream")
     for piece in ("write to jane", "@example", ".com"):
         assembler.feed(b"data: " + orjson.dumps({"out": {"piece": piece}}) + b"\n\n")
     assert assembler.assembled() == (None, None, UNASSEMBLED)
@@ -133,7 +141,7 @@ def test_a_cut_stream_keeps_complete_lines_and_drops_its_untrusted_tail(
                  chat_delta(" 1111"), chat_delta(" 1111 11"), chat_delta("11 thanks"))
     raw = b"".join(chunks)
     cut = raw.index(b"11 thanks")  # inside the last delta's JSON
-    assembler = StreamAssembler(cut, "text/event-stream")
+    assembler = whole(cut, "text/event-stream")
     assembler.feed(raw)
     body, _, omitted = assembler.assembled()
     assert assembler.truncated and body is not None and omitted is None
@@ -141,14 +149,31 @@ def test_a_cut_stream_keeps_complete_lines_and_drops_its_untrusted_tail(
     assert content.startswith("word0 word1 ") and "4111" not in content
     assert len("".join(f"word{i} " for i in range(30)) + "card 4111 1111 1111 11") - \
         len(content) >= TAIL_MARGIN
-    plain = StreamAssembler(50, "text/plain")
+    plain = whole(50, "text/plain")
     plain.feed(b"x" * 20 + b" my card is 4111 1111 1111 1111 thanks")
     text, _, _ = plain.assembled()
     assert text is not None and b"4111" not in text
 
 
 def test_feeding_is_bounded() -> None:
-    assembler = StreamAssembler(10, "application/json")
+    assembler = whole(10, "application/json")
     assembler.feed(b"0123456789abcdef")
     assembler.feed(b"more")
     assert assembler.truncated and assembler.assembled()[0] == b"0123456789"
+
+
+
+@pytest.mark.parametrize("content_type", ["text/event-stream", "text/plain"])
+def test_a_stream_that_broke_off_keeps_no_half_written_tail(content_type: str) -> None:
+    # An upstream reset, a timeout or a client gone: the last value may be cut in two,
+    # and half an address or card number is what the recognizers miss.
+    text = "Sure. Your card on file is 4111 1111 1111 1111 and your mail is jane.doe@exampl"
+    broken = StreamAssembler(1 << 20, content_type)
+    raw = "".join(f"data: {word}\n\n" for word in text.split(" ")) if \
+        content_type == "text/event-stream" else text
+    broken.feed(raw.encode())
+    assert broken.cut and not broken.truncated
+    body, _, _ = broken.assembled()
+    assert body is not None and b"jane" not in body and b"exampl" not in body
+    broken.complete = True  # the same bytes, as a whole stream: kept as they came
+    assert b"jane.doe@exampl" in (broken.assembled()[0] or b"")
