@@ -23,7 +23,7 @@ from typing import Any
 from detectors.abuse import ErrorProbing, ErrorProbingParams, RateBurst, RateBurstParams
 from detectors.base import Alert, Detector, NullDetector, Observation
 from detectors.categorical import ChiSquareDrift, ChiSquareParams
-from detectors.clients import ClientTable
+from detectors.clients import SHARED, ClientTable
 from detectors.drift import (
     ADWINDrift,
     ADWINParams,
@@ -201,6 +201,8 @@ class DetectorSet:
         client_id = alert.client_id
         if client_id is None and alert.details.get("scope") != "global":
             client_id = _text(event.get("client_id"))  # global alerts blame no one
+        if client_id == SHARED:  # the bucket of requests without an id is no client's id
+            client_id = None
         inference_id = alert.inference_id or _text(event.get("inference_id"))
         detector_type = TYPES[spec.type]
         return dataclasses.replace(

@@ -191,3 +191,13 @@ def test_a_clock_stepped_back_does_not_pile_up_counts() -> None:
                     global_min_count=1_000_000)
     times = [float(t) for t in range(600)] + [300.0 + t for t in range(300)]  # back 300 s
     assert [a for e in _rate_events(times) for a in det.update(e)] == []
+
+
+def test_an_alert_on_requests_without_a_client_id_names_no_client() -> None:
+    # They share one bucket; its name is no pseudonym, and as a Kafka key it would put
+    # every such alert on one made-up key.
+    detectors = DetectorSet([DetectorSpec("probe", "error_probing", params={"min_errors": 5})])
+    alerts = [alert for i in range(200)
+              for alert in detectors.update({"status": 404, "inference_id": str(i),
+                                             "timestamp": f"2025-01-01T00:00:{i % 60:02d}Z"})]
+    assert alerts and all(alert.client_id is None for alert in alerts)
