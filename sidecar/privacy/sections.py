@@ -84,8 +84,19 @@ def _charset(content_type: str | None) -> str | None:
             except LookupError:
                 return None
             # base64, rot13, zlib ... are codecs too, but not text encodings.
-            return info.name if getattr(info, "_is_text_encoding", True) else None
+            if not getattr(info, "_is_text_encoding", True):
+                return None
+            # Nor one that reads ASCII as other letters (EBCDIC: cp500, cp037 ...): ASCII
+            # labelled so is recorded as text no recognizer reads, which encodes straight
+            # back to the values. UTF-16 and UTF-32 are checked on the body instead.
+            if not info.name.startswith(("utf-16", "utf-32")) and \
+                    _ASCII_PROBE.decode(info.name, "replace") != _ASCII_PROBE.decode():
+                return None
+            return info.name
     return "utf-8"
+
+
+_ASCII_PROBE = b"Jane.Roe+1@example.org, 0123456789 (IBAN) sk-AZaz_"
 
 
 def recorded_headers(profile: PrivacyProfile, headers: Headers | None

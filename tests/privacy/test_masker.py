@@ -142,6 +142,13 @@ def test_form_bodies_and_declared_charsets_are_decoded_before_detection(make: Ma
                         (text.encode(), "text/plain; charset=utf-16-le")):
         result = run(body, ctype)
         assert (result.payload, result.omitted) == ({}, {"request": "unknown_charset"})
+    # A charset that reads ASCII as other letters (EBCDIC): recorded, it encoded straight
+    # back to the values no recognizer had seen.
+    for codec in ("cp500", "cp037", "utf-7"):
+        result = run(text.encode(), f"text/plain; charset={codec}")
+        assert (result.payload, result.omitted) == ({}, {"request": "unknown_charset"})
+    shift_jis = run("連絡先 jane@example.com".encode("shift_jis"), "text/plain; charset=Shift_JIS")
+    assert shift_jis.payload == {"request": "連絡先 <EMAIL_ADDRESS>"}
 
 
 def test_compressed_bodies_are_omitted_not_read_as_text(make: Make) -> None:
