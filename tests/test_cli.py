@@ -647,7 +647,7 @@ def test_a_route_profile_s_error_names_privacy_profile_routes(tmp_path: Path) ->
     key = tmp_path / "client.key"
     key.write_bytes(b"k" * 32)
     config = tmp_path / "sidecar.yaml"
-    config.write_text('privacy_profile_routes: {/v1/chat: standard}\n'
+    config.write_text('privacy_profile_routes: {/v1/chat/completions: standard}\n'
                       'client_id_source: "header:accept"\n', encoding="utf-8")
     env = child_env({"SIDECAR_CLIENT_ID_KEY_FILE": str(key)})  # privacy_profile from env
     result = run_cli("check-config", "--config", str(config), env=env, cwd=tmp_path)

@@ -1411,3 +1411,22 @@ def test_addresses_that_do_not_collide_are_accepted() -> None:
                            "upstream_url": "http://10.0.0.7:8080", "wal_dir": "/tmp/wal",
                            "events_file": "/tmp/wal-events.jsonl"})
     assert settings.listen == ("127.0.0.1", 8080)
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    # the README's own example named {name}; events carry {model}: it never applied
+    ("/v2/models/{name}/infer=metadata-only",
+     "got /v2/models/{name}/infer; did you mean /v2/models/{model}/infer?"),
+    ("/v1/embeddings=metadata-only,/v1/embeddings=standard", "/v1/embeddings is given twice"),
+])
+def test_per_route_profiles_that_could_never_apply_are_refused(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(flags={"privacy_profile_routes": value})
+    assert str(info.value).startswith("flag --privacy-profile-routes: expected ")
+    assert message in str(info.value)
+
+
+def test_per_route_profiles_may_name_the_operator_s_own_routes() -> None:
+    settings = load(flags={"routes": "/score/{id}",
+                           "privacy_profile_routes": "/score/{id}=metadata-only"})
+    assert settings.privacy_profile_routes == (("/score/{id}", "metadata-only"),)

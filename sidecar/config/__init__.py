@@ -9,6 +9,7 @@ environment variable (``SIDECAR_UPSTREAM_URL``), the YAML file given by ``--conf
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -19,6 +20,7 @@ import yaml
 from detectors.yamlfile import UniqueKeyLoader, yaml_problem
 from sidecar.config.parsers import SecretInValue, YamlFloat, YamlInt
 from sidecar.config.settings import REQUIRED, Settings
+from sidecar.proxy.routes import DEFAULT_TEMPLATES
 
 __all__ = [
     "SETTINGS_FIELDS", "ConfigError", "Settings", "env_name", "flag_name", "load_settings",
@@ -196,6 +198,13 @@ def _cross_check(s: Settings, sources: Mapping[str, str]) -> None:
                           "client_id_source "
                           f"is {s.client_id_source!r}")
     _check_addresses(s, where)
+    known = (*DEFAULT_TEMPLATES, *s.routes)
+    for route, _ in s.privacy_profile_routes:
+        if route not in known:  # events name routes by template: it could never apply
+            close = difflib.get_close_matches(route, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{where('privacy_profile_routes')}: expected route templates "
+                              f"that are built in or listed in routes, got {route}{hint}")
     wal, events = os.path.abspath(s.wal_dir), os.path.abspath(s.events_file)
     if events == wal or events.startswith(wal + os.sep):
         raise ConfigError(f"{where('events_file')}: expected a file outside wal_dir "

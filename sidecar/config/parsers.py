@@ -242,6 +242,11 @@ def route_map(raw: Any) -> tuple[tuple[str, str], ...]:
         raise ValueError(expected)
     if any(not r.startswith("/") or not isinstance(v, str) or not v for r, v in pairs):
         raise ValueError(expected)
+    seen = set()
+    for route, _ in pairs:
+        if route in seen:  # the last would silently win
+            raise ValueError(f"each route once ({route} is given twice)")
+        seen.add(route)
     return tuple(pairs)
 
 

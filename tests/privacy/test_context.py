@@ -116,8 +116,9 @@ def settings_with(**values: str) -> Any:
 @pytest.mark.parametrize(("values", "expected"), [
     ({"privacy_profile": "no-such-profile"}, "privacy_profile: privacy profile"),
     # One setting each, so that the error can say where it came from (it named both).
-    ({"privacy_profile_routes": "/v1/x=nope"}, "privacy_profile_routes: privacy profile nope"),
-    ({"privacy_profile": "nope", "privacy_profile_routes": "/v1/x=standard"},
+    ({"privacy_profile_routes": "/v1/embeddings=nope"},
+     "privacy_profile_routes: privacy profile nope"),
+    ({"privacy_profile": "nope", "privacy_profile_routes": "/v1/embeddings=standard"},
      "privacy_profile: privacy profile nope"),
 ])
 def test_an_unknown_profile_is_refused_naming_the_setting(
