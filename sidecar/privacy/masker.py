@@ -25,7 +25,7 @@ from typing import Any
 
 from sidecar.privacy import operators
 from sidecar.privacy.analyzer import Analyzer
-from sidecar.privacy.payload import MARGIN, Collector, Fitter, Slot, Texts
+from sidecar.privacy.payload import MARGIN, Collector, Fitter, Slot, Texts, hide_secret_values
 from sidecar.privacy.profile import PrivacyProfile
 from sidecar.privacy.sampling import Decision, decide
 from sidecar.privacy.sections import (
@@ -208,6 +208,10 @@ class Masker:
         sections: dict[str, Any] = {}
         if decision.captured:
             sections = self._sections(captured, omitted)
+            for name, value in sections.items():
+                if isinstance(value, str):  # a text body: no keys for secret_key to read
+                    sections[name], hidden = hide_secret_values(value)
+                    texts.secrets += hidden
         budget = max(self.profile.max_captured_bytes - _WRAPPER, 0)
         plan = byte_plan({name: _raw_size(captured, name) for name in sections}, budget)
         collectors = {name: Collector(texts, cap) for name, cap in plan.items()}

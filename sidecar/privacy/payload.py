@@ -51,6 +51,42 @@ def secret_key(key: object) -> bool:
     return _secret_name(key) if len(key) <= 64 else _secret_name.__wrapped__(key)
 
 
+# "name: value" or "name=value" in text, the value quoted or up to a separator; a
+# credential scheme ("Bearer", "Basic") goes with the credential after it.
+_PAIR: Final = re.compile(
+    r"""([A-Za-z][A-Za-z0-9_.-]{0,63})["']?[ \t]*[:=][ \t]*"""
+    r"""(?:"([^"\n]{1,512})"|'([^'\n]{1,512})'"""
+    r"""|((?:(?i:bearer|basic)[ \t]+)?[^\s"',;&<>{}\[\]]{1,512}))""")
+
+
+def hide_secret_values(text: str) -> tuple[str, int]:
+    """``text`` with the value of every credential-named pair replaced by ``SECRET``, and
+    how many: a text body (plain, NDJSON, a log line) has no keys for ``secret_key`` to
+    read, and a password there matches no recognizer.
+
+    >>> hide_secret_values('{"user": "x", "password": "hunter2 hunter2"} api_key=pa55&a=1')
+    ('{"user": "x", "password": "<SECRET>"} api_key=<SECRET>&a=1', 2)
+    >>> hide_secret_values("see https://x.example/?token=abc&y=2")
+    ('see https://x.example/?token=<SECRET>&y=2', 1)
+    """
+    if ":" not in text and "=" not in text:
+        return text, 0
+    out: list[str] = []
+    at = hidden = 0
+    pair = _PAIR.search(text)
+    while pair is not None:
+        if not secret_key(pair.group(1)):
+            # its value may hold a pair ("https://x/?token=abc"): look again after the name
+            pair = _PAIR.search(text, pair.end(1))
+            continue
+        value = next(i for i in (2, 3, 4) if pair.group(i) is not None)
+        out += (text[at:pair.start(value)], SECRET)
+        at = pair.end(value)
+        hidden += 1
+        pair = _PAIR.search(text, at)
+    return ("".join(out) + text[at:], hidden) if hidden else (text, 0)
+
+
 @functools.lru_cache(maxsize=4096)  # keys repeat: "role", "content", "messages"
 def _secret_name(key: str) -> bool:
     name = _NOT_ALNUM.sub("", key.lower())

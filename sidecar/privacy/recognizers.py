@@ -19,6 +19,8 @@ Where recognizers run (anchored windows) is ``windowing.py``'s business.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from collections import Counter
@@ -125,10 +127,12 @@ class ApiKeyRecognizer(PatternRecognizer):
                 r"|(?i:xox[abprs]-)[A-Za-z0-9-]{10,}"  # Slack
                 r"|(?i:aiza)[0-9A-Za-z_-]{35}"  # Google
                 r"|(?i:[rsp]k_(?:live|test)_)[0-9A-Za-z]{16,}"  # Stripe
-                r"|(?i:hf_)[A-Za-z0-9]{30,})", 0.9),  # Hugging Face
+                r"|(?i:hf_)[A-Za-z0-9]{30,}"  # Hugging Face
+                r"|(?i:glpat-)[A-Za-z0-9_-]{20,})", 0.9),  # GitLab
         Pattern("high entropy", r"(?<![A-Za-z0-9_+/=-])[A-Za-z0-9_+/=-]{32,}", 0.6),
     ]
-    _PREFIXES = ("sk-", "gh", "github_pat_", "xox", "aiza", "hf_", "rk_", "sk_", "pk_")
+    _PREFIXES = ("sk-", "gh", "github_pat_", "xox", "aiza", "hf_", "rk_", "sk_", "pk_",
+                 "glpat-")
 
     def __init__(self) -> None:
         super().__init__(supported_entity="API_KEY", patterns=list(self.PATTERNS),
@@ -281,17 +285,41 @@ def custom_recognizers() -> list[EntityRecognizer]:
 
 
 class BearerTokenRecognizer(PatternRecognizer):
-    """The credential after ``Bearer``: the span starts at the token, so masked text
-    still reads ``Bearer <BEARER_TOKEN>``. (A look-behind would say the same, but costs a
-    test at every position of the text; this pattern starts with a literal.)"""
+    """HTTP credentials written out: the token after ``Bearer``, the base64 user:password
+    after ``Basic``, the password of a ``scheme://user:password@`` URL and of ``curl -u
+    user:password``. The span starts at the secret, so masked text still reads ``Bearer
+    <BEARER_TOKEN>`` or ``postgres://admin:<BEARER_TOKEN>@db``. (A look-behind would say
+    the same, but costs a test at every position of the text; these patterns start with
+    a literal.)"""
 
-    _PREFIX = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr][ \t]+")
+    _PREFIX = re.compile(r"(?:[Bb][Ee][Aa][Rr][Ee][Rr]|[Bb][Aa][Ss][Ii][Cc])[ \t]+"
+                         r"|://[^\s:/@]{1,64}:"
+                         r"|-(?:u|-user)(?:[ \t]+|=)[^\s:]{1,64}:")
 
     def __init__(self) -> None:
         super().__init__(
             supported_entity="BEARER_TOKEN", name="BearerTokenRecognizer",
-            patterns=[Pattern("bearer", r"\b(?i:bearer)[ \t]{1,8}[A-Za-z0-9._~+/-]{8,}=*", 0.9)],
+            patterns=[
+                Pattern("bearer", r"\b(?i:bearer)[ \t]{1,8}[A-Za-z0-9._~+/-]{8,}=*", 0.9),
+                Pattern("basic", r"\b(?i:basic)[ \t]{1,8}[A-Za-z0-9+/]{6,}={0,2}", 0.9),
+                # the password of user:password@ (the username stays: it names the account)
+                Pattern("url userinfo", r"://[^\s:/@]{1,64}:[^\s@/]{1,128}(?=@)", 0.9),
+                Pattern("curl -u", r"(?<![^\s])-(?:u|-user)(?:[ \t]+|=)[^\s:]{1,64}:\S{1,128}",
+                        0.9),
+            ],
             global_regex_flags=_CASE_SENSITIVE)
+
+    def invalidate_result(self, pattern_text: str) -> bool:
+        """After ``Basic``, only what decodes to user:password ("a basic approach" is
+        prose)."""
+        if pattern_text[:5].lower() != "basic":
+            return False
+        value = pattern_text[5:].strip()
+        try:
+            decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            return True
+        return b":" not in decoded or not decoded.decode("utf-8", "replace").isprintable()
 
     def analyze(self, text: str, entities: list[str],
                 nlp_artifacts: NlpArtifacts | None = None,

@@ -273,3 +273,27 @@ def test_values_glued_to_unspaced_scripts_or_split_by_invisibles_are_found(
     start = text.index(value)
     assert any(f.start <= start and start + len(value) <= f.end for f in found), (
         [(f.entity_type, text[f.start:f.end]) for f in found])
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("Authorization: Basic amFuZTpodW50ZXIy", "amFuZTpodW50ZXIy"),  # jane:hunter2
+    ("tool/1.0 auth=Basic Zm9vOmJhcg==", "Zm9vOmJhcg=="),
+    ("connect to postgres://admin:S3cr3tP4ss@db.internal:5432/app", "S3cr3tP4ss"),
+    ("run curl -u jane:hunter2 https://api.example", "hunter2"),
+    ("run curl --user=jane:hunter2 https://api.example", "hunter2"),
+    ("my token glpat-abcdefghij0123456789AB works", "glpat-abcdefghij0123456789AB"),
+])
+def test_credentials_other_than_bearer_tokens_are_found(
+        analyzer: Analyzer, strict: PrivacyProfile, text: str, secret: str) -> None:
+    [found] = analyzer.analyze([text], strict.entities, strict.score_threshold)
+    start = text.index(secret)
+    assert any(f.start <= start and start + len(secret) <= f.end for f in found), (
+        [(f.entity_type, text[f.start:f.end]) for f in found])
+
+
+@pytest.mark.parametrize("text", ["a basic approach to shapes", "see https://example.com/a:b",
+                                  "basic arithmetic, then http://localhost:8080/x"])
+def test_prose_and_plain_urls_are_no_credentials(
+        analyzer: Analyzer, strict: PrivacyProfile, text: str) -> None:
+    [found] = analyzer.analyze([text], strict.entities, strict.score_threshold)
+    assert [f for f in found if f.entity_type == "BEARER_TOKEN"] == []

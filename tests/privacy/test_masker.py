@@ -376,3 +376,19 @@ def test_a_batch_is_cut_into_analyzer_calls_of_bounded_text(
     results = Masker(strict, analyzer, HASH_KEY).mask_many(items)
     assert all(r.entity_counts == {"PHONE_NUMBER": 50} for r in results)
     assert 4 <= len(sizes) <= 6 and max(sizes) < 4096 + 1200
+
+
+def test_credential_named_values_in_text_bodies_are_secrets(make: Make) -> None:
+    # A text body has no keys for the JSON rule to read, and a password there matches no
+    # recognizer: the same JSON sent as text/plain kept "hunter2hunter2".
+    masker = make("request: {text: true}\nresponse: {text: true}\n"
+                  "entities: {EMAIL_ADDRESS: redact}\n")
+    result = masker.mask(Captured(
+        "id", request_body=b'{"user": "x", "password": "hunter2hunter2"}',
+        request_content_type="text/plain",
+        response_body=b'{"api_key": "pa55w0rdXYZ"}\n{"note": "mail jane@example.com"}\n',
+        response_content_type="application/x-ndjson"), SAMPLED)
+    assert result.payload == {
+        "request": '{"user": "x", "password": "<SECRET>"}',
+        "response": '{"api_key": "<SECRET>"}\n{"note": "mail <EMAIL_ADDRESS>"}\n'}
+    assert result.entity_counts["SECRET"] == 2
