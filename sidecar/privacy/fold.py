@@ -28,7 +28,8 @@ pattern's boundaries need, whose offsets it maps back:
 
 - invisible format characters (zero-width space, joiners, word joiner, byte order mark)
   are taken out: inside an address or a key they split it for every pattern
-  ("jane\\u200b@example.org"), and folded to a space they did the same;
+  ("jane\\u200b@example.org"), and folded to a space they did the same; a percent-encoded
+  "@" is read as one (``carol%40example.com``);
 - a letter of a script written without spaces between words (Han, kana, Hangul, Thai ...)
   next to an ASCII letter or digit reads as a space: "メールはjane@example.comです" is one
   run of ``\\w`` to every pattern, and the address, the phone or card number inside it
@@ -38,6 +39,8 @@ pattern's boundaries need, whose offsets it maps back:
 >>> text, where = view("mail jane\u200b@example.orgです")
 >>> text, where[text.index("@")] == text.index("@") + 1
 ('mail jane@example.org す', True)
+>>> view("cb?email=carol%40example.com")[0]
+'cb?email=carol@example.com'
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ _NO_SPACE: Final = ("\u0e01-\u0e4f\u0e5a\u0e5b\u0e81-\u0ecf\u0edc-\u0edf\u1000-\
                     "\u1050-\u108f\u1100-\u11ff\u1780-\u17df\u3041-\u30fb\u30fd-\u30ff"
                     "\u3105-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3"
                     "\uf900-\ufaff\uff66-\uff6f\uff71-\uffdc\U00020000-\U0003134f")
+# Taken out of the view: the invisible characters, and a percent-encoded "@" read as one
+# ("carol%40example.com" in a redirect URL a prompt quotes).
+_TAKEN: Final = re.compile("%40|" + _INVISIBLE.pattern)
 _GLUED: Final = re.compile(f"(?<=[A-Za-z0-9])[{_NO_SPACE}]|[{_NO_SPACE}](?=[A-Za-z0-9])")
 
 # Past U+1FBF9 (segmented digits, Unicode 13) no character is a decimal digit.
@@ -125,19 +131,32 @@ def fold(text: str) -> str:
 
 
 def view(text: str) -> tuple[str, list[int] | None]:
-    """The text the tuned recognizers read (see above), and for each of its characters
-    the offset of the one it stands for in ``text`` (``None``: the same offsets)."""
+    """The text the tuned recognizers read (see above), and where each of its characters
+    starts in ``text``, plus ``len(text)`` at the end (``None``: the same offsets)."""
     folded = fold(text)
-    if folded.isascii():
+    ascii_only = folded.isascii()
+    if ascii_only and "%40" not in folded:
         return folded, None
     where: list[int] | None = None
-    if _INVISIBLE.search(folded):
-        where = [i for i, char in enumerate(folded) if not _INVISIBLE.match(char)]
-        folded = "".join(folded[i] for i in where)
-    return _GLUED.sub(" ", folded), where
+    if "%40" in folded or (not ascii_only and _INVISIBLE.search(folded)):
+        pieces: list[str] = []
+        where = []
+        at = 0
+        for taken in _TAKEN.finditer(folded):
+            pieces.append(folded[at:taken.start()])
+            where.extend(range(at, taken.start()))
+            if taken.group() == "%40":
+                pieces.append("@")
+                where.append(taken.start())
+            at = taken.end()
+        pieces.append(folded[at:])
+        where.extend(range(at, len(folded)))
+        where.append(len(folded))
+        folded = "".join(pieces)
+    return (folded if ascii_only else _GLUED.sub(" ", folded)), where
 
 
 def to_text(where: list[int], start: int, end: int) -> tuple[int, int]:
     """A span of the view as a span of the text it was made from, what was taken out
-    within it included."""
-    return where[start], where[end - 1] + 1 if end > start else where[start]
+    within it (and right after it) included."""
+    return where[start], where[end]

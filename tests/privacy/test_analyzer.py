@@ -262,6 +262,8 @@ GLUED_OR_HIDDEN = [
     ("mail {} now", "jane\ufeff@example.org"), ("mail {} now", "bob@exam\u2060ple.net"),
     ("key {} now", "sk-proj\u200bABCDEFGHIJKLMNOPQRSTUVWX1234"),
     ("key {} now", "AKIA\u200bIOSFODNN7EXAMPLE"), ("call {} now", "+1 212\u200d555\u200d0199"),
+    # percent-encoded, as a quoted redirect URL has it
+    ("redirect https://x.com/cb?email={}&a=1", "carol%40example.com"),
 ]
 
 

@@ -72,8 +72,9 @@ def test_text_with_nothing_to_fold_is_returned_itself() -> None:
 
 # ``view``: what the tuned recognizers read.
 INVISIBLES = "\u200b\u200c\u200d\u2060\ufeff"
-VIEWED = st.text(st.sampled_from(["a", "1", " ", "@", ".", "\u00e9", "\uff15", "\u30fc", "\u4f8b",
-                                  "\uac00", "\u0e01", "\U00020001", *INVISIBLES]))
+VIEWED = st.lists(st.sampled_from([
+    "a", "1", " ", "@", ".", "\u00e9", "\uff15", "\u30fc", "\u4f8b", "\uac00", "\u0e01",
+    "\U00020001", "%40", "%4", *INVISIBLES])).map("".join)
 
 
 @given(VIEWED)
@@ -81,15 +82,18 @@ def test_the_view_maps_every_character_back_to_the_one_it_stands_for(text: str) 
     seen, where = view(text)
     if where is None:
         assert len(seen) == len(text)
-        where = list(range(len(text)))
-    assert len(where) == len(seen) and where == sorted(set(where))
+        where = [*range(len(text)), len(text)]
+    assert len(where) == len(seen) + 1 and where == sorted(set(where))
+    assert where[-1] == len(text)
     folded = fold(text)
-    for i, at in enumerate(where):
-        assert seen[i] == folded[at] or seen[i] == " "  # a glued letter reads as a space
-    taken = set(range(len(text))) - set(where)
-    assert all(text[i] in INVISIBLES for i in taken)
+    for i, at in enumerate(where[:-1]):
+        stood_for = folded[at:where[i + 1]]
+        assert seen[i] == stood_for[0] or seen[i] == " " or (seen[i], stood_for[:3]) == (
+            "@", "%40")  # a glued letter reads as a space
+        assert all(char in INVISIBLES for char in stood_for[1 if seen[i] != "@" else 3:])
+    assert all(char in INVISIBLES for char in text[:where[0]])
     if seen:
-        assert to_text(where, 0, len(seen)) == (where[0], where[-1] + 1)
+        assert to_text(where, 0, len(seen)) == (where[0], len(text))
 
 
 def test_invisible_characters_are_taken_out_of_values() -> None:
@@ -100,6 +104,11 @@ def test_invisible_characters_are_taken_out_of_values() -> None:
     start = seen.index("jane")
     assert text[slice(*to_text(where, start, start + len("jane@example.org")))] == \
         "jane\u200b@exam\u2060ple.org"
+    seen, where = view("go to x.example/cb?email=carol%40example.com now")
+    assert where is not None and seen == "go to x.example/cb?email=carol@example.com now"
+    start = seen.index("carol")
+    assert "go to x.example/cb?email=carol%40example.com now"[
+        slice(*to_text(where, start, start + len("carol@example.com")))] == "carol%40example.com"
 
 
 def test_letters_of_unspaced_scripts_next_to_ascii_read_as_spaces() -> None:
