@@ -22,7 +22,8 @@ Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 def query_section(query: str) -> dict[str, Any]:
     """The query string as a dict; a repeated key keeps every value, in a list."""
     values: dict[str, list[str]] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    # ";" separates pairs too for many servers: "x=1;api_key=..." must not hide the key
+    for key, value in parse_qsl(query.replace(";", "&"), keep_blank_values=True):
         values.setdefault(key, []).append(value)
     return {k: v[0] if len(v) == 1 else v for k, v in values.items()}
 

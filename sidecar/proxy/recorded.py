@@ -5,15 +5,16 @@ Every event carries the request's path, trace id and request id, under every pro
 
 - ``path``: the raw (still percent-encoded) path without its query, each segment kept
   only when it reads as a route's word (a model name, a version, ``infer``: lower case,
-  at most 5 digits, no IPv4 address, no vendor key prefix); any other segment (an
+  at most 5 digits, no IPv4 address, no vendor key prefix), and while the kept segments
+  hold at most 6 digits in all (a number split over segments); any other segment (an
   e-mail, a number with separators, anything encoded, a token or key, upper case)
   becomes ``*``. The decoded path could smuggle a query back in (``%3F``), and a custom
   API can put a user's address or account in a segment.
 - ``trace_id``: a W3C trace id only: 32 lower-case hex digits, not all zero.
 - ``request_id``: kept only when it is a UUID, a ULID, a hex id (16 to 64 hex digits,
-  some of them letters), any of these after a short prefix (``req_``), or a word as a
-  path segment keeps it; a client can put anything
-  in it (a token, a card number), so anything else is not recorded.
+  some of them letters), any of these after a short prefix (``req_``), or a counter of
+  at most 5 digits, prefixed or not (``req-7``); a client can put anything in it (a
+  token, a card number, a name), so anything else is not recorded.
 
 >>> safe_path("/v2/models/resnet-50/versions/3/infer")
 '/v2/models/resnet-50/versions/3/infer'
@@ -21,6 +22,8 @@ Every event carries the request's path, trace id and request id, under every pro
 '/v1/users/*/*'
 >>> safe_path("/v1/accounts/4111111111111111/score")
 '/v1/accounts/*/score'
+>>> safe_path("/v1/cards/4111/1111/1111/1111")
+'/v1/cards/4111/*/*/*'
 >>> safe_path("http://public.example/v1/models?x=1")
 '/v1/models'
 >>> trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
@@ -44,6 +47,7 @@ from functools import lru_cache
 
 SEGMENT_MAX = 40  # longer than model names get; a token or a key is longer
 DIGITS_MAX = 5  # phone, card, account and national id numbers have more, separated or not
+PATH_DIGITS_MAX = 6  # in the segments a path keeps, all together
 _SEGMENT = re.compile(r"[a-z0-9._~:-]*")  # keys, IBANs and tokens have upper case
 _IPV4 = re.compile(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}")
 # vendor key prefixes (sidecar/privacy/recognizers.py) that can be all lower case
@@ -51,6 +55,8 @@ _KEY_PREFIXES = ("sk-", "sk_", "rk_", "pk_", "ghp_", "gho_", "ghu_", "ghs_", "gh
                  "github_pat_", "xox", "hf_", "glpat-", "aiza", "akia", "asia", "eyj")
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _PREFIX = re.compile(r"[A-Za-z]{1,8}[_-]")
+# a counter, perhaps prefixed ("req-7"); not any word: "jane-doe-1984" is a name
+_SHORT_ID = re.compile(r"(?:[A-Za-z]{1,8}[_-])?[0-9]{1,5}")
 _REQUEST_ID = re.compile(
     r"(?:[A-Za-z]{1,8}[_-])?(?:"  # a short prefix, as "req_" (OpenAI), "req-"
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"  # UUID
@@ -72,7 +78,16 @@ def _safe(path: str) -> str:
     _, sep, rest = path.partition("://")
     if sep and not path.startswith("/"):  # absolute form: the path only, as upstream gets
         path = "/" + rest.partition("/")[2]
-    return "/".join(segment if _identifier(segment) else "*" for segment in path.split("/"))
+    kept: list[str] = []
+    digits = 0  # across segments too: /cards/4111/1111/1111/1111 is one number
+    for segment in path.split("/"):
+        if _identifier(segment):
+            digits += sum(c.isdigit() for c in segment)
+            if digits <= PATH_DIGITS_MAX:
+                kept.append(segment)
+                continue
+        kept.append("*")
+    return "/".join(kept)
 
 
 def _identifier(segment: str) -> bool:
@@ -93,7 +108,7 @@ def trace_id(traceparent: str | None) -> str | None:
 
 
 def request_id(value: str | None) -> str | None:
-    if value is None or not (_REQUEST_ID.fullmatch(value) or (value and _identifier(value))):
+    if value is None or not (_REQUEST_ID.fullmatch(value) or _SHORT_ID.fullmatch(value)):
         return None
     return None if _iban(value) or _iban(_PREFIX.sub("", value, count=1)) else value
 

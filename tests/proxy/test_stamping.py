@@ -329,6 +329,21 @@ async def test_a_request_id_or_path_segment_holding_a_secret_is_not_recorded(
     assert value not in str(event)
 
 
+async def test_a_request_id_that_is_a_word_or_a_number_split_over_a_path_is_not_recorded(
+    sidecar: Any, client: aiohttp.ClientSession
+) -> None:
+    # Words as model names are in a path's nature; in a request id they can only be what
+    # the client chose to put there: a name, a device address.
+    for value in ("jane-doe-1984", "aa-bb-cc-dd-ee-ff", "alice"):
+        async with client.get(f"{sidecar.url}/v1/models", headers={"x-request-id": value}):
+            pass
+    async with client.get(f"{sidecar.url}/v1/cards/4111/1111/1111/1111"):
+        pass
+    events = await sidecar.validated_events(4)
+    assert [e["request_id"] for e in events] == [None, None, None, None]
+    assert events[-1]["path"] == "/v1/cards/4111/*/*/*"
+
+
 @pytest.mark.parametrize("value", ["0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
                                    "01ARZ3NDEKTSV4RRFFQ69G5FAV", "4bf92f3577b34da6a3ce929d",
                                    "req_7f3c9a0b1c2d3e4f5a6b7c8d9e0f1a2b",
