@@ -631,7 +631,9 @@ def test_check_config_refuses_the_paths_serve_would(
     result = run_cli("check-config", env=child_env(env), cwd=tmp_path)
     assert result.returncode == 2
     [line] = stderr_lines(result)
-    assert line.startswith(f"inference-sidecar: config error: {key} {path}: ")
+    # where the setting came from, as every other config error says
+    assert line.startswith(f"inference-sidecar: config error: environment variable "
+                           f"SIDECAR_{key.upper()}: {path}: ")
     assert line.endswith(expected)
 
 

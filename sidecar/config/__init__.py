@@ -104,9 +104,15 @@ def sourced(exc: ConfigError, sources: Mapping[str, str]) -> ConfigError:
     >>> str(sourced(ConfigError("privacy_profile: no such profile"),
     ...             {"privacy_profile": "config file s.yaml, key 'privacy_profile'"}))
     "config file s.yaml, key 'privacy_profile': no such profile"
+    >>> str(sourced(ConfigError("wal_dir /srv/x: not a directory"),
+    ...             {"wal_dir": "config file s.yaml, key 'wal_dir'"}))
+    "config file s.yaml, key 'wal_dir': /srv/x: not a directory"
     """
-    key, sep, reason = str(exc).partition(": ")
-    return ConfigError(f"{sources[key]}: {reason}") if sep and key in sources else exc
+    head, sep, reason = str(exc).partition(": ")
+    key, _, value = head.partition(" ")  # "<setting> <the value it names>: reason"
+    if not sep or key not in sources:
+        return exc
+    return ConfigError(f"{sources[key]}: {value + ': ' if value else ''}{reason}")
 
 
 def load_settings_and_sources(
