@@ -13,7 +13,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from sidecar import __version__
 from sidecar.config import (
@@ -39,12 +39,37 @@ def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         uvloop.run(main())
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's usage error in one line: its usage lists every setting (sixty flags),
+    which buried the error. No abbreviated flags: ``--model-ver`` reads as a typo, and
+    a flag added later would change what an abbreviation meant."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _Once(argparse.Action):
+    """A setting's flag given twice is an error, not the last one silently winning (as a
+    key given twice in the config file is)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice")
+        setattr(namespace, self.dest, values)
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="PATH", help="YAML config file (or SIDECAR_CONFIG).")
+    parser.add_argument("--config", metavar="PATH", action=_Once,
+                        help="YAML config file (or SIDECAR_CONFIG).")
     group = parser.add_argument_group("settings (flag > environment > config file > default)")
     for key, spec in SETTINGS_FIELDS.items():
         group.add_argument(
-            flag_name(key), dest=key, metavar="VALUE",
+            flag_name(key), dest=key, metavar="VALUE", action=_Once,
             help=f"{spec.metadata['help']} [{env_name(key)}]",
         )
 
@@ -55,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compliance sidecar for model servers: stamps and records every inference.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_CommandParser)
     serve = commands.add_parser("serve", help="Run the sidecar in front of the upstream.")
     _add_setting_flags(serve)
     check = commands.add_parser("check-config", help="Validate the configuration and exit.")

@@ -657,3 +657,17 @@ def test_a_route_profile_s_error_names_privacy_profile_routes(tmp_path: Path) ->
     (line,) = stderr_lines(result)
     assert line.startswith(f"inference-sidecar: config error: config file {config}, key "
                            f"'privacy_profile_routes': profile 'standard' records the accept")
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (("--model-version", "1", "--model-version", "2"), "--model-version given twice"),
+    (("--config", "a.yaml", "--config", "b.yaml"), "--config given twice"),
+    (("--model-ver", "3"), "unrecognized arguments: --model-ver 3"),  # no abbreviations
+])
+def test_a_flag_given_twice_or_abbreviated_is_one_line_usage_error(
+        tmp_path: Path, args: tuple[str, ...], error: str) -> None:
+    result = run_cli("check-config", *args, env=child_env(), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].endswith(f"error: {error}" + (
+        " (see --help)" if "twice" in error else ""))
+    assert len(result.stderr.splitlines()) <= 2  # not the sixty settings' usage
