@@ -108,7 +108,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         tls.add_argument(f"--{name}", metavar="FILE")
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: Any) -> None:
     """Add the ``detect`` subcommand (``run(args)`` runs it)."""
     add_options(subparsers.add_parser("detect", help=DESCRIPTION, description=DESCRIPTION))
 
