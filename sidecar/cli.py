@@ -23,11 +23,13 @@ from sidecar.config import (
     env_name,
     flag_name,
     load_settings_and_sources,
+    misspelt_variables,
     sourced,
 )
-from sidecar.logs import configure_logging
+from sidecar.logs import configure_logging, get_logger
 
 EXIT_CONFIG = 2
+log = get_logger("config")
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -151,12 +153,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"inference-sidecar: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    misspelt = misspelt_variables()
     if args.command == "check-config":
+        for warning in misspelt:
+            print(f"inference-sidecar: warning: {warning}", file=sys.stderr)
         print(f"config ok: model {settings.model_name} {settings.model_version}, "
               f"policy {settings.policy_version}, evidence {settings.evidence_bundle_id}, "
               f"upstream {settings.upstream_url}")
         return 0
     configure_logging(settings.log_level)
+    for warning in misspelt:
+        log.warning(warning)
     if early:
         return 0  # stopped before anything was served
     return _serve(settings, early)

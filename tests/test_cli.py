@@ -671,3 +671,14 @@ def test_a_flag_given_twice_or_abbreviated_is_one_line_usage_error(
     assert result.stderr.splitlines()[-1].endswith(f"error: {error}" + (
         " (see --help)" if "twice" in error else ""))
     assert len(result.stderr.splitlines()) <= 2  # not the sixty settings' usage
+
+
+def test_a_misspelt_environment_variable_is_named(tmp_path: Path) -> None:
+    # Otherwise ignored without a word: the model version stamped would be the file's.
+    result = run_cli("check-config", env=child_env({"SIDECAR_MODEL_VERSON": "2",
+                                                    "SIDECAR_SERVICE_HOST": "10.0.0.1"}),
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert stderr_lines(result) == [
+        "inference-sidecar: warning: environment variable SIDECAR_MODEL_VERSON is not a "
+        "setting; did you mean SIDECAR_MODEL_VERSION?"]

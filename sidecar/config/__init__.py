@@ -84,8 +84,32 @@ def _read_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: expected a mapping of settings at the top level")
     unknown = sorted(str(k) for k in data if k not in SETTINGS_FIELDS)
     if unknown:
-        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r}")
+        close = difflib.get_close_matches(unknown[0], SETTINGS_FIELDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"config file {path}: unknown key {unknown[0]!r}{hint}")
     return data
+
+
+def misspelt_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``SIDECAR_*`` variables that are no setting but read like one: a typo is otherwise
+    ignored without a word. Only close ones: Kubernetes adds ``SIDECAR_SERVICE_HOST``,
+    ``SIDECAR_PORT_...`` for a Service named "sidecar".
+
+    >>> [warning] = misspelt_variables({"SIDECAR_MODEL_VERSON": "2",
+    ...                                 "SIDECAR_SERVICE_HOST": "10.0.0.1"})
+    >>> warning.endswith("did you mean SIDECAR_MODEL_VERSION?")
+    True
+    """
+    env = os.environ if environ is None else environ
+    known = {env_name(key): key for key in SETTINGS_FIELDS}
+    out = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in known or name == ENV_PREFIX + "CONFIG":
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if close:
+            out.append(f"environment variable {name} is not a setting; did you mean {close[0]}?")
+    return out
 
 
 def load_settings(
