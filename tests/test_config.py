@@ -1364,7 +1364,8 @@ def test_a_date_like_version_in_the_file_is_the_text_written(tmp_path: Path) -> 
 
 def test_yaml_merge_keys_still_work(tmp_path: Path) -> None:
     # the duplicate-key check must let "<<" merge a mapping in
-    path = write_yaml(tmp_path, "privacy_profile_routes: {<<: {'/a': strict}, '/b': standard}\n")
+    path = write_yaml(tmp_path, "routes: [/a, /b]\n"
+                                "privacy_profile_routes: {<<: {'/a': strict}, '/b': standard}\n")
     assert load(config_path=path).privacy_profile_routes == (("/a", "strict"), ("/b", "standard"))
 
 
@@ -1431,3 +1432,19 @@ def test_per_route_profiles_may_name_the_operator_s_own_routes() -> None:
     settings = load(flags={"routes": "/score/{id}",
                            "privacy_profile_routes": "/score/{id}=metadata-only"})
     assert settings.privacy_profile_routes == (("/score/{id}", "metadata-only"),)
+
+
+def test_settings_that_would_be_silently_ignored_are_refused(
+        tmp_path: Path, secrets: dict[str, str]) -> None:
+    key = tmp_path / "k"
+    key.write_bytes(b"k" * 32)
+    # a key file without a source: no client id would ever be made
+    with pytest.raises(ConfigError, match=r"^client_id_source \(not set\): expected a source"):
+        load(flags={"client_id_key_file": str(key)})
+    # a header that can never arrive: no client id either
+    with pytest.raises(ConfigError, match=r"client-id-source: expected header:<name> \(a valid"):
+        load(flags={"client_id_source": "header:x client", "client_id_key_file": str(key)})
+    # a client key without its certificate was never loaded
+    with pytest.raises(ConfigError, match=r"^kafka_ssl_certfile \(not set\): expected the client"):
+        load(flags={"kafka_bootstrap": "127.0.0.1:9", "kafka_security_protocol": "ssl",
+                    "kafka_ssl_keyfile": str(key)})

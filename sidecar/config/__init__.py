@@ -250,6 +250,12 @@ def _cross_check(s: Settings, sources: Mapping[str, str]) -> None:
         if not readable:
             shown = path if path.isprintable() else repr(path)
             raise ConfigError(f"{where(key)}: expected a readable file, cannot read {shown}")
+    if s.client_id_key_file is not None and s.client_id_source is None:
+        raise ConfigError(f"{where('client_id_source')}: expected a source (header:<name>, "
+                          "api_key or client_address), since client_id_key_file is set")
+    if s.kafka_ssl_keyfile is not None and s.kafka_ssl_certfile is None:
+        raise ConfigError(f"{where('kafka_ssl_certfile')}: expected the client certificate, "
+                          "since kafka_ssl_keyfile is set")
 
 
 _ANY_HOST: Final = frozenset({"", "0.0.0.0", "::", "*"})
