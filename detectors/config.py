@@ -113,7 +113,8 @@ def config_from_dict(data: Any, source: str) -> DetectorsConfig:
     for key in data:
         if key not in ("version", "detectors"):
             raise DetectorConfigError(source, str(key), "unknown key (expected version, detectors)")
-    if data.get("version", 1) != 1:
+    version = data.get("version", 1)
+    if isinstance(version, bool) or version != 1:  # YAML's true is 1 to Python
         raise DetectorConfigError(source, "version", "only version 1 exists")
     entries = data.get("detectors", [])
     if not isinstance(entries, list):

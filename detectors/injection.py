@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from detectors.abuse import _Abuse
-from detectors.base import SEVERITIES, Alert, Observation
+from detectors.base import SEVERITIES, Alert, Observation, ParamError
 from detectors.clients import check, features
 from detectors.text import signatures
 
@@ -20,6 +20,13 @@ class SignaturesParams:
 
     def __post_init__(self) -> None:
         check(self.min_severity in SEVERITIES, "min_severity", f"must be one of {SEVERITIES}")
+        check(isinstance(self.ignore, str), "ignore", "must be comma-separated rule ids")
+        rules = signatures()
+        unknown = sorted({i.strip() for i in self.ignore.split(",") if i.strip()}
+                         - set(rules.by_id()))
+        if unknown:  # a typo would leave the rule meant firing
+            raise ParamError("ignore", f"no rule {unknown[0]!r} in the signatures (version "
+                             f"{rules.version})")
 
 
 class Signatures(_Abuse):

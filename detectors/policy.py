@@ -85,6 +85,9 @@ class PolicyParams:
             for bound in ("min", "max"):
                 if bound in rule and number(rule[bound]) is None:
                     raise ParamError(f"{at}.{bound}", "must be a number")
+            low, high = number(rule.get("min")), number(rule.get("max"))
+            if low is not None and high is not None and low > high:
+                raise ParamError(f"{at}.min", "must be at most max: no value could pass")
             if "allowed" in rule and not isinstance(rule["allowed"], list):
                 raise ParamError(f"{at}.allowed", "must be a list")
             if not isinstance(rule.get("required", False), bool):

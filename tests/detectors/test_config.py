@@ -41,6 +41,10 @@ def test_default_file_loads_and_digest_ignores_formatting() -> None:
         ("detectors:\n  - {name: a, type: rate_burst, params: {factor: 3, factor: 9}}",
          "(file)"),
         ("detectors: " + "[" * 3000 + "]" * 3000, "(file)"),  # nested too deeply
+        ("version: true\ndetectors: []", "version"),  # YAML's true, which Python takes for 1
+        # a typo in a rule id left the rule meant firing
+        ("detectors:\n  - {name: a, type: signatures, params: {ignore: 'PI-001,NOPE-1'}}",
+         "detectors[0].params.ignore"),
         # loads, but the decayed error count tops out at 29.4 with half_life 20: never fires
         ("detectors:\n  - {name: a, type: error_probing, params: {min_errors: 30}}",
          "detectors[0].params.min_errors"),

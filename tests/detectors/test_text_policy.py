@@ -107,6 +107,7 @@ def test_policy_example_validates_and_flags_requests_outside_intended_use() -> N
     # Compared without parameters: an entry with them could never match.
     ("{content_types: ['application/json; charset=utf-8']}", "detectors[0].params.content_types"),
     ("{content_types: [json]}", "detectors[0].params.content_types"),
+    ("{params: {t: {min: 2, max: 1}}}", "detectors[0].params.params.t.min"),  # none passes
 ])
 def test_policy_errors_name_the_key(params: str, key: str) -> None:
     with pytest.raises(DetectorConfigError) as caught:
