@@ -1,8 +1,8 @@
 """Benchmark: per-event cost of each default detector and of the whole default set.
 
-    .venv/bin/python bench/detectors.py            # 5 runs x 20,000 events
-    .venv/bin/python bench/detectors.py --quick    # 3 runs x 5,000 events
-    .venv/bin/python bench/detectors.py --scan-only  # the signature scan table alone
+    .venv/bin/python bench/detector_costs.py            # 5 runs x 20,000 events
+    .venv/bin/python bench/detector_costs.py --quick    # 3 runs x 5,000 events
+    .venv/bin/python bench/detector_costs.py --scan-only  # the signature scan table alone
 
 Events are benign traffic from tests/detectors/attacks.py (scenarios.py's traffic with
 realistic arrival times, 2,000 Zipf clients and prompt ``features``; built before timing).
