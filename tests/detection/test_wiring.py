@@ -117,6 +117,18 @@ def write(path: Path, text: str) -> None:
     tmp.write_text(text)
     os.replace(tmp, path)  # as a ConfigMap update does: a new file, atomically
 
+async def with_client_ids(make_sidecar: SidecarFactory, tmp_path: Path,
+                          detectors: str) -> RunningSidecar:
+    """A sidecar running ``detectors``, clients identified by their x-client-id header."""
+    path = tmp_path / "detectors.yaml"
+    write(path, detectors)
+    key = tmp_path / "client-id.key"
+    key.write_bytes(os.urandom(32))
+    return await make_sidecar(events_file=str(tmp_path / "events.jsonl"), detectors=str(path),
+                              client_id_source="header:x-client-id",
+                              client_id_key_file=str(key))
+
+
 
 ENFORCE = """
 detectors:
@@ -134,12 +146,7 @@ async def test_enforce_mode_refuses_with_a_stamped_error_and_still_records_the_e
     make_sidecar: SidecarFactory, client: aiohttp.ClientSession, upstream: TestUpstream,
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "detectors.yaml"
-    write(path, ENFORCE)
-    key = tmp_path / "client-id.key"
-    key.write_bytes(os.urandom(32))
-    sc = await make_sidecar(events_file=str(tmp_path / "events.jsonl"), detectors=str(path),
-                            client_id_source="header:x-client-id", client_id_key_file=str(key))
+    sc = await with_client_ids(make_sidecar, tmp_path, ENFORCE)
     hits = upstream.hits
     status, headers, body = await post(client, sc.url, INJECTION, **{"x-client-id": "mallory"})
     assert status == 403 and all(h in headers for h in STAMPS)
@@ -433,12 +440,7 @@ async def test_client_states_dropped_past_max_clients_are_exported(
 ) -> None:
     # A security team sizes max_clients from this: a steady count means clients are being
     # forgotten (a slow attacker's rate starts again from nothing).
-    path = tmp_path / "detectors.yaml"
-    write(path, EVICTING)
-    key = tmp_path / "client-id.key"
-    key.write_bytes(os.urandom(32))
-    sc = await make_sidecar(events_file=str(tmp_path / "events.jsonl"), detectors=str(path),
-                            client_id_source="header:x-client-id", client_id_key_file=str(key))
+    sc = await with_client_ids(make_sidecar, tmp_path, EVICTING)
     for name in ("a", "b", "c", "d", "e", "a"):  # 6 clients' requests over a table of 2
         assert (await post(client, sc.url, BENIGN, **{"x-client-id": name}))[0] == 200
     text = ""
