@@ -1413,6 +1413,12 @@ def test_addresses_that_do_not_collide_are_accepted() -> None:
                            "upstream_url": "http://10.0.0.7:8080", "wal_dir": "/tmp/wal",
                            "events_file": "/tmp/wal-events.jsonl"})
     assert settings.listen == ("127.0.0.1", 8080)
+    # bound to one address, the sidecar is not on the loopback port the model uses
+    assert load(flags={"listen": "10.0.0.5:8080", "upstream_url": "http://127.0.0.1:8080"})
+    # the events file is not written (Kafka), or there is no log directory (memory)
+    for other in ({"kafka_bootstrap": "kafka:9092"}, {"durability": "memory"}):
+        assert load(flags={"wal_dir": "/tmp/wal", "events_file": "/tmp/wal/events.jsonl",
+                           **other})
 
 
 @pytest.mark.parametrize(("value", "message"), [

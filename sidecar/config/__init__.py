@@ -236,7 +236,8 @@ def _cross_check(s: Settings, sources: Mapping[str, str]) -> None:
             raise ConfigError(f"{where('privacy_profile_routes')}: expected route templates "
                               f"that are built in or listed in routes, got {route}{hint}")
     wal, events = os.path.abspath(s.wal_dir), os.path.abspath(s.events_file)
-    if events == wal or events.startswith(wal + os.sep):
+    in_use = s.kafka_bootstrap is None and s.durability != "memory"  # both files written
+    if in_use and (events == wal or events.startswith(wal + os.sep)):
         raise ConfigError(f"{where('events_file')}: expected a file outside wal_dir "
                           f"({s.wal_dir}), got {s.events_file}")
     for key in _SECRET_FILES:
@@ -279,6 +280,8 @@ def _check_addresses(s: Settings, where: Callable[[str], str]) -> None:
     for key in ("listen", "admin_listen"):
         host, port = getattr(s, key)
         # the sidecar's own port on this host: every request would come back to it
-        if upstream[1] == port != 0 and upstream[0] in _LOOPBACK | {host}:
+        reaches = upstream[0] == host or (upstream[0] in _LOOPBACK and (
+            host in _ANY_HOST or host in _LOOPBACK))
+        if upstream[1] == port != 0 and reaches:
             raise ConfigError(f"{where('upstream_url')}: expected the model server's address, "
                               f"got the sidecar's own {key} ({host}:{port})")

@@ -210,7 +210,11 @@ class Masker:
             sections = self._sections(captured, omitted)
             for name, value in sections.items():
                 if isinstance(value, str):  # a text body: no keys for secret_key to read
-                    sections[name], hidden = hide_secret_values(value)
+                    # only what can be recorded: the cost follows max_captured_bytes, not
+                    # the body (a crafted 1 MB of "a=" took seconds); still longer than
+                    # any section's cap, so the cut is seen and said (truncated)
+                    sections[name], hidden = hide_secret_values(
+                        value[:self.profile.max_captured_bytes + MARGIN])
                     texts.secrets += hidden
         budget = max(self.profile.max_captured_bytes - _WRAPPER, 0)
         plan = byte_plan({name: _raw_size(captured, name) for name in sections}, budget)

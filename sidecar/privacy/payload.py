@@ -55,8 +55,8 @@ def secret_key(key: object) -> bool:
 # credential scheme ("Bearer", "Basic") goes with the credential after it.
 _PAIR: Final = re.compile(
     r"""([A-Za-z][A-Za-z0-9_.-]{0,63})["']?[ \t]*[:=][ \t]*"""
-    r"""(?:"([^"\n]{1,512})"|'([^'\n]{1,512})'"""
-    r"""|((?:(?i:bearer|basic)[ \t]+)?[^\s"',;&<>{}\[\]]{1,512}))""")
+    r"""(?:"([^"\n]+)"|'([^'\n]+)'"""
+    r"""|((?:(?i:bearer|basic)[ \t]+)?[^\s"',;&<>{}\[\]]+))""")
 
 
 def hide_secret_values(text: str) -> tuple[str, int]:

@@ -292,18 +292,21 @@ class BearerTokenRecognizer(PatternRecognizer):
     the same, but costs a test at every position of the text; these patterns start with
     a literal.)"""
 
-    _PREFIX = re.compile(r"(?:[Bb][Ee][Aa][Rr][Ee][Rr]|[Bb][Aa][Ss][Ii][Cc])[ \t]+"
-                         r"|://[^\s:/@]{1,64}:"
+    _PREFIX = re.compile(r"(?:[Bb][Ee][Aa][Rr][Ee][Rr]|[Bb][Aa][Ss][Ii][Cc])[ \t]*"
+                         r"|://[^\s:/@?#]{0,64}:"
                          r"|-(?:u|-user)(?:[ \t]+|=)[^\s:]{1,64}:")
 
     def __init__(self) -> None:
         super().__init__(
             supported_entity="BEARER_TOKEN", name="BearerTokenRecognizer",
             patterns=[
-                Pattern("bearer", r"\b(?i:bearer)[ \t]{1,8}[A-Za-z0-9._~+/-]{8,}=*", 0.9),
-                Pattern("basic", r"\b(?i:basic)[ \t]{1,8}[A-Za-z0-9+/]{6,}={0,2}", 0.9),
+                # No space needed: a zero-width one is taken out of the text read (fold.py)
+                Pattern("bearer", r"\b(?i:bearer)[ \t]{0,8}[A-Za-z0-9._~+/-]{8,}=*", 0.9),
+                Pattern("basic", r"\b(?i:basic)[ \t]{0,8}[A-Za-z0-9+/]{6,}={0,2}", 0.9),
                 # the password of user:password@ (the username stays: it names the account)
-                Pattern("url userinfo", r"://[^\s:/@]{1,64}:[^\s@/]{1,128}(?=@)", 0.9),
+                # up to the last "@" of the authority: a password may hold one ("%40" is
+                # read as "@"); the user may be empty (redis://:password@host)
+                Pattern("url userinfo", r"://[^\s:/@?#]{0,64}:[^\s/?#]{1,128}(?=@)", 0.9),
                 Pattern("curl -u", r"(?<![^\s])-(?:u|-user)(?:[ \t]+|=)[^\s:]{1,64}:\S{1,128}",
                         0.9),
             ],

@@ -284,6 +284,11 @@ def test_values_glued_to_unspaced_scripts_or_split_by_invisibles_are_found(
     ("run curl -u jane:hunter2 https://api.example", "hunter2"),
     ("run curl --user=jane:hunter2 https://api.example", "hunter2"),
     ("my token glpat-abcdefghij0123456789AB works", "glpat-abcdefghij0123456789AB"),
+    # an "@" in the password, encoded as it must be; no user name (Redis)
+    ("cache at redis://default:Xy%40zPw9Q@cache:6379 now", "Xy%40zPw9Q"),
+    ("cache at redis://:S3cretPassw0rd@cache.internal:6379/0", "S3cretPassw0rd"),
+    # a zero-width space for the space: taken out of the text read, "Bearer" meets the token
+    ("use Bearer\u200babcdefghijklmnopqrstuv for it", "abcdefghijklmnopqrstuv"),
 ])
 def test_credentials_other_than_bearer_tokens_are_found(
         analyzer: Analyzer, strict: PrivacyProfile, text: str, secret: str) -> None:

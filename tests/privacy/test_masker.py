@@ -392,3 +392,19 @@ def test_credential_named_values_in_text_bodies_are_secrets(make: Make) -> None:
         "request": '{"user": "x", "password": "<SECRET>"}',
         "response": '{"api_key": "<SECRET>"}\n{"note": "mail <EMAIL_ADDRESS>"}\n'}
     assert result.entity_counts["SECRET"] == 2
+    # a long value is hidden whole (a 530-character token kept its tail raw at a 512 bound)
+    token = "A1b2" * 150
+    long = masker.mask(Captured("id", request_body=f"Authorization: Bearer {token}\nok".encode(),
+                                request_content_type="text/plain"), SAMPLED)
+    assert long.payload == {"request": "Authorization: <SECRET>\nok"}
+
+
+def test_credential_pairs_are_looked_for_only_in_what_can_be_recorded(make: Make) -> None:
+    # A crafted 1 MB of "a=" took seconds: the cost follows max_captured_bytes.
+    masker = make("request: {text: true}\nmax_captured_bytes: 4KiB\n")
+    body = b"password: hunter2\n" + b"a=" * 500_000
+    result = masker.mask(Captured("id", request_body=body, request_content_type="text/plain"),
+                         SAMPLED)
+    assert result.payload is not None and result.truncated
+    assert result.payload["request"].startswith("password: <SECRET>\n")
+    assert len(result.payload["request"]) < 4096
