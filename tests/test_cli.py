@@ -682,3 +682,15 @@ def test_a_misspelt_environment_variable_is_named(tmp_path: Path) -> None:
     assert stderr_lines(result) == [
         "inference-sidecar: warning: environment variable SIDECAR_MODEL_VERSON is not a "
         "setting; did you mean SIDECAR_MODEL_VERSION?"]
+
+
+def test_a_detector_feature_no_event_has_is_refused(tmp_path: Path) -> None:
+    # A typo loaded, and the detector never saw a value: a drift monitor that never fires.
+    detectors = tmp_path / "detectors.yaml"
+    detectors.write_text("detectors:\n  - {name: d, type: adwin, feature: latncy_ms}\n")
+    result = run_cli("check-config", env=child_env({"SIDECAR_DETECTORS": str(detectors)}),
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = stderr_lines(result)
+    assert line.endswith(f"{detectors}: detectors[0].feature: no event field 'latncy_ms'; "
+                         "did you mean latency_ms?")

@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
+import functools
+import json
 import os
+import re
+from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
 
 from detectors.config import DetectorConfigError, DetectorsConfig, load_config
+from detectors.features import DERIVED
 from detectors.registry import TYPES, DetectorSpec
 from sidecar.config import ConfigError, Settings
 from sidecar.detection.gate import Gate
@@ -27,7 +33,7 @@ from sidecar.events.model import InferenceEvent
 from sidecar.events.notices import policy_changed_event
 from sidecar.logs import get_logger
 from sidecar.proxy.handler import utc_timestamp
-from sidecar.telemetry import Metrics
+from sidecar.telemetry import EVENT_TYPE_INFERENCE, Metrics
 from sidecar.workers.child import WorkerError
 
 if TYPE_CHECKING:
@@ -48,9 +54,59 @@ def detectors_config(settings: Settings) -> DetectorsConfig | None:
     if settings.detectors == OFF:
         return None
     try:
-        return load_config(settings.detectors)
+        return load_checked(settings.detectors)
     except DetectorConfigError as exc:
         raise ConfigError(f"detectors: {exc}") from None
+
+
+def load_checked(path: str | None) -> DetectorsConfig:
+    """``load_config``, and every feature a field inference events have: a typo loads,
+    and its detector never sees a value (a drift monitor that never fires)."""
+    config = load_config(path)
+    for i, spec in enumerate(config.specs):
+        unknown = None if spec.feature is None else unknown_field(spec.feature)
+        if unknown is not None:
+            close = difflib.get_close_matches(unknown, event_fields(), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise DetectorConfigError(config.source, f"detectors[{i}].feature",
+                                      f"no event field {unknown!r}{hint}")
+    return config
+
+
+@functools.cache
+def _event_data_schema() -> dict[str, Any]:
+    name = f"{EVENT_TYPE_INFERENCE}.v1.json"
+    text = resources.files("sidecar").joinpath("schemas", name).read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)["properties"]["data"]
+    return schema
+
+
+def event_fields() -> list[str]:
+    """The top-level fields of an inference event's data, and the derived features."""
+    return sorted({*_event_data_schema()["properties"], *DERIVED})
+
+
+def unknown_field(feature: str) -> str | None:
+    """The key of ``feature``'s path that no inference event can have (where the event
+    schema lists its fields, as at the top level), else None; ``payload``, ``headers``
+    and open objects are not checked (what the client and model sent).
+
+    >>> unknown_field("latency_ms"), unknown_field("latncy_ms"), unknown_field("status_class")
+    (None, 'latncy_ms', None)
+    >>> unknown_field("payload.response.choices[0].finish_reason"), unknown_field("privacy.x")
+    (None, 'x')
+    """
+    if feature in DERIVED:
+        return None
+    node: Any = _event_data_schema()
+    for key in re.sub(r"\[\d+\]", "", feature).split("."):
+        properties = node.get("properties") if isinstance(node, dict) else None
+        if not isinstance(properties, dict):
+            return None
+        if key not in properties:
+            return key if node.get("additionalProperties") is False else None
+        node = properties[key]
+    return None
 
 
 class Detection:
@@ -140,7 +196,7 @@ class Detection:
         """Re-read the detectors file; ``applied``, ``unchanged`` or ``rejected``."""
         loop = asyncio.get_running_loop()
         try:
-            config = await loop.run_in_executor(None, load_config, self.path)
+            config = await loop.run_in_executor(None, load_checked, self.path)
         except DetectorConfigError as exc:
             log.error("detectors file refused; the previous configuration stays",
                       extra={"fields": {"file": exc.source, "key": exc.key,
