@@ -41,7 +41,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # What Python makes of bytes that are not UTF-8 in an environment variable or an argument
 # (surrogate escapes), or a YAML "\ud800": no header or JSON event can carry them.
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 §5.1)
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 §5.1, §5.6.2)
 
 
 def text(raw: Any) -> str:
@@ -256,7 +256,7 @@ def identity_source(raw: Any) -> str | None:
     if value is None:
         return None
     if value in ("api_key", "client_address") or (
-        value.startswith("header:") and _TOKEN.fullmatch(value[7:].strip())
+        value.startswith("header:") and HEADER_NAME.fullmatch(value[7:].strip())
     ):
         return value
     raise ValueError("header:<name> (a valid header name), api_key or client_address")

@@ -37,7 +37,6 @@ _DENIED_FRAGMENTS = ("auth", "cookie", "key", "token", "secret", "password", "pa
 
 # RFC 9535 mode: the path syntax other tools (and readers) share, no library extensions.
 JSONPATH = JSONPathEnvironment(strict=True)
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
 _TAG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
@@ -168,7 +167,7 @@ def header_allow_list(raw: Any, key: str) -> tuple[str, ...]:
     names = string_list(section.get("allow"), f"{key}.allow")
     for index, name in enumerate(names):
         item = f"{key}.allow[{index}]"
-        if not _HEADER_NAME.match(name.lower()):
+        if not parsers.HEADER_NAME.fullmatch(name):
             raise Invalid(item, f"{name!r} is not a header name")
         if header_denied(name):
             raise Invalid(item, f"{name!r} carries credentials and is never recorded")
